@@ -1,0 +1,182 @@
+"""Align two checkpoints tensor by tensor and name what each tensor is.
+
+* **Prefixes.** The same weight is ``bert.encoder.layer.0...`` in a classification model,
+  ``encoder.layer.0...`` in a bare ``BertModel`` and ``model.layers.0...`` in Llama.  The pair of
+  prefixes (one per side, possibly empty) that matches the most tensor names wins; module names
+  are reported without it.
+* **Orientation.** GPT-2 style ``Conv1D`` stores weights as ``in x out``; they are transposed so
+  that rows are always the output space (``U`` spans outputs).
+* **Vocabulary growth.** Embedding / LM-head matrices whose row counts differ (new tokens) are
+  compared on their common rows, with a warning.
+* **Layer and kind.** ``layer`` is the block index; ``kind`` is the shortest dotted suffix of the
+  in-block path that is unique within the block (``query``, ``q_proj``, ``intermediate.dense``,
+  ``attention.output.dense``); outside blocks it is the whole module name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from .checkpoints import Checkpoint, TensorInfo
+
+CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
+CONV1D_LEAVES = {"c_attn", "c_proj", "c_fc", "q_attn"}
+_EMBEDDING_HINT = re.compile(r"(embed|wte|lm_head|shared|embed_out|word_embeddings|output_layer)", re.I)
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|decoder_layers|encoder_layers)\.(\d+)\.")
+_ANY_INDEX = re.compile(r"(?:^|\.)(\d+)\.")
+
+
+@dataclass(frozen=True)
+class TensorPair:
+    """One tensor present in both checkpoints, ready to diff."""
+
+    module: str  # name without prefix and without a trailing ``.weight``
+    base: TensorInfo
+    finetuned: TensorInfo
+    rows: int  # oriented: output dimension (common rows when the vocabulary grew)
+    cols: int
+    transpose: bool  # stored as in x out (Conv1D)
+    layer: int | None = None
+    kind: str = ""
+
+    @property
+    def is_matrix(self) -> bool:
+        return len(self.base.shape) >= 2
+
+    @property
+    def stored_rows(self) -> int:
+        """Rows to read from storage (before orientation)."""
+        return self.cols if self.transpose else self.rows
+
+
+@dataclass
+class Alignment:
+    pairs: list[TensorPair]
+    base_prefix: str
+    finetuned_prefix: str
+    only_in_base: list[str] = field(default_factory=list)
+    only_in_finetuned: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> reason
+    warnings: list[str] = field(default_factory=list)
+
+
+def _suffix_index(names: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Map every dotted suffix to the (prefix, name) pairs it ends."""
+    index: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for name in names:
+        parts = name.split(".")
+        for k in range(len(parts)):
+            index[".".join(parts[k:])].append((".".join(parts[:k]) + "." if k else "", name))
+    return index
+
+
+def common_prefixes(base_names: list[str], ft_names: list[str]) -> tuple[str, str]:
+    """The (base prefix, finetuned prefix) pair under which the most names coincide."""
+    base_index = _suffix_index(base_names)
+    votes: Counter[tuple[str, str]] = Counter()
+    for name in ft_names:
+        parts = name.split(".")
+        for k in range(len(parts)):
+            core = ".".join(parts[k:])
+            ft_prefix = ".".join(parts[:k]) + "." if k else ""
+            for base_prefix, _ in base_index.get(core, ()):
+                if base_prefix == "" or ft_prefix == "":
+                    votes[(base_prefix, ft_prefix)] += 1
+    if not votes:
+        return "", ""
+    best = max(votes.values())
+    return min((p for p, v in votes.items() if v == best), key=lambda p: len(p[0]) + len(p[1]))
+
+
+def _strip(name: str, prefix: str) -> str:
+    return name[len(prefix):] if prefix and name.startswith(prefix) else name
+
+
+def module_name(name: str) -> str:
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
+def layer_of(module: str) -> tuple[int | None, str]:
+    """Block index and the path inside the block (``None`` and the module for other tensors)."""
+    match = _LAYER.search(module) or _ANY_INDEX.search(module)
+    if not match:
+        return None, module
+    return int(match.group(1)), module[match.end():]
+
+
+def assign_kinds(modules: list[str]) -> dict[str, tuple[int | None, str]]:
+    """``module -> (layer, kind)`` with the shortest in-block suffix unique within its block."""
+    by_layer: dict[int | None, list[tuple[str, list[str]]]] = defaultdict(list)
+    for m in modules:
+        layer, inner = layer_of(m)
+        by_layer[layer].append((m, inner.split(".")))
+    out: dict[str, tuple[int | None, str]] = {}
+    for layer, items in by_layer.items():
+        for m, parts in items:
+            if layer is None:
+                out[m] = (None, m)
+                continue
+            for k in range(1, len(parts) + 1):
+                kind = ".".join(parts[-k:])
+                clash = any(".".join(o[-k:]) == kind for om, o in items if om != m)
+                if not clash:
+                    break
+            out[m] = (layer, kind)
+    return out
+
+
+def _is_conv1d(ckpt: Checkpoint, module: str) -> bool:
+    leaf = module.rsplit(".", 1)[-1]
+    if leaf not in CONV1D_LEAVES:
+        return False
+    model_type = (ckpt.config or {}).get("model_type")
+    return model_type in CONV1D_MODEL_TYPES if model_type else True
+
+
+def align(base: Checkpoint, finetuned: Checkpoint) -> Alignment:
+    """Pair the floating-point tensors of two checkpoints by name (see module docstring)."""
+    base_f = {n: t for n, t in base.tensors.items() if t.is_float}
+    ft_f = {n: t for n, t in finetuned.tensors.items() if t.is_float}
+    bp, fp = common_prefixes(list(base_f), list(ft_f))
+    base_core = {_strip(n, bp): t for n, t in base_f.items()}
+    ft_core = {_strip(n, fp): t for n, t in ft_f.items()}
+    result = Alignment([], bp, fp)
+    result.only_in_base = sorted(base_core.keys() - ft_core.keys())
+    result.only_in_finetuned = sorted(ft_core.keys() - base_core.keys())
+    staged: list[tuple[str, TensorInfo, TensorInfo, int, int, bool]] = []
+    for core, b in base_core.items():
+        f = ft_core.get(core)
+        if f is None:
+            continue
+        module = module_name(core)
+        if b.shape != f.shape:
+            grew = (
+                len(b.shape) == 2 and len(f.shape) == 2 and b.shape[1] == f.shape[1] and _EMBEDDING_HINT.search(core)
+            )
+            if not grew:
+                result.skipped[core] = f"shape {b.shape} in base vs {f.shape} in finetuned"
+                result.warnings.append(f"skipping tensor '{core}': shape {b.shape} in base vs {f.shape} in finetuned")
+                continue
+            result.warnings.append(
+                f"tensor '{core}': {b.shape[0]} rows in base vs {f.shape[0]} in finetuned "
+                f"(vocabulary changed); comparing the {min(b.shape[0], f.shape[0])} common rows"
+            )
+        shape = (min(b.shape[0], f.shape[0]),) + b.shape[1:] if b.shape else (1,)
+        cols = int(_prod(shape[1:]))
+        transpose = len(shape) == 2 and _is_conv1d(base, module)
+        rows, cols = (cols, shape[0]) if transpose else (shape[0], cols)
+        staged.append((module, b, f, rows, cols, transpose))
+    kinds = assign_kinds([s[0] for s in staged if len(s[1].shape) >= 2])
+    for module, b, f, rows, cols, transpose in staged:
+        layer, kind = kinds.get(module, layer_of(module)[0:1] + (module,))
+        result.pairs.append(TensorPair(module, b, f, rows, cols, transpose, layer, kind))
+    return result
+
+
+def _prod(dims: tuple[int, ...]) -> int:
+    out = 1
+    for d in dims:
+        out *= d
+    return out
