@@ -11,24 +11,9 @@ Python API (mirrors the CLI)::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 __version__ = "0.1.0"
+
+from .errors import RankscopeError  # noqa: E402
+from .spectrum import SpectrumResult, spectrum  # noqa: E402  (binds the function over the submodule name)
+
 __all__ = ["spectrum", "SpectrumResult", "RankscopeError", "__version__"]
-
-if TYPE_CHECKING:
-    from .errors import RankscopeError
-    from .spectrum import SpectrumResult, spectrum
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy: `import rankscope` stays fast; heavy modules load on first use.
-    if name in ("spectrum", "SpectrumResult"):
-        from . import spectrum as _spectrum
-
-        return getattr(_spectrum, name)
-    if name == "RankscopeError":
-        from .errors import RankscopeError
-
-        return RankscopeError
-    raise AttributeError(f"module 'rankscope' has no attribute {name!r}")

@@ -94,6 +94,10 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             continue
         try:
             dtype, shape, (begin, end) = spec["dtype"], tuple(int(s) for s in spec["shape"]), spec["data_offsets"]
+            if not isinstance(dtype, str) or type(begin) is not int or type(end) is not int:
+                raise TypeError("dtype must be a string and data_offsets two integers")
+            if not 0 <= begin <= end or any(s < 0 for s in shape):
+                raise ValueError("negative shape or data_offsets out of order")
         except (KeyError, TypeError, ValueError) as exc:
             raise RankscopeError(f"{path}: corrupt safetensors entry for tensor '{name}'") from exc
         if data_start + end > size:
@@ -230,7 +234,13 @@ def _open_bin(files: list[Path]) -> tuple[dict[str, TensorInfo], dict[Path, dict
     dtype_names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
     for f in files:
         try:
-            sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+            try:
+                sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                # Legacy (pre-zipfile) serialization cannot be memory-mapped: load it whole.
+                sd = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for corrupt pickles / zips
             raise RankscopeError(f"{f}: cannot load PyTorch checkpoint ({type(exc).__name__}: {exc})".split("\n")[0]) from exc
         if not isinstance(sd, dict):

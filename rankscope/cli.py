@@ -50,6 +50,18 @@ def handle_errors(func):
     return click.option("--debug", is_flag=True, help="Show the full traceback on errors.")(wrapper)
 
 
+class OneLineCommand(click.Command):
+    """Option and argument errors follow the same contract as input errors: one line, status 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            error = click.ClickException(exc.format_message())
+            error.exit_code = EXIT_BAD_INPUT
+            raise error from exc
+
+
 def _parse_taus(value: str) -> tuple[float, ...]:
     try:
         taus = tuple(float(v) for v in value.split(",") if v.strip())
@@ -71,7 +83,7 @@ def main(debug: bool) -> None:
     """
 
 
-@main.command("spectrum")
+@main.command("spectrum", cls=OneLineCommand)
 @click.argument("base")
 @click.argument("finetuned")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder (created; replaced if it holds an earlier result).")
@@ -109,7 +121,7 @@ def spectrum_cmd(base, finetuned, out, include, exclude, taus, device, method, w
         click.echo(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
 
 
-@main.command("plot")
+@main.command("plot", cls=OneLineCommand)
 @click.argument("out", type=click.Path(path_type=Path))
 @handle_errors
 def plot_cmd(out):

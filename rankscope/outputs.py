@@ -49,6 +49,11 @@ def check_output_target(out: Path) -> None:
         raise RankscopeError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "run.json").is_file():
         raise RankscopeError(f"output folder {out} is not empty and is not a rankscope result; choose another -o")
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RankscopeError(f"cannot write output folder {out}: {ancestor} is not a writable folder")
 
 
 @contextmanager

@@ -35,7 +35,7 @@ def _pyplot():
 def _grid(n: int, plt, width: float = 4.2, height: float = 3.3):
     ncols = min(4, max(1, n))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -72,7 +72,7 @@ def plot_spectra(result: SpectrumResult, path: Path, plt) -> str:
     fig, axes = _grid(len(panels), plt)
     layers = [int(x) for x in result.table["layer"].dropna()]
     colour = _depth_colours(layers, plt)
-    for ax, (kind, rows) in zip(axes, panels):
+    for ax, (kind, rows) in zip(axes, panels, strict=True):
         for row in rows.itertuples():
             s = result.spectra[row.module]
             if s.size == 0 or s[0] == 0:
@@ -81,12 +81,12 @@ def plot_spectra(result: SpectrumResult, path: Path, plt) -> str:
             c = colour(int(row.layer)) if row.layer is not None and not _isna(row.layer) else "C0"
             ax.semilogy(np.arange(1, s.size + 1), np.maximum(s / s[0], 1e-12), color=c, lw=1.2,
                         label=None if _isna(row.layer) else f"layer {int(row.layer)}")
-        ax.set_title(f"{kind}  ({rows['rows'].iloc[0]}×{rows['cols'].iloc[0]})", fontsize=10)
+        ax.set_title(f"{kind}  ({rows['rows'].iloc[0]}×{rows['cols'].iloc[0]})", fontsize=9)
         ax.set_xlabel("singular value index i")
         ax.set_ylabel("σ_i / σ_1")
     if layers:
         sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(min(layers), max(layers)))
-        fig.colorbar(sm, ax=axes, label="layer (depth)", shrink=0.8)
+        fig.colorbar(sm, ax=axes, label="layer (depth)", shrink=0.6)
     fig.suptitle("Normalised singular-value spectra of ΔW = W_finetuned − W_base", fontsize=13)
     out = _save(fig, path)
     plt.close(fig)
@@ -101,10 +101,11 @@ def plot_energy(result: SpectrumResult, path: Path, plt) -> str:
     fig, axes = _grid(len(panels), plt)
     layers = [int(x) for x in result.table["layer"].dropna()]
     colour = _depth_colours(layers, plt)
-    for ax, (kind, rows) in zip(axes, panels):
+    for ax, (kind, rows) in zip(axes, panels, strict=True):
         for row in rows.itertuples():
             c = energy_fraction(result.spectra[row.module])
             if c.size == 0 or c[-1] == 0:
+                ax.text(0.5, 0.5, "ΔW = 0", transform=ax.transAxes, ha="center")
                 continue
             col = "C0" if _isna(row.layer) else colour(int(row.layer))
             ax.plot(np.arange(1, c.size + 1), c, color=col, lw=1.2)
@@ -114,7 +115,7 @@ def plot_energy(result: SpectrumResult, path: Path, plt) -> str:
         ax.set_ylim(0, 1.02)
         ax.set_title(str(kind), fontsize=10)
         ax.set_xlabel("rank k")
-        ax.set_ylabel("captured energy Σ_{i≤k} σ_i² / Σσ²")
+        ax.set_ylabel("captured energy (share of ‖ΔW‖²)")
     fig.suptitle("Cumulative energy of ΔW (colour = layer depth)", fontsize=13)
     out = _save(fig, path)
     plt.close(fig)
@@ -128,9 +129,10 @@ def plot_heatmaps(result: SpectrumResult, path: Path, plt, sns) -> str | None:
     specs = [("rank_90", "rank for 90% energy", "d"), ("effective_rank", "entropy effective rank", ".0f"),
              ("rel_delta", "‖ΔW‖_F / ‖W‖_F (%)", ".2f")]
     specs = [s for s in specs if s[0] in layered]
-    fig, axes = plt.subplots(1, len(specs), figsize=(1.1 * len(kinds) * len(specs) + 4, 0.45 * layered["layer"].nunique() + 2.5),
-                             squeeze=False)
-    for ax, (col, title, fmt) in zip(axes[0], specs):
+    width = max(5.0, 0.9 * len(kinds) + 2.5)
+    height = 0.45 * layered["layer"].nunique() + 3
+    fig, axes = plt.subplots(1, len(specs), figsize=(width * len(specs), height), squeeze=False, layout="constrained")
+    for ax, (col, title, fmt) in zip(axes[0], specs, strict=True):
         grid = layered.pivot_table(index="layer", columns="kind", values=col, aggfunc="first")[kinds]
         if col == "rel_delta":
             grid = 100 * grid
@@ -140,7 +142,7 @@ def plot_heatmaps(result: SpectrumResult, path: Path, plt, sns) -> str | None:
         ax.set_title(title)
         ax.set_xlabel("module kind")
         ax.set_ylabel("layer")
-        ax.tick_params(axis="x", rotation=45)
+        plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
     fig.suptitle("Per-layer, per-module rank of the fine-tuning update", fontsize=13)
     out = _save(fig, path)
     plt.close(fig)
@@ -151,7 +153,7 @@ def plot_rank_by_layer(result: SpectrumResult, path: Path, plt) -> str | None:
     layered, kinds = _layered(result.table)
     if layered.empty or "rank_90" not in layered:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
     for i, kind in enumerate(kinds):
         rows = layered[layered["kind"] == kind].sort_values("layer")
         ax1.plot(rows["layer"], rows["rank_90"], marker="o", label=kind, color=f"C{i % 10}")

@@ -51,6 +51,7 @@ class SpectrumResult:
 
     def save(self, out: str | os.PathLike, plots: bool = True) -> Path:
         """Write ``modules.csv``, ``vectors.csv``, ``spectra.npz``, ``run.json`` (and figures) atomically."""
+        t_save = time.perf_counter()
         with atomic_output(out) as tmp:
             self.table.to_csv(tmp / "modules.csv", index=False)
             self.vectors.to_csv(tmp / "vectors.csv", index=False)
@@ -61,6 +62,8 @@ class SpectrumResult:
                 t0 = time.perf_counter()
                 self.info.setdefault("outputs", {})["figures"] = render_spectrum_figures(self, tmp / "figures")
                 self.info.setdefault("seconds", {})["plots"] = round(time.perf_counter() - t0, 3)
+            seconds = self.info.setdefault("seconds", {})
+            seconds["total"] = round(seconds.get("analysis", 0.0) + time.perf_counter() - t_save, 3)
             self.info["peak_rss_mb"] = round(peak_rss_mb(), 1)
             write_json(tmp / "run.json", self.info)
         return Path(out)
@@ -116,7 +119,7 @@ class _Norms:
 def _delta_blocks(pair: TensorPair, base: Checkpoint, ft: Checkpoint, norms: _Norms) -> Iterator[np.ndarray]:
     """Float64 row blocks of ``ΔW`` as stored; accumulates squared norms and rejects NaN/Inf."""
     info = pair.base
-    rows = pair.stored_rows if pair.is_matrix else 1
+    rows = pair.stored_rows  # a 1-D tensor of shape (n,) is n rows of 1
     cols = max(1, (info.numel // info.shape[0]) if info.shape else 1)
     step = max(1, BLOCK_BYTES // (8 * cols))
     for start in range(0, rows, step):
@@ -211,8 +214,13 @@ def resolve_device(device: str) -> str:
         raise RankscopeError(f"--device {device}: torch is not installed") from exc
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if not match:
+        raise RankscopeError(f"--device {device}: unknown device (use cpu, cuda, cuda:N or auto)")
+    if not torch.cuda.is_available():
         raise RankscopeError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False)")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise RankscopeError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return device
 
 
@@ -222,7 +230,8 @@ def _run_parallel(jobs: list[TensorPair], work, workers: int, progress: bool) ->
 
     results: dict[str, Any] = {}
     order = sorted(jobs, key=lambda p: -p.rows * p.cols * min(p.rows, p.cols))
-    bar = tqdm(total=len(jobs), unit="module", desc="spectra", disable=not progress, file=sys.stderr, leave=False)
+    bar = tqdm(total=len(jobs), unit="module", desc="spectra", disable=None if progress else True, file=sys.stderr,
+               leave=False)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(work, p): p for p in order}
         pending = set(futures)
@@ -321,7 +330,7 @@ def spectrum(
         },
         "warnings": alignment.warnings,
         "seconds": {"open": round(t_open - t_start, 3), "compute": round(t_done - t_open, 3),
-                    "total": round(t_done - t_start, 3)},
+                    "analysis": round(t_done - t_start, 3)},
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "versions": versions(),
     }
