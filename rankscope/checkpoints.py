@@ -312,3 +312,9 @@ def open_checkpoint(given: str | os.PathLike) -> Checkpoint:
     if not tensors:
         raise RankscopeError(f"{path}: checkpoint holds no tensors")
     return Checkpoint(str(given), path, files, tensors, config, "safetensors")
+
+
+def read_matrix(ckpt: Checkpoint, name: str, rows: int | None = None, transpose: bool = False) -> np.ndarray:
+    """A whole tensor as a float64 ``out x in`` matrix (first ``rows`` stored rows; Conv1D transposed)."""
+    block = ckpt.read_rows(name, 0, rows).astype(np.float64)
+    return np.ascontiguousarray(block.T) if transpose else block

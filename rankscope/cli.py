@@ -121,22 +121,130 @@ def spectrum_cmd(base, finetuned, out, include, exclude, taus, device, method, w
         click.echo(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
 
 
+@main.command("lora", cls=OneLineCommand)
+@click.argument("adapter")
+@click.option("--base", default=None, help="Base checkpoint: names modules as its tensors, adds base norms, needed for DoRA.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--tau", "taus", default="0.5,0.9,0.99", show_default=True, callback=lambda c, p, v: _parse_taus(v),
+              help="Energy thresholds for the rank_XX columns.")
+@click.option("--no-plots", is_flag=True, help="Skip figures.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
+@handle_errors
+def lora_cmd(adapter, base, out, taus, no_plots, quiet):
+    """Exact spectra of a peft LoRA ADAPTER's updates ΔW = s·B·A, from the factors.
+
+    Writes the same files as `spectrum` (modules.csv with r, alpha, scale and utilisation columns).
+
+    Example: rankscope lora runs/lora-r8 --base bundled:minilm-base -o reports/lora-r8
+    """
+    from .lora import lora_spectrum
+    from .outputs import check_output_target
+
+    check_output_target(out)
+    result = lora_spectrum(adapter, base, taus=taus, progress=not quiet)
+    result.info["argv"] = shlex.join(["rankscope", *sys.argv[1:]])
+    result.save(out, plots=not no_plots)
+    if not quiet:
+        cols = [c for c in ("r", "effective_rank", "stable_rank", "utilization_effective", "rank_90") if c in result.table]
+        click.echo(result.table.groupby("kind", sort=False)[cols].median().to_string(float_format=lambda v: f"{v:.2f}"))
+        click.echo(f"wrote {out}/")
+
+
+@main.command("compare", cls=OneLineCommand)
+@click.argument("base")
+@click.argument("finetuned")
+@click.argument("adapter")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--include", multiple=True, metavar="REGEX", help="Only modules whose name matches (repeatable).")
+@click.option("--phi-max", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Largest i of the full fine-tune's top-i subspace in the φ(i, j) grids.")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Top singular vectors examined for intruder dimensions.")
+@click.option("--epsilon", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
+              help="Intruder threshold on the best |cos| with the base's singular vectors.")
+@click.option("--phi-modules", metavar="REGEX", default=None, help="Modules for φ(i, j) heatmaps [default: first/last layers].")
+@click.option("--no-plots", is_flag=True, help="Skip figures.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
+@handle_errors
+def compare_cmd(base, finetuned, adapter, out, include, phi_max, k, epsilon, phi_modules, no_plots, quiet):
+    """Compare a LoRA ADAPTER with the full fine-tune FINETUNED of the same BASE, module by module.
+
+    Writes OUT/compare.csv, amplification.csv, intruders.csv, phi.npz, run.json and figures/.
+
+    Example: rankscope compare bundled:minilm-base runs/full runs/lora-r8 -o reports/compare-r8
+    """
+    from .compare import compare
+    from .outputs import check_output_target
+
+    check_output_target(out)
+    result = compare(base, finetuned, adapter, include=include, phi_max=phi_max, k=k, epsilon=epsilon,
+                     progress=not quiet)
+    result.info["options"]["phi_modules"] = phi_modules
+    result.info["argv"] = shlex.join(["rankscope", *sys.argv[1:]])
+    result.save(out, plots=not no_plots)
+    if not quiet:
+        cols = ["r", "energy_both", "energy_optimal", "phi_left_1", "phi_right_1", "cosine", "norm_ratio",
+                "intruders_full", "intruders_lora", "amp_full_r", "amp_lora_r"]
+        click.echo(result.table.groupby("kind", sort=False)[cols].median().to_string(float_format=lambda v: f"{v:.3f}"))
+        click.echo(f"wrote {out}/")
+
+
+@main.command("compare-adapters", cls=OneLineCommand)
+@click.argument("adapter_1")
+@click.argument("adapter_2")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--phi-modules", metavar="REGEX", default=None, help="Modules for φ(i, j) heatmaps.")
+@click.option("--no-plots", is_flag=True, help="Skip figures.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary table.")
+@handle_errors
+def compare_adapters_cmd(adapter_1, adapter_2, out, phi_modules, no_plots, quiet):
+    """φ(i, j) between two LoRA adapters (different ranks or seeds), for A and B, per module.
+
+    Writes OUT/compare.csv, phi.npz (keys "<module>:A", "<module>:B"), run.json and figures/.
+
+    Example: rankscope compare-adapters runs/lora-r8 runs/lora-r64 -o reports/r8-vs-r64
+    """
+    from .compare import compare_adapters
+    from .outputs import check_output_target
+
+    check_output_target(out)
+    result = compare_adapters(adapter_1, adapter_2)
+    result.info["options"] = {"phi_modules": phi_modules}
+    result.info["argv"] = shlex.join(["rankscope", *sys.argv[1:]])
+    result.save(out, plots=not no_plots)
+    if not quiet:
+        cols = ["r_1", "r_2", "phi_A_1", "phi_A_min_r", "phi_B_1", "phi_B_min_r", "phi_random_A"]
+        click.echo(result.table.groupby("kind", sort=False)[cols].median().to_string(float_format=lambda v: f"{v:.3f}"))
+        click.echo(f"wrote {out}/")
+
+
 @main.command("plot", cls=OneLineCommand)
 @click.argument("out", type=click.Path(path_type=Path))
 @handle_errors
 def plot_cmd(out):
     """Re-render the figures of a saved result folder OUT (no recomputation).
 
+    Works for the results of spectrum, lora, compare and compare-adapters.
+
     Example: rankscope plot reports/demo
     """
-    from .outputs import write_json
-    from .plots import render_spectrum_figures
-    from .spectrum import SpectrumResult
+    from .outputs import read_json, write_json
 
     if not out.is_dir():
         raise RankscopeError(f"no such result folder: {out}")
-    result = SpectrumResult.load(out)
-    written = render_spectrum_figures(result, out / "figures")
+    command = read_json(out / "run.json").get("command")
+    if command in ("compare", "compare-adapters"):
+        from .compare import CompareResult
+        from .compare_plots import render_compare_figures
+
+        result = CompareResult.load(out)
+        written = render_compare_figures(result, out / "figures")
+    else:
+        from .plots import render_spectrum_figures
+        from .spectrum import SpectrumResult
+
+        result = SpectrumResult.load(out)
+        written = render_spectrum_figures(result, out / "figures")
     result.info.setdefault("outputs", {})["figures"] = written
     write_json(out / "run.json", result.info)
     click.echo(f"wrote {', '.join(written)} to {out / 'figures'}/")

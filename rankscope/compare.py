@@ -1,0 +1,256 @@
+"""Did LoRA learn the same update as full fine-tuning? Layer-by-layer comparison.
+
+``compare(base, finetuned, adapter)`` takes, for every module adapted by the LoRA adapter and
+changed by the full fine-tune, ``ΔW_full = W_ft − W_base`` and ``ΔW_lora = s·B·A`` (or the DoRA
+update) and reports (formulas in :mod:`rankscope.similarity`):
+
+* captured energy: the share of ``||ΔW_full||²`` inside LoRA's column space, row space and both,
+  next to the Eckart–Young optimum for the same rank (top-``r`` energy of ``ΔW_full``);
+* subspace similarity ``φ(i, j)`` (LoRA paper eq. 4) between the top singular subspaces of
+  ``ΔW_full`` (``i ≤ phi_max``) and ``ΔW_lora`` (``j ≤ r``), left and right, with the random
+  baseline ``max(i, j)/n``; principal angles between the two top-``r`` subspaces;
+* Frobenius cosine of the two updates and their norm ratio;
+* intruder dimensions (Shuttleworth et al. 2024) of ``W_base + ΔW_full`` and ``W_base + ΔW_lora``:
+  top-``k`` left singular vectors whose best ``|cos|`` with every left singular vector of
+  ``W_base`` is below ``ε``; counts over an ``ε`` grid too;
+* amplification factor ``||ΔW||_F / ||Uᵀ W_base Vᵀ||_F`` (LoRA paper §7.3) for both updates at
+  ``r`` and at smaller ranks.
+
+``compare_adapters(adapter_1, adapter_2)`` compares two adapters (different ranks or seeds) as in
+LoRA paper §7.2: ``φ(i, j)`` between the right singular vectors of ``A₁`` and ``A₂`` (row space)
+and between the left singular vectors of ``B₁`` and ``B₂`` (column space).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import similarity as sim
+from .adapters import read_adapter
+from .align import align, assign_kinds
+from .checkpoints import open_checkpoint, read_matrix
+from .errors import RankscopeError
+from .lora import BoundModule, bind_to_base
+from .outputs import atomic_output, peak_rss_mb, read_json, versions, write_json
+
+DEFAULT_EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+AMPLIFICATION_RANKS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class CompareResult:
+    """Result of :func:`compare` or :func:`compare_adapters`.
+
+    Attributes:
+        table: one row per module (``compare.csv``).
+        phi: ``"<module>:left"`` / ``"<module>:right"`` → ``φ(i, j)`` grid (``phi.npz``).
+        details: long tables (``amplification``, ``intruders``) written as ``<name>.csv``.
+        info: provenance and timings (``run.json``).
+    """
+
+    table: pd.DataFrame
+    phi: dict[str, np.ndarray]
+    details: dict[str, pd.DataFrame] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, out: str | os.PathLike, plots: bool = True) -> Path:
+        t0 = time.perf_counter()
+        with atomic_output(out) as tmp:
+            self.table.to_csv(tmp / "compare.csv", index=False)
+            for name, frame in self.details.items():
+                frame.to_csv(tmp / f"{name}.csv", index=False)
+            np.savez(tmp / "phi.npz", **self.phi)
+            if plots:
+                from .compare_plots import render_compare_figures
+
+                self.info.setdefault("outputs", {})["figures"] = render_compare_figures(self, tmp / "figures")
+            seconds = self.info.setdefault("seconds", {})
+            seconds["total"] = round(seconds.get("analysis", 0.0) + time.perf_counter() - t0, 3)
+            self.info["peak_rss_mb"] = round(peak_rss_mb(), 1)
+            write_json(tmp / "run.json", self.info)
+        return Path(out)
+
+    @classmethod
+    def load(cls, out: str | os.PathLike) -> CompareResult:
+        out = Path(out)
+        info = read_json(out / "run.json")
+        try:
+            table = pd.read_csv(out / "compare.csv", dtype={"layer": "Int64", "module": str, "kind": str})
+            with np.load(out / "phi.npz") as npz:
+                phi = {k: npz[k] for k in npz.files}
+            details = {p.stem: pd.read_csv(p) for p in out.glob("*.csv") if p.name != "compare.csv"}
+        except (OSError, ValueError) as exc:
+            raise RankscopeError(f"{out}: incomplete or unreadable comparison result ({exc})") from exc
+        return cls(table, phi, details, info)
+
+
+def _top_svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.linalg.svd(matrix, full_matrices=False)
+
+
+def compare_module(
+    w: np.ndarray,
+    delta_full: np.ndarray,
+    bound: BoundModule,
+    *,
+    phi_max: int = 64,
+    k: int = 10,
+    epsilon: float = 0.5,
+    epsilons: Sequence[float] = DEFAULT_EPSILONS,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], list[dict], list[dict]]:
+    """All comparison measurements for one module (see module docstring)."""
+    lm = bound.lora
+    r = lm.r
+    delta_lora = lm.delta(w)
+    u_f, s_f, vt_f = _top_svd(delta_full)
+    if lm.magnitude is None:
+        u_l, s_l, vt_l = lm.factored_svd()
+    else:
+        u_l, s_l, vt_l = _top_svd(delta_lora)
+    r_eff = min(r, u_l.shape[1])
+    u_l, s_l, vt_l = u_l[:, :r_eff], s_l[:r_eff], vt_l[:r_eff]
+    i_max = min(phi_max, u_f.shape[1])
+    phi_left = sim.phi_grid(u_f[:, :i_max], u_l)
+    phi_right = sim.phi_grid(vt_f[:i_max].T, vt_l.T)
+    rr = min(r_eff, i_max)
+    angles_left = np.degrees(sim.principal_angles(u_f[:, :rr], u_l[:, :rr]))
+    angles_right = np.degrees(sim.principal_angles(vt_f[:rr].T, vt_l[:rr].T))
+    energy = s_f**2
+    optimum = float(energy[:r_eff].sum() / energy.sum()) if energy.sum() else 0.0
+    e_both = sim.captured_energy(delta_full, u_l, vt_l.T)
+
+    u_base = _top_svd(w)[0]
+    scores_full = sim.intruder_scores(_top_svd(w + delta_full)[0][:, :k], u_base)
+    scores_lora = sim.intruder_scores(_top_svd(w + delta_lora)[0][:, :k], u_base)
+    amp_rows = []
+    for rank in sorted({q for q in AMPLIFICATION_RANKS if q < r_eff} | {r_eff}):
+        amp_rows.append({"module": bound.module, "rank": rank,
+                         "full": sim.amplification_factor(delta_full, w, rank, (u_f, s_f, vt_f)),
+                         "lora": sim.amplification_factor(delta_lora, w, rank, (u_l, s_l, vt_l))})
+    intruder_rows = [{"module": bound.module, "epsilon": eps, "full": sim.intruder_count(scores_full, eps),
+                      "lora": sim.intruder_count(scores_lora, eps)} for eps in epsilons]
+    n_out, n_in = delta_full.shape
+    full_norm, lora_norm = float(np.linalg.norm(delta_full)), float(np.linalg.norm(delta_lora))
+    row = {
+        "module": bound.module, "rows": n_out, "cols": n_in, "r": r,
+        "full_norm": full_norm, "lora_norm": lora_norm,
+        "norm_ratio": lora_norm / full_norm if full_norm else 0.0,
+        "cosine": sim.cosine_similarity(delta_full, delta_lora),
+        "energy_optimal": optimum,
+        "energy_col": sim.captured_energy(delta_full, u=u_l),
+        "energy_row": sim.captured_energy(delta_full, v=vt_l.T),
+        "energy_both": e_both,
+        "energy_vs_optimal": e_both / optimum if optimum else 0.0,
+        "phi_left_1": float(phi_left[0, 0]), "phi_left_r": float(phi_left[rr - 1, rr - 1]),
+        "phi_right_1": float(phi_right[0, 0]), "phi_right_r": float(phi_right[rr - 1, rr - 1]),
+        "phi_random_left_r": rr / n_out, "phi_random_right_r": rr / n_in,
+        "angle_left_min_deg": float(angles_left.min()), "angle_left_max_deg": float(angles_left.max()),
+        "angle_right_min_deg": float(angles_right.min()), "angle_right_max_deg": float(angles_right.max()),
+        "intruders_full": sim.intruder_count(scores_full, epsilon),
+        "intruders_lora": sim.intruder_count(scores_lora, epsilon),
+        "amp_full_r": amp_rows[-1]["full"], "amp_lora_r": amp_rows[-1]["lora"],
+        "amp_full_1": amp_rows[0]["full"], "amp_lora_1": amp_rows[0]["lora"],
+    }
+    return row, {f"{bound.module}:left": phi_left, f"{bound.module}:right": phi_right}, amp_rows, intruder_rows
+
+
+def compare(
+    base: str | os.PathLike,
+    finetuned: str | os.PathLike,
+    adapter: str | os.PathLike,
+    *,
+    include: Sequence[str] = (),
+    phi_max: int = 64,
+    k: int = 10,
+    epsilon: float = 0.5,
+    progress: bool = False,
+) -> CompareResult:
+    """Compare a LoRA adapter with a full fine-tune of the same base (see module docstring)."""
+    import re
+
+    from tqdm.auto import tqdm
+
+    if k < 1:
+        raise RankscopeError(f"--k: must be at least 1, got {k}")
+    if not 0 < epsilon < 1:
+        raise RankscopeError(f"--epsilon: must be in (0, 1), got {epsilon}")
+    t0 = time.perf_counter()
+    ad = read_adapter(adapter)
+    with open_checkpoint(base) as b_ckpt, open_checkpoint(finetuned) as f_ckpt:
+        bound = bind_to_base(ad, b_ckpt)
+        pairs = {p.base.name: p for p in align(b_ckpt, f_ckpt).pairs if p.is_matrix}
+        selected = [b for b in bound if b.base_tensor in pairs and (not include or any(re.search(p, b.module)
+                                                                                      for p in include))]
+        if not selected:
+            raise RankscopeError(f"no module of adapter {adapter} is also a 2-D tensor of both {base} and {finetuned}")
+        kinds = assign_kinds([b.module for b in selected])
+        rows, phi, amps, intruders = [], {}, [], []
+        for b in tqdm(selected, desc="compare", unit="module", disable=None if progress else True, leave=False):
+            pair = pairs[b.base_tensor]
+            w = read_matrix(b_ckpt, pair.base.name, pair.stored_rows, pair.transpose)
+            delta_full = read_matrix(f_ckpt, pair.finetuned.name, pair.stored_rows, pair.transpose) - w
+            if not (np.isfinite(w).all() and np.isfinite(delta_full).all()):
+                raise RankscopeError(f"tensor '{pair.base.name}' contains NaN or Inf")
+            row, grids, amp, intr = compare_module(w, delta_full, b, phi_max=phi_max, k=k, epsilon=epsilon)
+            layer, kind = kinds[b.module]
+            rows.append({"module": row.pop("module"), "layer": layer, "kind": kind, **row})
+            phi.update(grids)
+            amps += amp
+            intruders += intr
+        inputs = {"base": b_ckpt.describe(), "finetuned": f_ckpt.describe(), "adapter": ad.describe()}
+    table = pd.DataFrame(rows)
+    table["layer"] = table["layer"].astype("Int64")
+    info = {"command": "compare", "inputs": inputs, "seed": None, "device": "cpu",
+            "options": {"include": list(include), "phi_max": phi_max, "k": k, "epsilon": epsilon,
+                        "epsilons": list(DEFAULT_EPSILONS)},
+            "seconds": {"analysis": round(time.perf_counter() - t0, 3)}, "versions": versions()}
+    return CompareResult(table, phi, {"amplification": pd.DataFrame(amps), "intruders": pd.DataFrame(intruders)}, info)
+
+
+def _row_space(a: np.ndarray) -> np.ndarray:
+    """Right singular vectors of ``A`` (``in x r``), ordered by singular value."""
+    return np.linalg.svd(a, full_matrices=False)[2].T
+
+
+def _column_space(b: np.ndarray) -> np.ndarray:
+    """Left singular vectors of ``B`` (``out x r``), ordered by singular value."""
+    return np.linalg.svd(b, full_matrices=False)[0]
+
+
+def compare_adapters(adapter_1: str | os.PathLike, adapter_2: str | os.PathLike) -> CompareResult:
+    """φ(i, j) between two adapters' ``A`` row spaces and ``B`` column spaces, per common module."""
+    t0 = time.perf_counter()
+    a1, a2 = read_adapter(adapter_1), read_adapter(adapter_2)
+    common = sorted(set(a1.modules) & set(a2.modules))
+    if not common:
+        raise RankscopeError(f"adapters {adapter_1} and {adapter_2} share no LoRA module")
+    kinds = assign_kinds(common)
+    rows, phi = [], {}
+    for m in common:
+        l1, l2 = a1.modules[m], a2.modules[m]
+        if l1.shape != l2.shape:
+            raise RankscopeError(f"module '{m}' is {l1.shape} in {adapter_1} but {l2.shape} in {adapter_2}")
+        phi_a = sim.phi_grid(_row_space(l1.A), _row_space(l2.A))
+        phi_b = sim.phi_grid(_column_space(l1.B), _column_space(l2.B))
+        phi[f"{m}:A"], phi[f"{m}:B"] = phi_a, phi_b
+        rr = min(l1.r, l2.r)
+        layer, kind = kinds[m]
+        rows.append({"module": m, "layer": layer, "kind": kind, "rows": l1.shape[0], "cols": l1.shape[1],
+                     "r_1": l1.r, "r_2": l2.r,
+                     "phi_A_1": float(phi_a[0, 0]), "phi_A_min_r": float(phi_a[rr - 1, rr - 1]),
+                     "phi_B_1": float(phi_b[0, 0]), "phi_B_min_r": float(phi_b[rr - 1, rr - 1]),
+                     "phi_random_A": max(l1.r, l2.r) / l1.shape[1], "phi_random_B": max(l1.r, l2.r) / l1.shape[0],
+                     "cosine_BA": sim.factored_cosine(l1.B, l1.A, l2.B, l2.A)})
+    table = pd.DataFrame(rows)
+    table["layer"] = table["layer"].astype("Int64")
+    info = {"command": "compare-adapters", "inputs": {"adapter_1": a1.describe(), "adapter_2": a2.describe()},
+            "seed": None, "seconds": {"analysis": round(time.perf_counter() - t0, 3)}, "versions": versions()}
+    return CompareResult(table, phi, {}, info)
