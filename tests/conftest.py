@@ -23,7 +23,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import json  # noqa: E402
 import re  # noqa: E402
-import shutil  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -378,14 +377,6 @@ def reference(base_dir: Path, ft_dir: Path, arch: str) -> dict[str, RefModule]:
         else:
             out[module] = RefModule(module, layer, kind, b.size, 1, dtypes[name], b, delta, None)
     return out
-
-
-def copy_pair(pair: Pair, dest: Path) -> Pair:
-    """A copy of ``pair`` on disk (for tests that must not share folders)."""
-    shutil.copytree(pair.base, dest / "base")
-    shutil.copytree(pair.finetuned, dest / "finetuned")
-    return Pair(pair.arch, pair.fmt, pair.dtype, dest / "base", dest / "finetuned", pair.grow_vocab,
-                pair.planted, pair.planted_s, pair.planted_vec)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -174,6 +174,15 @@ def test_gavish_donoho_rank_hand_value():
     assert metrics.gavish_donoho_rank(s, 7, 7) == 1
 
 
+def test_gavish_donoho_threshold_is_strict():
+    # a value exactly at omega(beta) * median is not kept ("keep sigma_i > threshold")
+    omega = 0.56 * 1.0**3 - 0.95 * 1.0**2 + 1.82 * 1.0 + 1.43  # beta = 1, same float expression
+    s = np.array([10.0, 2.0 * omega, 2.0, 2.0, 2.0])  # median 2: threshold 2 * omega, exact
+    assert metrics.gavish_donoho_rank(s, 5, 5) == 1
+    s[1] = np.nextafter(2.0 * omega, np.inf)
+    assert metrics.gavish_donoho_rank(s, 5, 5) == 2
+
+
 @pytest.mark.parametrize("k", [1, 3, 5, 8])
 def test_gavish_donoho_recovers_planted_rank(k):
     rng = np.random.default_rng(100 + k)
