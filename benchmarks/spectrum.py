@@ -10,7 +10,9 @@ What it does, in one run:
    from its name, so the build is deterministic and layer i is the same at 8 and 16 layers.
 2. Times ``rankscope spectrum BASE FT --no-plots -q -o OUT`` and the baseline
    (``benchmarks/_baseline_svdvals.py``), each ``--repeats`` times as separate processes: median
-   wall time (interpreter start included) and peak RSS (``/usr/bin/time -v``, else ``getrusage``).
+   wall time (interpreter start included), median CPU seconds and peak RSS (``/usr/bin/time -v``,
+   else ``getrusage``).  Each run waits (up to ``--idle-wait`` s) for other processes to go quiet,
+   since on a 2-core machine any competing job inflates wall times several-fold.
 3. Compares both against the float64 LAPACK reference ``scipy.linalg.svdvals(ft - base)`` of every
    matrix (computed once, cached next to the model): worst ``max_i |σ_i - σ_ref_i| / σ_ref_1``.
 4. With ``--double``, also times rankscope on the 2x-layers model to show peak RSS stays flat.
@@ -217,6 +219,7 @@ def ensure_model(data: Path, shape: LlamaShape, seed: int) -> tuple[Path, float 
         write_pair(shape, seed, tmp / "base", tmp / "finetuned")
         seconds = time.perf_counter() - t0
         _write_meta(tmp, {"recipe": want, "generation_seconds": round(seconds, 1)})
+        tmp.chmod(0o755)  # mkdtemp makes it private
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -325,17 +328,19 @@ GNU_TIME = Path("/usr/bin/time")
 _RUSAGE_WRAPPER = (
     "import resource, subprocess, sys\n"
     "rc = subprocess.call(sys.argv[2:])\n"
-    "kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-    "open(sys.argv[1], 'w').write(f'Maximum resident set size (kbytes): {kib}\\n')\n"
+    "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "open(sys.argv[1], 'w').write(f'User time (seconds): {ru.ru_utime}\\nSystem time (seconds): {ru.ru_stime}\\n'\n"
+    "                             f'Maximum resident set size (kbytes): {ru.ru_maxrss}\\n')\n"
     "sys.exit(rc)\n"
 )
 
 
 @dataclass
 class Sample:
-    """One process run: wall seconds (from spawn to exit) and peak RSS in MiB."""
+    """One process run: wall seconds (from spawn to exit), CPU seconds (user + system) and peak RSS in MiB."""
 
     wall_s: float
+    cpu_s: float
     peak_rss_mb: float
 
 
@@ -351,8 +356,18 @@ class Measurement:
         return statistics.median(s.wall_s for s in self.samples)
 
     @property
+    def cpu_s(self) -> float:
+        return statistics.median(s.cpu_s for s in self.samples)
+
+    @property
     def peak_rss_mb(self) -> float:
         return max(s.peak_rss_mb for s in self.samples)
+
+    def row(self, tool: str, acc: Accuracy | None) -> dict[str, Any]:
+        """A row of the report table (and of the JSON file)."""
+        return {"tool": tool, "wall_s": self.wall_s, "cpu_s": self.cpu_s, "peak_rss_mb": self.peak_rss_mb,
+                "max_rel_err": acc.max_rel_err if acc else None, "worst_module": acc.worst_module if acc else None,
+                "runs": [asdict(s) for s in self.samples]}
 
 
 def _gnu_time_works() -> bool:
@@ -375,20 +390,57 @@ def run_measured(cmd: Sequence[str], use_gnu_time: bool) -> Sample:
         text = Path(report.name).read_text()
     if proc.returncode != 0:
         raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    if not match:
-        raise RuntimeError(f"no peak RSS in the report of {' '.join(cmd)}:\n{text}")
-    return Sample(wall, int(match.group(1)) / 1024)
+    fields = {}
+    for key, pattern in (("rss", r"Maximum resident set size \(kbytes\): (\d+)"),
+                         ("user", r"User time \(seconds\): ([\d.]+)"), ("sys", r"System time \(seconds\): ([\d.]+)")):
+        match = re.search(pattern, text)
+        if not match:
+            raise RuntimeError(f"no '{key}' in the resource report of {' '.join(cmd)}:\n{text}")
+        fields[key] = float(match.group(1))
+    return Sample(wall, fields["user"] + fields["sys"], fields["rss"] / 1024)
 
 
-def measure(label: str, cmd: Sequence[str], repeats: int, use_gnu_time: bool) -> Measurement:
-    """Run ``cmd`` ``repeats`` times, printing each run."""
+def measure(label: str, cmd: Sequence[str], repeats: int, use_gnu_time: bool, max_busy: float,
+            idle_wait: float) -> Measurement:
+    """Run ``cmd`` ``repeats`` times, each on an idle machine if possible, printing each run."""
     result = Measurement(label)
     for i in range(repeats):
+        busy = wait_until_idle(max_busy, idle_wait)
         sample = run_measured(cmd, use_gnu_time)
         result.samples.append(sample)
-        print(f"  {label} run {i + 1}/{repeats}: {sample.wall_s:.2f} s, {sample.peak_rss_mb:.0f} MB", flush=True)
+        print(f"  {label} run {i + 1}/{repeats}: {sample.wall_s:.2f} s wall, {sample.cpu_s:.2f} s CPU, "
+              f"{sample.peak_rss_mb:.0f} MB (other processes before: {busy:.2f} CPUs)", flush=True)
     return result
+
+
+def busy_cpus(interval: float = 1.0) -> float:
+    """CPUs' worth of work done by other processes over ``interval`` seconds (this one sleeps meanwhile)."""
+
+    def jiffies() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values) - idle, sum(values)
+
+    try:
+        busy0, total0 = jiffies()
+        time.sleep(interval)
+        busy1, total1 = jiffies()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]  # not Linux: the load average is the best cheap proxy
+    return (os.cpu_count() or 1) * (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def wait_until_idle(max_busy: float, timeout_s: float) -> float:
+    """Wait up to ``timeout_s`` until other processes use fewer than ``max_busy`` CPUs; return the last reading."""
+    deadline = time.monotonic() + timeout_s
+    busy = busy_cpus()
+    while busy >= max_busy and time.monotonic() < deadline:
+        busy = busy_cpus(5.0)
+    if busy >= max_busy:
+        print(f"  warning: other processes keep {busy:.1f} CPUs busy; wall times will be inflated "
+              "(the CPU-seconds column is less affected)", flush=True)
+    return busy
 
 
 def warm_page_cache(folder: Path) -> None:
@@ -416,16 +468,19 @@ def _check(value: float, target: float) -> str:
     return "ok" if value <= target else "MISS"
 
 
-def render_table(rows: list[dict[str, Any]]) -> str:
-    """Fixed-width table of tool rows (``tool``, ``wall_s``, ``peak_rss_mb``, ``max_rel_err``) plus ratios."""
-    header = f"{'tool':<34} {'wall s (median)':>16} {'peak RSS MB':>12} {'max |Δσ|/σ₁':>13}"
+def render_table(rows: list[dict[str, Any]], ratio: dict[str, float] | None) -> str:
+    """Fixed-width table: one line per tool row, the baseline/rankscope ratios and the rankscope targets."""
+    header = f"{'tool':<32} {'wall s (median)':>15} {'CPU s':>7} {'peak RSS MB':>11} {'max |σ-σ_ref|/σ₁':>17}"
     lines = [header, "-" * len(header)]
     for r in rows:
         err = f"{r['max_rel_err']:.1e}" if r.get("max_rel_err") is not None else "-"
-        lines.append(f"{r['tool']:<34} {r['wall_s']:>16.2f} {r['peak_rss_mb']:>12.0f} {err:>13}")
+        lines.append(f"{r['tool']:<32} {r['wall_s']:>15.2f} {r['cpu_s']:>7.1f} {r['peak_rss_mb']:>11.0f} {err:>17}")
+    if ratio:
+        lines.append(f"{'ratio baseline / rankscope':<32} {ratio['wall_s']:>14.2f}x {ratio['cpu_s']:>6.2f}x "
+                     f"{ratio['peak_rss_mb']:>10.2f}x {ratio['max_rel_err']:>16.1e}x")
     t = TARGETS
-    lines.append(f"{'target (rankscope)':<34} {'≤ ' + format(t['wall_s'], 'g'):>16} "
-                 f"{'≤ ' + format(t['peak_rss_mb'], 'g'):>12} {'≤ ' + format(t['max_rel_err'], 'g'):>13}")
+    lines.append(f"{'target (rankscope)':<32} {'≤ ' + format(t['wall_s'], 'g'):>15} {'':>7} "
+                 f"{'≤ ' + format(t['peak_rss_mb'], 'g'):>11} {'≤ ' + format(t['max_rel_err'], 'g'):>17}")
     return "\n".join(lines)
 
 
@@ -442,6 +497,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rankscope", type=Path, default=venv_bin / "rankscope", help="rankscope console script.")
     p.add_argument("--python", type=Path, default=Path(sys.executable), help="Interpreter for the baseline.")
     p.add_argument("--skip-baseline", action="store_true", help="Time rankscope only.")
+    p.add_argument("--max-busy", type=float, default=0.25,
+                   help="Before each timed run, wait until other processes use fewer CPUs than this ...")
+    p.add_argument("--idle-wait", type=float, default=120.0, help="... for at most this many seconds (0: don't wait).")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="Also save all figures as JSON.")
     args = p.parse_args(argv)
     if args.layers < 1 or args.repeats < 1:
@@ -449,94 +507,85 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _took(seconds: float | None, cached: Any) -> str:
+    return f"{seconds:.1f} s" if seconds is not None else f"cached (took {cached} s)"
+
+
+def prepare(data: Path, shape: LlamaShape, seed: int) -> tuple[Path, dict[str, np.ndarray]]:
+    """Build (or reuse) the model pair and its float64 reference, reporting how long each took."""
+    n_params = sum(int(np.prod(s)) for _, s in shape.tensors())
+    print(f"model: Llama-shaped, {shape.layers} layers, {n_params / 1e6:.1f}M parameters, float32", flush=True)
+    folder, gen_s = ensure_model(data, shape, seed)
+    print(f"  data: {folder} ({model_bytes(folder) / 1e9:.2f} GB); generation "
+          f"{_took(gen_s, _read_meta(folder).get('generation_seconds'))}", flush=True)
+    reference, ref_s = ensure_reference(folder)
+    print(f"  float64 LAPACK reference, {len(reference)} matrices: "
+          f"{_took(ref_s, _read_meta(folder).get('reference_seconds'))}", flush=True)
+    return folder, reference
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     use_gnu_time = _gnu_time_works()
     shape = LlamaShape(layers=args.layers)
-    n_params = sum(int(np.prod(s)) for _, s in shape.tensors())
-    print(f"model: Llama-shaped, {shape.layers} layers, {n_params / 1e6:.1f}M parameters, float32", flush=True)
+    folder, reference = prepare(args.data, shape, args.seed)
+    big_folder: Path | None = None
+    if args.double:
+        big_folder, big_s = ensure_model(args.data, LlamaShape(layers=2 * args.layers), args.seed)
+        print(f"doubled model ({2 * args.layers} layers): {big_folder} ({model_bytes(big_folder) / 1e9:.2f} GB); "
+              f"generation {_took(big_s, _read_meta(big_folder).get('generation_seconds'))}", flush=True)
 
-    folder, gen_s = ensure_model(args.data, shape, args.seed)
-    meta = _read_meta(folder)
-    print(f"data: {folder} ({model_bytes(folder) / 1e9:.2f} GB); generation "
-          f"{f'{gen_s:.1f} s' if gen_s is not None else 'cached (' + str(meta.get('generation_seconds')) + ' s)'}",
-          flush=True)
-    reference, ref_s = ensure_reference(folder)
-    meta = _read_meta(folder)
-    print(f"float64 reference: {len(reference)} matrices; "
-          f"{f'{ref_s:.1f} s' if ref_s is not None else 'cached (' + str(meta.get('reference_seconds')) + ' s)'}",
-          flush=True)
-
+    print(f"peak RSS and CPU time via {'/usr/bin/time -v' if use_gnu_time else 'getrusage(RUSAGE_CHILDREN)'}; "
+          f"{args.repeats} runs per tool, page cache warm", flush=True)
+    warm_page_cache(folder)
+    timing = (args.max_busy, args.idle_wait)
     runs = folder / "runs"
     runs.mkdir(exist_ok=True)
-    print(f"peak RSS via {'/usr/bin/time -v' if use_gnu_time else 'getrusage(RUSAGE_CHILDREN)'}; warming page cache",
-          flush=True)
-    warm_page_cache(folder)
-
     rs_out = runs / "rankscope"
-    rs = measure("rankscope", rankscope_cmd(args.rankscope, folder, rs_out), args.repeats, use_gnu_time)
-    rs_acc = accuracy(load_npz(rs_out / "spectra.npz"), reference)
-    rows: list[dict[str, Any]] = [{"tool": f"rankscope ({shape.layers} layers)", "wall_s": rs.wall_s,
-                                   "peak_rss_mb": rs.peak_rss_mb, "max_rel_err": rs_acc.max_rel_err,
-                                   "worst_module": rs_acc.worst_module, "runs": [asdict(s) for s in rs.samples]}]
+    rs = measure("rankscope", rankscope_cmd(args.rankscope, folder, rs_out), args.repeats, use_gnu_time, *timing)
+    rows = [rs.row(f"rankscope ({shape.layers} layers)", accuracy(load_npz(rs_out / "spectra.npz"), reference))]
 
-    base_row: dict[str, Any] | None = None
+    ratio: dict[str, float] = {}
     if not args.skip_baseline:
         bl_out = runs / "baseline.npz"
-        bl = measure("baseline", baseline_cmd(args.python, folder, bl_out), args.repeats, use_gnu_time)
-        bl_acc = accuracy(load_npz(bl_out), reference)
-        base_row = {"tool": "baseline (torch svdvals fp32)", "wall_s": bl.wall_s, "peak_rss_mb": bl.peak_rss_mb,
-                    "max_rel_err": bl_acc.max_rel_err, "worst_module": bl_acc.worst_module,
-                    "runs": [asdict(s) for s in bl.samples]}
-        rows.append(base_row)
+        bl = measure("baseline", baseline_cmd(args.python, folder, bl_out), args.repeats, use_gnu_time, *timing)
+        rows.append(bl.row("baseline (torch svdvals, fp32)", accuracy(load_npz(bl_out), reference)))
+        ratio = {k: rows[1][k] / max(rows[0][k], 1e-300) for k in ("wall_s", "cpu_s", "peak_rss_mb", "max_rel_err")}
 
-    double_row: dict[str, Any] | None = None
-    double_gen_s: float | None = None
-    if args.double:
-        big = LlamaShape(layers=2 * args.layers)
-        big_folder, double_gen_s = ensure_model(args.data, big, args.seed)
-        print(f"doubled model: {big_folder} ({model_bytes(big_folder) / 1e9:.2f} GB); generation "
-              f"{f'{double_gen_s:.1f} s' if double_gen_s is not None else 'cached'}", flush=True)
+    if big_folder is not None:
         (big_folder / "runs").mkdir(exist_ok=True)
         warm_page_cache(big_folder)
-        big_rs = measure(f"rankscope {big.layers}L", rankscope_cmd(args.rankscope, big_folder, big_folder / "runs" /
-                                                                   "rankscope"), args.repeats, use_gnu_time)
-        double_row = {"tool": f"rankscope ({big.layers} layers)", "wall_s": big_rs.wall_s,
-                      "peak_rss_mb": big_rs.peak_rss_mb, "max_rel_err": None,
-                      "runs": [asdict(s) for s in big_rs.samples]}
-        rows.append(double_row)
+        big_cmd = rankscope_cmd(args.rankscope, big_folder, big_folder / "runs" / "rankscope")
+        big_rs = measure(f"rankscope {2 * shape.layers}L", big_cmd, args.repeats, use_gnu_time, *timing)
+        rows.append(big_rs.row(f"rankscope ({2 * shape.layers} layers)", None))
 
     print()
-    print(render_table(rows))
+    print(render_table(rows, ratio))
     main_row = rows[0]
     print(f"\nrankscope vs targets: wall {_check(main_row['wall_s'], TARGETS['wall_s'])}, "
           f"peak RSS {_check(main_row['peak_rss_mb'], TARGETS['peak_rss_mb'])}, "
-          f"error {_check(main_row['max_rel_err'], TARGETS['max_rel_err'])} "
-          f"(worst module {main_row['worst_module']})")
-    ratios: dict[str, float] = {}
-    if base_row is not None:
-        ratios = {"wall": base_row["wall_s"] / main_row["wall_s"],
-                  "peak_rss": base_row["peak_rss_mb"] / main_row["peak_rss_mb"],
-                  "error": base_row["max_rel_err"] / max(main_row["max_rel_err"], 1e-300)}
-        print(f"baseline / rankscope: wall {ratios['wall']:.2f}x, peak RSS {ratios['peak_rss']:.2f}x, "
-              f"error {ratios['error']:.3g}x (baseline worst module {base_row['worst_module']})")
-    if double_row is not None:
-        print(f"peak RSS {shape.layers} -> {2 * shape.layers} layers: {main_row['peak_rss_mb']:.0f} -> "
-              f"{double_row['peak_rss_mb']:.0f} MB ({double_row['peak_rss_mb'] / main_row['peak_rss_mb']:.2f}x) while "
-              f"wall goes {main_row['wall_s']:.2f} -> {double_row['wall_s']:.2f} s")
+          f"error {_check(main_row['max_rel_err'], TARGETS['max_rel_err'])}; worst modules: rankscope "
+          f"{main_row['worst_module']}" + (f", baseline {rows[1]['worst_module']}" if ratio else ""))
+    if big_folder is not None:
+        big = rows[-1]
+        print(f"{shape.layers} -> {2 * shape.layers} layers: peak RSS {main_row['peak_rss_mb']:.0f} -> "
+              f"{big['peak_rss_mb']:.0f} MB ({big['peak_rss_mb'] / main_row['peak_rss_mb']:.2f}x), wall "
+              f"{main_row['wall_s']:.2f} -> {big['wall_s']:.2f} s ({big['wall_s'] / main_row['wall_s']:.2f}x)")
 
     if args.json is not None:
+        meta = _read_meta(folder)
         report = {
-            "model": {"layers": shape.layers, "parameters": n_params, "folder": str(folder), **recipe(shape, args.seed)},
+            "model": {"folder": str(folder), "parameters": sum(int(np.prod(s)) for _, s in shape.tensors()),
+                      "recipe": recipe(shape, args.seed)},
             "cpu_count": os.cpu_count(),
             "repeats": args.repeats,
             "rss_method": "/usr/bin/time -v" if use_gnu_time else "getrusage(RUSAGE_CHILDREN)",
             "generation_seconds": meta.get("generation_seconds"),
             "reference_seconds": meta.get("reference_seconds"),
-            "double_generation_seconds": double_gen_s,
+            "double_generation_seconds": _read_meta(big_folder).get("generation_seconds") if big_folder else None,
             "targets": TARGETS,
             "rows": rows,
-            "ratios_baseline_over_rankscope": ratios,
+            "ratio_baseline_over_rankscope": ratio,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
