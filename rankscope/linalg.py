@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import scipy.linalg  # imported eagerly: its own OpenBLAS must be loaded before threadpool limits are applied
 
 SMALL = 64
 """At or below this smaller dimension, LAPACK SVD directly is as fast as the Gram route."""
@@ -47,8 +48,6 @@ def _sigma_from_eigenvalues(lam: np.ndarray) -> np.ndarray:
 
 def gram_spectrum(blocks: Iterable[np.ndarray], rows: int, cols: int) -> np.ndarray:
     """Singular values (descending, float64) of the ``rows x cols`` matrix given as row blocks."""
-    import scipy.linalg
-
     if rows >= cols:
         gram = np.zeros((cols, cols))
         for block in blocks:
@@ -64,8 +63,6 @@ def gram_spectrum(blocks: Iterable[np.ndarray], rows: int, cols: int) -> np.ndar
 
 def svd_spectrum(blocks: Iterable[np.ndarray], rows: int, cols: int) -> np.ndarray:
     """Singular values by LAPACK ``gesdd`` of the assembled float64 matrix."""
-    import scipy.linalg
-
     full = np.concatenate(list(blocks), axis=0) if rows else np.zeros((0, cols))
     if min(full.shape) == 0:
         return np.zeros(0)

@@ -124,10 +124,10 @@ def _delta_blocks(pair: TensorPair, base: Checkpoint, ft: Checkpoint, norms: _No
     step = max(1, BLOCK_BYTES // (8 * cols))
     for start in range(0, rows, step):
         stop = min(rows, start + step)
-        b = base.read_rows(info.name, start, stop).astype(np.float64)
+        b = base.read_rows(info.name, start, stop)
         d = ft.read_rows(pair.finetuned.name, start, stop).astype(np.float64)
-        d -= b
-        b_sq = float(np.vdot(b, b))
+        d -= b  # float64 difference of the stored values (exact inputs, one rounding)
+        b_sq = float(np.einsum("ij,ij->", b, b, dtype=np.float64))  # float64 accumulation, no float64 copy of b
         d_sq = float(np.vdot(d, d))
         if not np.isfinite(b_sq):
             raise RankscopeError(f"{info.file}: tensor '{info.name}' contains NaN or Inf")
