@@ -259,7 +259,7 @@ def _download(repo: str) -> Path:
         from huggingface_hub import list_repo_files, snapshot_download
 
         names = list_repo_files(repo_id, revision=revision or None)
-        patterns = ["config.json"]
+        patterns = ["config.json", "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "*.model"]
         if any(n.endswith(".safetensors") for n in names):
             patterns += ["*.safetensors", "*.safetensors.index.json"]
         else:

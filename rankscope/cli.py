@@ -6,70 +6,23 @@ Errors caused by the input print one line, ``Error: <message>``, and exit with s
 
 from __future__ import annotations
 
-import functools
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
-import click
+# Before anything loads torch's libgomp: idle OpenMP workers sleep instead of spinning.  On a shared
+# 2-core machine spinning made a MiniLM training step 10x slower; on an idle one it costs nothing measurable.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import __version__
-from .errors import RankscopeError
+import click  # noqa: E402
 
-EXIT_BAD_INPUT = 2
-
-
-def _debug_requested() -> bool:
-    return "--debug" in sys.argv
-
-
-def handle_errors(func):
-    """Turn :class:`RankscopeError` (and unexpected failures) into one line on stderr."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        debug = kwargs.pop("debug", False) or click.get_current_context().find_root().params.get("debug", False)
-        try:
-            return func(*args, **kwargs)
-        except RankscopeError as exc:
-            if debug:
-                raise
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted; nothing was written", err=True)
-            sys.exit(130)
-        except Exception as exc:  # a bug, not bad input: still one line unless --debug
-            if debug:
-                raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            click.echo(f"Error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True)
-            sys.exit(1)
-
-    return click.option("--debug", is_flag=True, help="Show the full traceback on errors.")(wrapper)
-
-
-class OneLineCommand(click.Command):
-    """Option and argument errors follow the same contract as input errors: one line, status 2."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            error = click.ClickException(exc.format_message())
-            error.exit_code = EXIT_BAD_INPUT
-            raise error from exc
-
-
-def _parse_taus(value: str) -> tuple[float, ...]:
-    try:
-        taus = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError as exc:
-        raise click.BadParameter(f"'{value}' is not a comma-separated list of numbers", param_hint="--tau") from exc
-    if not taus or any(not 0 < t <= 1 for t in taus):
-        raise click.BadParameter(f"'{value}': every threshold must be in (0, 1]", param_hint="--tau")
-    return taus
+from . import __version__  # noqa: E402
+from .cli_support import OneLineCommand, handle_errors, parse_taus  # noqa: E402
+from .errors import RankscopeError  # noqa: E402
+from .tasks import BUILTINS  # noqa: E402
+from .train import METHODS  # noqa: E402  (light: torch loads only when training starts)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -89,7 +42,7 @@ def main(debug: bool) -> None:
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder (created; replaced if it holds an earlier result).")
 @click.option("--include", multiple=True, metavar="REGEX", help="Only modules whose name matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="REGEX", help="Skip modules whose name matches (repeatable).")
-@click.option("--tau", "taus", default="0.5,0.9,0.99", show_default=True, callback=lambda c, p, v: _parse_taus(v),
+@click.option("--tau", "taus", default="0.5,0.9,0.99", show_default=True, callback=lambda c, p, v: parse_taus(v),
               help="Energy thresholds for the rank_XX columns.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--method", type=click.Choice(["auto", "gram", "svd", "torch"]), default="auto", show_default=True,
@@ -125,7 +78,7 @@ def spectrum_cmd(base, finetuned, out, include, exclude, taus, device, method, w
 @click.argument("adapter")
 @click.option("--base", default=None, help="Base checkpoint: names modules as its tensors, adds base norms, needed for DoRA.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--tau", "taus", default="0.5,0.9,0.99", show_default=True, callback=lambda c, p, v: _parse_taus(v),
+@click.option("--tau", "taus", default="0.5,0.9,0.99", show_default=True, callback=lambda c, p, v: parse_taus(v),
               help="Energy thresholds for the rank_XX columns.")
 @click.option("--no-plots", is_flag=True, help="Skip figures.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
@@ -215,6 +168,86 @@ def compare_adapters_cmd(adapter_1, adapter_2, out, phi_modules, no_plots, quiet
     if not quiet:
         cols = ["r_1", "r_2", "phi_A_1", "phi_A_min_r", "phi_B_1", "phi_B_min_r", "phi_random_A"]
         click.echo(result.table.groupby("kind", sort=False)[cols].median().to_string(float_format=lambda v: f"{v:.3f}"))
+        click.echo(f"wrote {out}/")
+
+
+def _task_help() -> str:
+    return "Built-in task (" + ", ".join(BUILTINS) + ") or a name for --data."
+
+
+_LORA_ONLY = ("r", "alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora")
+
+
+def _lora_options_given() -> list[str]:
+    """The LoRA-only options that were typed on the command line."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return [f"--{n.replace('_', '-')}" for n in _LORA_ONLY if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+
+
+@main.command("train", cls=OneLineCommand)
+@click.option("--model", default="bundled:minilm-base", show_default=True, metavar="CHECKPOINT",
+              help="Local HF folder, Hub id or bundled:minilm-base.")
+@click.option("--task", default=None, metavar="TASK", help=_task_help() + "  [default: rotten-tomatoes]")
+@click.option("--data", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="CSV/TSV/JSONL file with a text and a label column (instead of a built-in task).")
+@click.option("--text-column", default="text", show_default=True, help="Text column of --data.")
+@click.option("--label-column", default="label", show_default=True, help="Label column of --data.")
+@click.option("--method", type=click.Choice(METHODS), default="full", show_default=True,
+              help="full: every weight trainable; lora: a peft LoRA adapter plus the classifier head.")
+@click.option("--r", "r", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True,
+              help="LoRA alpha (scale alpha/r, alpha/sqrt(r) with --use-rslora).")
+@click.option("--target-modules", default=None, metavar="NAMES",
+              help="Comma-separated module names (query,value) or all-linear  [default: peft's for the architecture].")
+@click.option("--rank-pattern", default=None, metavar="FILE", help="JSON {module pattern: r} overriding --r.")
+@click.option("--alpha-pattern", default=None, metavar="FILE", help="JSON {module pattern: alpha} overriding --alpha.")
+@click.option("--use-rslora", is_flag=True, help="Rank-stabilised LoRA scale alpha/sqrt(r).")
+@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate  [default: 5e-5 full, 5e-4 lora].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True, help="Tokens per text.")
+@click.option("--max-train", type=click.IntRange(min=1), default=None, help="Train on a seeded subsample of this size.")
+@click.option("--max-eval", type=click.IntRange(min=1), default=None, help="Cap validation and test at this size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Head/LoRA init, data order, dropout.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Train/validation/test split.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Also evaluate every N steps.")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Stop after N evaluations without validation improvement.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads  [default: torch's, all cores].")
+@click.option("--last", is_flag=True, help="Test and save the last weights instead of the best on validation.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Output folder (created; replaced if it holds an earlier result).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@handle_errors
+def train_cmd(model, task, data, text_column, label_column, method, r, alpha, target_modules, rank_pattern,
+                  alpha_pattern, use_rslora, epochs, lr, batch_size, max_length, max_train, max_eval, seed, split_seed,
+                  device, eval_every, patience, threads, last, out, quiet):
+    """Fine-tune MODEL on a classification task (full or LoRA) and save it with its metrics.
+
+    Writes the model (full: HF checkpoint; lora: peft adapter), the tokenizer, OUT/metrics.json and
+    OUT/run.json.  The test accuracy is that of the best validation checkpoint (--last: the final one).
+
+    Example: rankscope train --task rotten-tomatoes --method lora --max-train 2000 -o runs/lora
+    """
+    if task is None:
+        task = Path(data).stem if data is not None else "rotten-tomatoes"
+    given = _lora_options_given()
+    if method != "lora" and given:
+        raise RankscopeError(f"{', '.join(given)} only apply to --method lora")
+    from .train import summary_line, train
+
+    metrics = train(model, task, method, out, data=data, text_column=text_column, label_column=label_column,
+                    split_seed=split_seed, max_train=max_train, max_eval=max_eval, seed=seed, epochs=epochs, lr=lr,
+                    batch_size=batch_size, max_length=max_length, device=device, eval_every=eval_every,
+                    patience=patience, restore_best=not last, r=r, alpha=alpha, target_modules=target_modules,
+                    rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_rslora=use_rslora, threads=threads,
+                    progress=not quiet, argv=shlex.join(["rankscope", *sys.argv[1:]]))
+    if not quiet:
+        click.echo(summary_line(metrics))
         click.echo(f"wrote {out}/")
 
 

@@ -201,10 +201,9 @@ def encode_labels(raw: Sequence[Any], order: Sequence[Any] | None = None) -> tup
     """Map raw labels to ``0..K-1`` in sorted order (numeric order when every label is a number) or in ``order``."""
     values = set(raw)
     numeric = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values)
-    if order is not None:
-        ordered = list(order)
-    else:
-        ordered = sorted(values) if numeric else sorted(values, key=str)
+    if order is None:
+        order = sorted(values) if numeric else sorted(values, key=str)
+    ordered = list(order)
     index = {v: i for i, v in enumerate(ordered)}
     names = [str(int(v)) if numeric and float(v).is_integer() else str(v) for v in ordered]
     return [index[v] for v in raw], names
