@@ -39,7 +39,7 @@ from .align import align, assign_kinds
 from .checkpoints import open_checkpoint, read_matrix
 from .errors import RankscopeError
 from .lora import BoundModule, bind_to_base
-from .outputs import atomic_output, peak_rss_mb, read_json, versions, write_json
+from .outputs import read_arrays, read_json, read_table, result_folder, versions
 
 DEFAULT_EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 AMPLIFICATION_RANKS = (1, 2, 4, 8, 16, 32, 64)
@@ -62,8 +62,8 @@ class CompareResult:
     info: dict[str, Any] = field(default_factory=dict)
 
     def save(self, out: str | os.PathLike, plots: bool = True) -> Path:
-        t0 = time.perf_counter()
-        with atomic_output(out) as tmp:
+        """Write ``compare.csv``, the detail CSVs, ``phi.npz``, ``run.json`` (and figures) atomically."""
+        with result_folder(out, self.info) as tmp:
             self.table.to_csv(tmp / "compare.csv", index=False)
             for name, frame in self.details.items():
                 frame.to_csv(tmp / f"{name}.csv", index=False)
@@ -72,24 +72,15 @@ class CompareResult:
                 from .compare_plots import render_compare_figures
 
                 self.info.setdefault("outputs", {})["figures"] = render_compare_figures(self, tmp / "figures")
-            seconds = self.info.setdefault("seconds", {})
-            seconds["total"] = round(seconds.get("analysis", 0.0) + time.perf_counter() - t0, 3)
-            self.info["peak_rss_mb"] = round(peak_rss_mb(), 1)
-            write_json(tmp / "run.json", self.info)
         return Path(out)
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> CompareResult:
+        """Read a result folder written by :meth:`save` (no recomputation)."""
         out = Path(out)
         info = read_json(out / "run.json")
-        try:
-            table = pd.read_csv(out / "compare.csv", dtype={"layer": "Int64", "module": str, "kind": str})
-            with np.load(out / "phi.npz") as npz:
-                phi = {k: npz[k] for k in npz.files}
-            details = {p.stem: pd.read_csv(p) for p in out.glob("*.csv") if p.name != "compare.csv"}
-        except (OSError, ValueError) as exc:
-            raise RankscopeError(f"{out}: incomplete or unreadable comparison result ({exc})") from exc
-        return cls(table, phi, details, info)
+        details = {p.stem: read_table(p) for p in out.glob("*.csv") if p.name != "compare.csv"}
+        return cls(read_table(out / "compare.csv"), read_arrays(out / "phi.npz"), details, info)
 
 
 def _top_svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

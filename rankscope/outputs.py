@@ -15,6 +15,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -79,6 +80,43 @@ def atomic_output(out: str | os.PathLike) -> Iterator[Path]:
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def result_folder(out: str | os.PathLike, info: dict[str, Any]) -> Iterator[Path]:
+    """:func:`atomic_output` that also finishes ``info`` and writes it as ``run.json`` on success.
+
+    ``info["seconds"]["total"]`` becomes the analysis time plus the time spent writing (figures
+    included); ``info["peak_rss_mb"]`` the peak resident memory of the process.
+    """
+    t0 = time.perf_counter()
+    with atomic_output(out) as tmp:
+        yield tmp
+        seconds = info.setdefault("seconds", {})
+        seconds["total"] = round(seconds.get("analysis", 0.0) + time.perf_counter() - t0, 3)
+        info["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        write_json(tmp / "run.json", info)
+
+
+def read_table(path: Path):
+    """A result CSV with ``module``/``kind`` as text and ``layer`` as nullable integers."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, dtype={"layer": "Int64", "module": str, "kind": str})
+    except (OSError, ValueError) as exc:
+        raise RankscopeError(f"{path}: missing or unreadable ({exc})") from exc
+
+
+def read_arrays(path: Path) -> dict[str, Any]:
+    """Every array of an ``.npz`` file, by key."""
+    import numpy as np
+
+    try:
+        with np.load(path) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise RankscopeError(f"{path}: missing or unreadable ({exc})") from exc
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from . import linalg, metrics
 from .align import Alignment, TensorPair, align
 from .checkpoints import Checkpoint, open_checkpoint
 from .errors import RankscopeError
-from .outputs import atomic_output, peak_rss_mb, read_json, versions, write_json
+from .outputs import peak_rss_mb, read_arrays, read_json, read_table, result_folder, versions
 
 DEFAULT_TAUS = (0.5, 0.9, 0.99)
 BLOCK_BYTES = 32 * 1024 * 1024
@@ -51,8 +51,7 @@ class SpectrumResult:
 
     def save(self, out: str | os.PathLike, plots: bool = True) -> Path:
         """Write ``modules.csv``, ``vectors.csv``, ``spectra.npz``, ``run.json`` (and figures) atomically."""
-        t_save = time.perf_counter()
-        with atomic_output(out) as tmp:
+        with result_folder(out, self.info) as tmp:
             self.table.to_csv(tmp / "modules.csv", index=False)
             self.vectors.to_csv(tmp / "vectors.csv", index=False)
             np.savez(tmp / "spectra.npz", **self.spectra)
@@ -62,10 +61,6 @@ class SpectrumResult:
                 t0 = time.perf_counter()
                 self.info.setdefault("outputs", {})["figures"] = render_spectrum_figures(self, tmp / "figures")
                 self.info.setdefault("seconds", {})["plots"] = round(time.perf_counter() - t0, 3)
-            seconds = self.info.setdefault("seconds", {})
-            seconds["total"] = round(seconds.get("analysis", 0.0) + time.perf_counter() - t_save, 3)
-            self.info["peak_rss_mb"] = round(peak_rss_mb(), 1)
-            write_json(tmp / "run.json", self.info)
         return Path(out)
 
     @classmethod
@@ -73,14 +68,8 @@ class SpectrumResult:
         """Read a result folder written by :meth:`save` (no recomputation)."""
         out = Path(out)
         info = read_json(out / "run.json")
-        try:
-            table = pd.read_csv(out / "modules.csv", dtype={"layer": "Int64", "module": str, "kind": str})
-            vectors = pd.read_csv(out / "vectors.csv") if (out / "vectors.csv").is_file() else pd.DataFrame()
-            with np.load(out / "spectra.npz") as npz:
-                spectra = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise RankscopeError(f"{out}: incomplete or unreadable spectrum result ({exc})") from exc
-        return cls(table, spectra, vectors, info)
+        vectors = read_table(out / "vectors.csv") if (out / "vectors.csv").is_file() else pd.DataFrame()
+        return cls(read_table(out / "modules.csv"), read_arrays(out / "spectra.npz"), vectors, info)
 
     def summary(self) -> str:
         """A concise console summary: one line per module kind."""
