@@ -189,7 +189,7 @@ def main() -> None:
 
 def _acc(metrics: dict) -> dict:
     return {"validation_accuracy": metrics["validation_accuracy"], "test_accuracy": metrics["test_accuracy"],
-            "trainable_params": metrics["trainable_params"], "seconds": round(metrics["seconds"], 1)}
+            "trainable_params": metrics["trainable_params"]}
 
 
 if __name__ == "__main__":

@@ -11,7 +11,13 @@ Python API (mirrors the CLI)::
 
 from __future__ import annotations
 
+import os
+
 __version__ = "0.1.0"
+
+# Idle OpenMP workers of torch sleep instead of spinning (must be set before torch loads libgomp).
+# On a 2-core machine shared with one other busy process, spinning made a MiniLM step 10-20x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import RankscopeError  # noqa: E402
 from .spectrum import SpectrumResult, spectrum  # noqa: E402  (binds the function over the submodule name)
