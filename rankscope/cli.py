@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import click  # noqa: E402
 
 from . import __version__  # noqa: E402
+from .cli_ranks import recommend_cmd  # noqa: E402  (light: ranks loads inside the command)
 from .cli_support import OneLineCommand, handle_errors, parse_taus  # noqa: E402
 from .errors import RankscopeError  # noqa: E402
 from .tasks import BUILTINS  # noqa: E402
@@ -266,7 +267,14 @@ def plot_cmd(out):
     if not out.is_dir():
         raise RankscopeError(f"no such result folder: {out}")
     command = read_json(out / "run.json").get("command")
-    if command in ("compare", "compare-adapters"):
+    if command == "recommend":
+        from .plots import render_rank_figure
+        from .ranks import RankPlan
+
+        result = RankPlan.load(out)
+        (out / "figures").mkdir(exist_ok=True)
+        written = [render_rank_figure(result, out / "figures" / "ranks.png")]
+    elif command in ("compare", "compare-adapters"):
         from .compare import CompareResult
         from .compare_plots import render_compare_figures
 
@@ -282,6 +290,8 @@ def plot_cmd(out):
     write_json(out / "run.json", result.info)
     click.echo(f"wrote {', '.join(written)} to {out / 'figures'}/")
 
+
+main.add_command(recommend_cmd)
 
 if __name__ == "__main__":
     main()

@@ -190,3 +190,62 @@ def _isna(value) -> bool:
         return value is None or bool(np.isnan(value))
     except TypeError:
         return value is None or str(value) == "<NA>"
+
+
+def render_rank_figure(plan, path: Path) -> str:
+    """``ranks.png``: recommended rank per layer × kind, and per kind the parameters and captured energy
+    of the plan beside the uniform alternative with the same budget."""
+    from .ranks import _kind_energy, _pct
+
+    plt, sns = _pyplot()
+    t = plan.table
+    layered = t[t["layer"].notna()]
+    kinds = list(dict.fromkeys(t["kind"]))
+    n_lkinds = len(dict.fromkeys(layered["kind"]))
+    width = 3 + 0.8 * max(n_lkinds, 2) + 9
+    height = max(4.0, 0.4 * layered["layer"].nunique() + 2.5, 0.3 * len(kinds) + 2.5)
+    fig, axes = plt.subplots(1, 3, figsize=(width, height), layout="constrained",
+                             gridspec_kw={"width_ratios": [3 + 0.8 * max(n_lkinds, 2), 4.5, 4.5]})
+    ax = axes[0]
+    if layered.empty:
+        ax.text(0.5, 0.5, "no numbered blocks", ha="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        lkinds = list(dict.fromkeys(layered["kind"]))
+        grid = layered.pivot_table(index="layer", columns="kind", values="rank", aggfunc="first")[lkinds]
+        sns.heatmap(grid, ax=ax, annot=grid.size <= 400, fmt=".0f", cmap="mako_r", cbar_kws={"shrink": 0.8},
+                    annot_kws={"fontsize": 7})
+        ax.set_title("recommended rank")
+        ax.set_xlabel("module kind")
+        ax.set_ylabel("layer")
+        plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
+    groups = [(k, t[t["kind"] == k]) for k in kinds]
+    y = np.arange(len(kinds))
+    h = 0.4
+    plan_params = [g["params"].sum() for _, g in groups]
+    uni_params = [g["uniform_params"].sum() for _, g in groups]
+    axes[1].barh(y - h / 2, plan_params, h, label="plan", color="C0")
+    axes[1].barh(y + h / 2, uni_params, h, label=f"uniform r={plan.info.get('results', {}).get('uniform', {}).get('rank')}",
+                 color="C7")
+    axes[1].set_title("LoRA parameters per kind")
+    plan_e = [100 * _kind_energy(g, "captured_energy") for _, g in groups]
+    uni_e = [100 * _kind_energy(g, "uniform_captured_energy") for _, g in groups]
+    axes[2].barh(y - h / 2, plan_e, h, label="plan", color="C0")
+    axes[2].barh(y + h / 2, uni_e, h, label="uniform", color="C7")
+    axes[2].set_title("captured energy per kind (% of ‖ΔW‖²)")
+    axes[2].set_xlim(0, 100)
+    for a in axes[1:]:
+        a.set_yticks(y, kinds, fontsize=8)
+        a.invert_yaxis()
+        a.legend(fontsize=8, loc="lower right")
+    res = plan.info.get("results", {})
+    fig.suptitle(f"LoRA ranks, rule {plan.info.get('options', {}).get('rule')}: {res.get('params', 0):,} parameters, "
+                 f"{_pct(res.get('captured_energy', 0.0))} of ‖ΔW‖² captured", fontsize=12)
+    name = _save(fig, path)
+    plt.close(fig)
+    return name
+
+
+# --------------------------------------------------------------------------------------------------
+# recommend
+# --------------------------------------------------------------------------------------------------

@@ -1,0 +1,566 @@
+"""Recommend a LoRA rank for every module from the exact spectra of a full fine-tune's ``ΔW``.
+
+``recommend(source)`` reads a finished ``rankscope spectrum`` folder (or computes the spectra of a
+``BASE FINETUNED`` pair on the fly), picks the target modules, applies a rank rule, and returns a
+:class:`RankPlan`: a table (one row per target module) and a peft ``LoraConfig`` dictionary whose
+``rank_pattern`` / ``alpha_pattern`` give each module exactly its recommended rank under peft's
+matching rules.
+
+Rules (``σ`` sorted descending, ``e_k = σ_k² / Σσ²``; a zero ``ΔW`` has rank 0 under every rule
+except the kohya modes, which give it 1 as kohya does):
+
+* ``energy:τ`` — smallest ``k`` with ``Σ_{i≤k} e_i ≥ τ`` (:func:`rankscope.metrics.energy_rank`);
+* ``gd`` — Gavish & Donoho (2014) optimal hard threshold for unknown noise:
+  ``#{σ_i > ω(β)·median(σ)}``, ``ω(β) ≈ 0.56β³ − 0.95β² + 1.82β + 1.43``, ``β = min/max`` dimension;
+* ``budget:N`` / ``avg-rank:r`` — a global allocation of ``N`` trainable LoRA parameters (``avg-rank:r``:
+  ``N = r·Σ(m_i + n_i)``, the cost of rank ``r`` everywhere) by :func:`greedy_allocation`;
+* ``kohya-fro:t``, ``kohya-ratio:t``, ``kohya-cumulative:t`` — kohya-ss sd-scripts
+  ``networks/resize_lora.py`` dynamic methods ``sv_fro``, ``sv_ratio``, ``sv_cumulative``
+  (:func:`kohya_rank`).
+
+Every rank is then kept inside ``[min_rank, min(max_rank, min(m, n))]`` and, with ``snap``, moved
+to an allowed value (threshold rules round *up* so the criterion still holds; the global rules
+allocate directly over the allowed values).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .allocation import (
+    GAINS,
+    Allocation,
+    greedy_allocation,
+    kohya_rank,
+    rank_levels,
+    snap_up,
+    uniform_rank_for_budget,
+)
+from .errors import RankscopeError
+from .outputs import atomic_output, read_json, versions, write_json
+from .peft_config import check_lora_config, lora_config_dict
+
+RULES = ("energy", "gd", "budget", "avg-rank", "kohya-fro", "kohya-ratio", "kohya-cumulative")
+RULE_FORMS = "energy:TAU, gd, budget:N, avg-rank:R, kohya-fro:T, kohya-ratio:T, kohya-cumulative:T"
+ALL_LINEAR = "all-linear"
+"""kohya's ``MIN_SV``: a matrix whose largest singular value is at most this gets rank 1."""
+
+EMBEDDING = re.compile(r"(?i)(?:^|\.)(?:[^.]*embed[^.]*|wte|wpe|lm_head|embed_out|shared|output_layer)$")
+"""Input/output embeddings and LM heads (``word_embeddings``, ``embed_tokens``, ``wte``, ``lm_head`` …)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# options
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A parsed ``--rule``: ``name`` in :data:`RULES` and its parameter (``None`` for ``gd``)."""
+
+    name: str
+    value: float | None = None
+
+    @property
+    def is_global(self) -> bool:
+        """Budget rules allocate across modules; the others decide each module alone."""
+        return self.name in ("budget", "avg-rank")
+
+    def __str__(self) -> str:
+        if self.value is None:
+            return self.name
+        return f"{self.name}:{int(self.value) if self.name == 'budget' else f'{self.value:g}'}"
+
+
+_SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def _number(text: str, rule: str) -> float:
+    t = text.strip().lower().replace("_", "").replace(",", "")
+    scale = 1.0
+    if rule == "budget" and t and t[-1] in _SUFFIX:
+        t, scale = t[:-1], _SUFFIX[t[-1]]
+    try:
+        value = float(t) * scale
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise RankscopeError(f"--rule {rule}:{text}: '{text}' is not a number")
+    return value
+
+
+def parse_rule(text: str) -> Rule:
+    """``energy:0.9`` → ``Rule("energy", 0.9)``; raises :class:`RankscopeError` naming ``--rule``."""
+    raw = str(text).strip()
+    name, sep, arg = raw.partition(":")
+    name = name.strip().lower()
+    if name not in RULES:
+        raise RankscopeError(f"--rule {raw}: unknown rule '{name}' (choose from {RULE_FORMS})")
+    if name == "gd":
+        if sep:
+            raise RankscopeError(f"--rule {raw}: gd takes no parameter")
+        return Rule("gd")
+    if not arg.strip():
+        raise RankscopeError(f"--rule {raw}: {name} needs a parameter ({RULE_FORMS})")
+    value = _number(arg, name)
+    if name in ("energy", "kohya-fro", "kohya-cumulative") and not 0 < value <= 1:
+        raise RankscopeError(f"--rule {raw}: the threshold must be in (0, 1]")
+    if name == "kohya-ratio" and value <= 0:
+        raise RankscopeError(f"--rule {raw}: the ratio must be positive (kohya uses 1 to 2)")
+    if name == "budget" and (value < 1 or value != int(value)):
+        raise RankscopeError(f"--rule {raw}: the budget must be a positive whole number of parameters")
+    if name == "avg-rank" and value <= 0:
+        raise RankscopeError(f"--rule {raw}: the average rank must be positive")
+    return Rule(name, int(value) if name == "budget" else value)
+
+
+def parse_snap(snap: str | Iterable[int] | None) -> tuple[int, ...] | None:
+    """``"8,16,32,64"`` (or a sequence) → sorted unique positive ranks; ``None`` / empty → no snapping."""
+    if snap is None:
+        return None
+    items = [s for s in snap.split(",") if s.strip()] if isinstance(snap, str) else list(snap)
+    if not items:
+        return None
+    try:
+        values = sorted({int(str(v).strip()) for v in items})
+    except ValueError as exc:
+        raise RankscopeError(f"--snap {snap}: not a comma-separated list of whole numbers") from exc
+    if values[0] < 1:
+        raise RankscopeError(f"--snap {snap}: ranks must be positive")
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class AlphaPolicy:
+    """``lora_alpha`` per module: ``coef·r`` (constant scale ``α/r = coef``) or ``coef`` for every module."""
+
+    coef: float
+    proportional: bool
+
+    def alpha(self, rank: int) -> float:
+        return self.coef * rank if self.proportional else self.coef
+
+    def __str__(self) -> str:
+        if self.proportional:
+            return "r" if self.coef == 1 else f"{self.coef:g}r"
+        return f"{self.coef:g}"
+
+
+def parse_alpha(text: str | float) -> AlphaPolicy:
+    """``"r"``, ``"2r"``, ``"0.5r"`` → ``α = c·r`` (scale ``α/r = c`` everywhere); ``"16"`` → ``α = 16`` everywhere."""
+    t = str(text).strip().lower().replace(" ", "").replace("*", "")
+    proportional = t.endswith("r")
+    coef_text = (t[:-1] or "1") if proportional else t
+    try:
+        coef = float(coef_text)
+    except ValueError:
+        coef = math.nan
+    if not math.isfinite(coef) or coef <= 0:
+        raise RankscopeError(f"--alpha {text}: use r, 2r, <number>r (alpha proportional to the rank, constant "
+                             f"scale alpha/r) or a positive number (the same alpha for every module)")
+    return AlphaPolicy(coef, proportional)
+
+
+def parse_targets(targets: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``None`` / ``"all-linear"`` → ``("all-linear",)``; ``"query,value"`` → ``("query", "value")``."""
+    if targets is None:
+        return (ALL_LINEAR,)
+    items = targets.split(",") if isinstance(targets, str) else list(targets)
+    tokens = tuple(dict.fromkeys(str(t).strip() for t in items if str(t).strip()))
+    if not tokens:
+        raise RankscopeError("--targets: empty list (give module kinds such as query,value or all-linear)")
+    if ALL_LINEAR in tokens and len(tokens) > 1:
+        raise RankscopeError(f"--targets {','.join(tokens)}: all-linear cannot be combined with other targets")
+    return tokens
+
+
+def is_embedding(module: str) -> bool:
+    """Input/output embedding or LM head, by name (:data:`EMBEDDING`)."""
+    return bool(EMBEDDING.search(module))
+
+
+def select_targets(table: pd.DataFrame, targets: Sequence[str], exclude_embeddings: bool = True) -> np.ndarray:
+    """Boolean mask of the target rows of a spectrum table.
+
+    ``all-linear``: every 2-D module (embeddings and LM head excluded unless ``exclude_embeddings`` is
+    false).  Otherwise each token selects the modules whose ``kind`` equals it (``query``,
+    ``attention.output.dense``); a token that is no kind selects, as peft's ``target_modules`` list does,
+    the modules named exactly so or ending with ``"." + token`` (``dense``, ``pooler.dense``).
+    """
+    modules = table["module"].astype(str)
+    emb = modules.map(is_embedding).to_numpy(dtype=bool)
+    keep = ~emb if exclude_embeddings else np.ones(len(table), dtype=bool)
+    if tuple(targets) == (ALL_LINEAR,):
+        if not keep.any():
+            raise RankscopeError("--targets all-linear: no 2-D module other than embeddings / LM head")
+        return keep
+    kinds = table["kind"].astype(str).to_numpy()
+    chosen = np.zeros(len(table), dtype=bool)
+    for tok in targets:
+        hit = kinds == tok
+        if not hit.any():
+            hit = ((modules == tok) | modules.str.endswith("." + tok)).to_numpy(dtype=bool)
+        if not hit.any():
+            known = list(dict.fromkeys(kinds))
+            listed = ", ".join(known[:12]) + (" …" if len(known) > 12 else "")
+            raise RankscopeError(f"--targets: '{tok}' matches no module (kinds: {listed})")
+        if not (hit & keep).any():
+            raise RankscopeError(f"--targets: '{tok}' matches only embeddings / LM head, which are excluded "
+                                 f"(use --include-embeddings)")
+        chosen |= hit & keep
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------------
+# per-module rules
+# --------------------------------------------------------------------------------------------------
+
+
+def rule_rank(rule: Rule, sigma: np.ndarray, rows: int, cols: int) -> int:
+    """Rank of one module under a per-module rule (before ``min_rank``/``max_rank``/``snap``)."""
+    if rule.name == "energy":
+        return metrics.energy_rank(sigma, float(rule.value))
+    if rule.name == "gd":
+        return metrics.gavish_donoho_rank(sigma, rows, cols)
+    if rule.name.startswith("kohya-"):
+        return kohya_rank(sigma, rule.name.removeprefix("kohya-"), float(rule.value))
+    raise ValueError(f"{rule} is a global rule: use greedy_allocation")
+
+
+# --------------------------------------------------------------------------------------------------
+# the plan
+# --------------------------------------------------------------------------------------------------
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _kind_energy(rows: pd.DataFrame, col: str) -> float:
+    total = float(rows["delta_energy"].sum())
+    return float((rows[col] * rows["delta_energy"]).sum() / total) if total > 0 else 0.0
+
+
+def _mean_energy(table: pd.DataFrame, col: str) -> float:
+    nonzero = table[table["delta_energy"] > 0]
+    return float(nonzero[col].mean()) if len(nonzero) else 0.0
+
+
+@dataclass
+class RankPlan:
+    """Result of :func:`recommend`.
+
+    Attributes:
+        table: one row per target module: ``module, layer, kind, rows, cols, rank, alpha, params``
+            (``rank·(rows + cols)``), ``captured_energy`` (``Σ_{k≤rank} σ_k² / ‖ΔW‖²``), ``rule_rank`` (the
+            rule's own answer before ``min_rank``/``max_rank``/``snap``; empty for global rules),
+            ``delta_energy`` (``‖ΔW‖_F²``), ``uniform_rank``, ``uniform_params``, ``uniform_captured_energy``
+            (the uniform alternative with the same budget).
+        lora_config: ``LoraConfig`` keyword arguments (``LoraConfig(**plan.lora_config)``).
+        info: provenance, options, totals and timings, written as ``run.json``.
+        spectrum: the spectra, when they were computed on the fly (saved under ``OUT/spectrum/``).
+    """
+
+    table: pd.DataFrame
+    lora_config: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+    spectrum: Any = None
+
+    def summary(self) -> str:
+        """Console summary: one line per kind, then totals against the uniform alternative."""
+        t = self.table
+        res = self.info.get("results", {})
+        opts = self.info.get("options", {})
+        by_kind = t.groupby("kind", sort=False).agg(
+            n=("module", "count"), rank_min=("rank", "min"), rank_median=("rank", "median"),
+            rank_max=("rank", "max"), params=("params", "sum"))
+        by_kind["energy"] = [_pct(_kind_energy(g, "captured_energy")) for _, g in t.groupby("kind", sort=False)]
+        by_kind["uniform"] = [_pct(_kind_energy(g, "uniform_captured_energy")) for _, g in t.groupby("kind", sort=False)]
+        by_kind["params"] = by_kind["params"].map(lambda v: f"{int(v):,}")
+        lines = [f"rule {opts.get('rule')} (gain {opts.get('gain')}), alpha {opts.get('alpha')}, "
+                 f"{len(t)} target modules ({opts.get('targets')})",
+                 by_kind.to_string(float_format=lambda v: f"{v:g}")]
+        budget = res.get("budget")
+        lines.append(
+            f"plan: {res['params']:,} LoRA parameters" + (f" (budget {budget:,})" if budget else "")
+            + f", {_pct(res['captured_energy'])} of ||ΔW||² captured ({_pct(res['mean_captured_energy'])} per module)")
+        uni = res["uniform"]
+        lines.append(f"uniform r={uni['rank']} within the same budget: {uni['params']:,} parameters, "
+                     f"{_pct(uni['captured_energy'])} captured ({_pct(uni['mean_captured_energy'])} per module)")
+        if res.get("optimum_bound") is not None:
+            status = "optimal" if res["exact"] else f"at least {100 * res['optimality']:.3f}% of the optimum"
+            what = "of ||ΔW||²" if opts.get("gain") == "absolute" else "per module"
+            lines.append(f"allocation: {status} (no allocation of this budget captures more than "
+                         f"{_pct(res['optimum_bound'])} {what})")
+        cfg = self.lora_config
+        lines.append(f"lora_config: r={cfg['r']}, lora_alpha={cfg['lora_alpha']}, "
+                     f"{len(cfg['rank_pattern'])} rank_pattern and {len(cfg['alpha_pattern'])} alpha_pattern entries")
+        for w in self.info.get("warnings", []):
+            lines.append(f"note: {w}")
+        return "\n".join(lines)
+
+    def save(self, out: str | os.PathLike, plots: bool = True) -> Path:
+        """Write ``ranks.csv``, ``lora_config.json``, ``adapter_config.json`` (the same config, the file name
+        ``LoraConfig.from_pretrained(OUT)`` reads), ``run.json``, ``figures/ranks.png`` and, for spectra
+        computed on the fly, ``spectrum/`` (a spectrum result folder, reusable as SOURCE) — atomically."""
+        t_save = time.perf_counter()
+        with atomic_output(out) as tmp:
+            self.table.to_csv(tmp / "ranks.csv", index=False)
+            write_json(tmp / "lora_config.json", self.lora_config)
+            write_json(tmp / "adapter_config.json", self.lora_config)
+            outputs = self.info.setdefault("outputs", {})
+            if self.spectrum is not None:
+                _save_spectrum(self.spectrum, tmp / "spectrum")
+                outputs["spectrum"] = "spectrum/"
+            if plots:
+                t0 = time.perf_counter()
+                (tmp / "figures").mkdir()
+                from .plots import render_rank_figure
+
+                outputs["figures"] = [render_rank_figure(self, tmp / "figures" / "ranks.png")]
+                self.info.setdefault("seconds", {})["plots"] = round(time.perf_counter() - t0, 3)
+            seconds = self.info.setdefault("seconds", {})
+            seconds["total"] = round(seconds.get("analysis", 0.0) + time.perf_counter() - t_save, 3)
+            write_json(tmp / "run.json", self.info)
+        return Path(out)
+
+    @classmethod
+    def load(cls, out: str | os.PathLike) -> RankPlan:
+        """Read a folder written by :meth:`save` (no recomputation)."""
+        out = Path(out)
+        info = read_json(out / "run.json")
+        try:
+            table = pd.read_csv(out / "ranks.csv", dtype={"layer": "Int64", "rule_rank": "Int64", "module": str,
+                                                          "kind": str})
+        except (OSError, ValueError) as exc:
+            raise RankscopeError(f"{out}: incomplete or unreadable rank plan ({exc})") from exc
+        return cls(table, read_json(out / "lora_config.json"), info)
+
+
+def _save_spectrum(spec, folder: Path) -> None:
+    folder.mkdir()
+    spec.table.to_csv(folder / "modules.csv", index=False)
+    spec.vectors.to_csv(folder / "vectors.csv", index=False)
+    np.savez(folder / "spectra.npz", **spec.spectra)
+    write_json(folder / "run.json", spec.info)
+
+
+def _load_source(source, finetuned, targets: tuple[str, ...], exclude_embeddings: bool, device: str,
+                 workers: int | None, progress: bool):
+    """(SpectrumResult, description of the inputs, computed on the fly?)."""
+    from .spectrum import SpectrumResult, spectrum
+
+    if isinstance(source, SpectrumResult):
+        return source, {"spectrum": "in memory", "spectrum_inputs": source.info.get("inputs")}, False
+    if finetuned is None:
+        folder = Path(source)
+        if not folder.exists():
+            raise RankscopeError(f"SOURCE {source}: no such folder (give a rankscope spectrum result folder, "
+                                 f"or BASE FINETUNED)")
+        if not (folder.is_dir() and (folder / "modules.csv").is_file() and (folder / "spectra.npz").is_file()):
+            raise RankscopeError(f"SOURCE {source}: not a rankscope spectrum result folder (no modules.csv and "
+                                 f"spectra.npz); give BASE FINETUNED to compute the spectra")
+        spec = SpectrumResult.load(folder)
+        return spec, {"spectrum": str(folder), "spectrum_inputs": spec.info.get("inputs")}, False
+    include = [] if targets == (ALL_LINEAR,) else [rf"(?:^|\.){re.escape(t)}$" for t in targets]
+    exclude = [EMBEDDING.pattern] if exclude_embeddings else []
+    try:
+        spec = spectrum(source, finetuned, include=include, exclude=exclude, device=device, workers=workers,
+                        progress=progress)
+    except RankscopeError as exc:
+        if str(exc).startswith("--include/--exclude"):
+            raise RankscopeError(f"--targets {','.join(targets)}: matches no 2-D module of {source}") from exc
+        raise
+    return spec, spec.info.get("inputs", {}), True
+
+
+def _check_spectra(table: pd.DataFrame, spectra: dict[str, np.ndarray]) -> None:
+    for row in table.itertuples():
+        s = spectra.get(row.module)
+        if s is None:
+            raise RankscopeError(f"SOURCE: no spectrum for module '{row.module}' in spectra.npz")
+        if s.size != min(int(row.rows), int(row.cols)):
+            raise RankscopeError(f"SOURCE: spectrum of '{row.module}' has {s.size} values, expected min(m, n) = "
+                                 f"{min(int(row.rows), int(row.cols))}")
+
+
+def _levels_or_error(row, min_rank: int, max_rank: int | None, snap: tuple[int, ...] | None) -> np.ndarray:
+    dim = min(int(row.rows), int(row.cols))
+    if min_rank > dim:
+        raise RankscopeError(f"--min-rank {min_rank} exceeds min(m, n) = {dim} of module '{row.module}' "
+                             f"({row.rows}x{row.cols})")
+    levels = rank_levels(dim, min_rank, max_rank, snap)
+    if levels.size == 0:
+        raise RankscopeError(f"--snap {','.join(map(str, snap or ()))}: no allowed rank for module '{row.module}' "
+                             f"(min(m, n) = {dim}, --min-rank {min_rank}, --max-rank {max_rank or dim})")
+    return levels
+
+
+def _validate(min_rank: int, max_rank: int | None, gain: str) -> None:
+    if min_rank < 0:
+        raise RankscopeError(f"--min-rank {min_rank}: must be 0 or more")
+    if max_rank is not None and max_rank < 1:
+        raise RankscopeError(f"--max-rank {max_rank}: must be 1 or more")
+    if max_rank is not None and max_rank < min_rank:
+        raise RankscopeError(f"--max-rank {max_rank} is below --min-rank {min_rank}")
+    if gain not in GAINS:
+        raise RankscopeError(f"--gain {gain}: choose from {', '.join(GAINS)}")
+
+
+def recommend(
+    source: Any,
+    finetuned: str | os.PathLike | None = None,
+    *,
+    rule: str = "energy:0.9",
+    targets: str | Sequence[str] | None = None,
+    min_rank: int = 1,
+    max_rank: int | None = None,
+    snap: str | Sequence[int] | None = None,
+    alpha: str | float = "2r",
+    gain: str = "absolute",
+    exclude_embeddings: bool = True,
+    device: str = "cpu",
+    workers: int | None = None,
+    progress: bool = False,
+) -> RankPlan:
+    """Recommend a LoRA rank per module from the spectra of ``ΔW``.
+
+    Args:
+        source: a ``rankscope spectrum`` (or ``rankscope lora``) result folder, a :class:`SpectrumResult`,
+            or the base checkpoint when ``finetuned`` is given (spectra computed on the fly).
+        finetuned: the fine-tuned checkpoint, or ``None``.
+        rule: ``energy:τ``, ``gd``, ``budget:N`` (``k``/``M``/``G`` suffixes allowed), ``avg-rank:r``,
+            ``kohya-fro:t``, ``kohya-ratio:t`` or ``kohya-cumulative:t`` (module docstring).
+        targets: ``"all-linear"`` (default) or module kinds / name suffixes, ``"query,value"``.
+        min_rank, max_rank: bounds on every rank (``max_rank`` also capped at ``min(m, n)``); rank 0
+            (allowed with ``min_rank=0``) leaves a module out of ``target_modules``.
+        snap: allowed ranks, e.g. ``"8,16,32,64"``.
+        alpha: ``"r"``, ``"2r"``, ``"<c>r"`` (``α = c·r``) or a number (the same ``α`` everywhere).
+        gain: ``"absolute"`` or ``"relative"`` energy for the global rules (:func:`greedy_allocation`).
+        exclude_embeddings: leave out input/output embeddings and the LM head.
+        device, workers, progress: passed to :func:`rankscope.spectrum.spectrum` when computing on the fly.
+
+    Returns:
+        :class:`RankPlan`.
+    """
+    t_start = time.perf_counter()
+    rule_ = parse_rule(rule)
+    snap_ = parse_snap(snap)
+    alpha_ = parse_alpha(alpha)
+    tokens = parse_targets(targets)
+    _validate(min_rank, max_rank, gain)
+    spec, inputs, on_the_fly = _load_source(source, finetuned, tokens, exclude_embeddings, device, workers, progress)
+    t_loaded = time.perf_counter()
+    table = spec.table
+    mask = select_targets(table, tokens, exclude_embeddings)
+    rows = table[mask].reset_index(drop=True)
+    _check_spectra(rows, spec.spectra)
+    levels = [_levels_or_error(r, min_rank, max_rank, snap_) for r in rows.itertuples()]
+    spectra = [spec.spectra[m] for m in rows["module"]]
+    shapes = [(int(r), int(c)) for r, c in zip(rows["rows"], rows["cols"], strict=True)]
+    costs = np.array([m + n for m, n in shapes], dtype=np.int64)
+    warnings: list[str] = []
+    allocation, budget, rule_ranks = None, None, None
+    if rule_.is_global:
+        if rule_.name == "avg-rank":
+            for r in rows.itertuples():
+                if rule_.value > min(int(r.rows), int(r.cols)):
+                    raise RankscopeError(f"--rule {rule_}: rank {rule_.value:g} exceeds min(m, n) = "
+                                         f"{min(int(r.rows), int(r.cols))} of module '{r.module}'")
+            budget = int(math.floor(rule_.value * int(costs.sum()) + 1e-9))
+        else:
+            budget = int(rule_.value)
+        minimum = int(sum(int(lv[0]) * c for lv, c in zip(levels, costs, strict=True)))
+        if budget < minimum:
+            raise RankscopeError(f"--rule {rule_}: a budget of {budget:,} parameters is below the minimum {minimum:,} "
+                                 f"(the smallest allowed rank in each of the {len(rows)} target modules)")
+        allocation = greedy_allocation(spectra, shapes, budget, min_rank=min_rank, max_rank=max_rank, snap=snap_,
+                                       gain=gain)
+        ranks = allocation.ranks
+    else:
+        rule_ranks = np.array([rule_rank(rule_, s, m, n) for s, (m, n) in zip(spectra, shapes, strict=True)])
+        ranks = np.array([snap_up(int(k), lv) for k, lv in zip(rule_ranks, levels, strict=True)], dtype=np.int64)
+        short = [m for m, k, r in zip(rows["module"], rule_ranks, ranks, strict=True) if r < k]
+        if short:
+            warnings.append(f"{len(short)} module(s) capped below the rule's rank by --max-rank/--snap "
+                            f"(e.g. {short[0]})")
+    params = int(np.dot(costs, ranks))
+    u, uniform = uniform_rank_for_budget(shapes, budget if budget is not None else params, min_rank=min_rank,
+                                         max_rank=max_rank, snap=snap_)
+    zero = [m for m, s, r in zip(rows["module"], spectra, ranks, strict=True) if r > 0 and not np.any(s)]
+    if zero:
+        warnings.append(f"ΔW = 0 in {len(zero)} target module(s) given rank > 0 by --min-rank: {', '.join(zero[:4])}"
+                        + (" …" if len(zero) > 4 else ""))
+    out = _plan_table(rows, spectra, ranks, rule_ranks, uniform, alpha_)
+    intended = {m: (int(r), float(a)) for m, r, a in zip(out["module"], out["rank"], out["alpha"], strict=True)
+                if r > 0}
+    config = lora_config_dict(list(out["module"]), list(out["rank"]), list(out["alpha"]))
+    names = list(table["module"]) + (list(spec.vectors["module"]) if len(getattr(spec, "vectors", [])) else [])
+    align_info = spec.info.get("alignment", {})
+    prefixes = ["", *(p for p in (align_info.get("base_prefix"), align_info.get("finetuned_prefix")) if p)]
+    check_lora_config(config, intended, names, prefixes)
+    t_done = time.perf_counter()
+    results = _results(out, params, budget, u, allocation, gain)
+    info = {
+        "command": "recommend",
+        "inputs": inputs,
+        "options": {"rule": str(rule_), "targets": ",".join(tokens), "min_rank": min_rank, "max_rank": max_rank,
+                    "snap": list(snap_) if snap_ else None, "alpha": str(alpha_), "gain": gain,
+                    "exclude_embeddings": exclude_embeddings, "device": device},
+        "results": results,
+        "warnings": warnings,
+        "seconds": {"spectrum": round(t_loaded - t_start, 3), "allocation": round(t_done - t_loaded, 3),
+                    "analysis": round(t_done - t_start, 3)},
+        "versions": versions(),
+    }
+    return RankPlan(out, config, info, spec if on_the_fly else None)
+
+
+def _plan_table(rows: pd.DataFrame, spectra: list[np.ndarray], ranks: np.ndarray, rule_ranks: np.ndarray | None,
+                uniform: np.ndarray, alpha: AlphaPolicy) -> pd.DataFrame:
+    out = rows[["module", "layer", "kind", "rows", "cols"]].copy()
+    out["layer"] = out["layer"].astype("Int64")
+    out["rank"] = ranks.astype(int)
+    out["alpha"] = [alpha.alpha(int(r)) if r > 0 else 0.0 for r in ranks]
+    out["params"] = out["rank"] * (out["rows"] + out["cols"])
+    out["captured_energy"] = [metrics.captured_energy(s, int(r)) for s, r in zip(spectra, ranks, strict=True)]
+    out["rule_rank"] = pd.array(rule_ranks if rule_ranks is not None else [None] * len(out), dtype="Int64")
+    out["delta_energy"] = [float(np.sum(np.asarray(s, dtype=np.float64) ** 2)) for s in spectra]
+    out["uniform_rank"] = uniform.astype(int)
+    out["uniform_params"] = out["uniform_rank"] * (out["rows"] + out["cols"])
+    out["uniform_captured_energy"] = [metrics.captured_energy(s, int(r)) for s, r in zip(spectra, uniform, strict=True)]
+    return out
+
+
+def _results(t: pd.DataFrame, params: int, budget: int | None, u: int, allocation: Allocation | None,
+             gain: str) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "modules": len(t),
+        "params": params,
+        "budget": budget,
+        "captured_energy": _kind_energy(t, "captured_energy"),
+        "mean_captured_energy": _mean_energy(t, "captured_energy"),
+        "uniform": {"rank": u, "params": int(t["uniform_params"].sum()),
+                    "captured_energy": _kind_energy(t, "uniform_captured_energy"),
+                    "mean_captured_energy": _mean_energy(t, "uniform_captured_energy")},
+        "optimum_bound": None,
+    }
+    if allocation is not None:
+        n_nonzero = max(1, int((t["delta_energy"] > 0).sum()))
+        total = float(t["delta_energy"].sum())
+        scale = (1.0 / total if total > 0 else 0.0) if gain == "absolute" else 1.0 / n_nonzero
+        res.update(optimum_bound=allocation.bound * scale, exact=bool(allocation.exact),
+                   optimality=allocation.value / allocation.bound if allocation.bound > 0 else 1.0,
+                   greedy_start=allocation.start)
+    return res
