@@ -739,6 +739,37 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     return metrics
 
 
+def evaluate_checkpoint(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-tomatoes", *,
+                        adapter: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
+                        text_column: str = "text", label_column: str = "label", split_seed: int = 0,
+                        max_eval: int | None = None, max_length: int = 128, batch_size: int = 64,
+                        device: str = "cpu") -> dict[str, Any]:
+    """Validation and test accuracy and loss of a checkpoint, optionally with a peft adapter, without training.
+
+    The splits are those of :func:`train` with the same ``split_seed``, so the numbers compare with its
+    ``metrics.json``.  A head missing from ``model`` (a bare ``BertModel``) is seeded fresh unless the adapter
+    brings it (``modules_to_save``), as adapters extracted from a full fine-tune do.
+    """
+    task_data = load_task(task, data, text_column=text_column, label_column=label_column, split_seed=split_seed,
+                          max_eval=max_eval)
+    net, tokenizer, _ = build_model(model, task_data.label_names, "full", None, 0)
+    if adapter is not None:
+        from peft import PeftModel
+
+        from .checkpoints import resolve
+
+        net = PeftModel.from_pretrained(net, resolve(adapter))
+    config = TrainConfig(max_length=max_length, eval_batch_size=batch_size, device=device, progress=False)
+    dev = torch_device(device)
+    net.to(dev)
+    pad_id, left = tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right") == "left"
+    length = usable_length(net, max_length)
+    scores = {name: evaluate(net, encode(split, tokenizer, length), pad_id, config, dev, left)
+              for name, split in (("validation", task_data.validation), ("test", task_data.test))}
+    return {"model": str(model), "adapter": None if adapter is None else str(adapter), "task": task_data.name,
+            **{f"{name}_{k}": v for name, s in scores.items() for k, v in s.items()}}
+
+
 # --------------------------------------------------------------------------------------------------
 # command line (registered in rankscope.cli)
 # --------------------------------------------------------------------------------------------------
