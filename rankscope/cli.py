@@ -205,6 +205,9 @@ def _lora_options_given() -> list[str]:
 @click.option("--rank-pattern", default=None, metavar="FILE", help="JSON {module pattern: r} overriding --r.")
 @click.option("--alpha-pattern", default=None, metavar="FILE", help="JSON {module pattern: alpha} overriding --alpha.")
 @click.option("--use-rslora", is_flag=True, help="Rank-stabilised LoRA scale alpha/sqrt(r).")
+@click.option("--lora-config", default=None, metavar="FILE",
+              help="A peft lora_config.json (e.g. from `rankscope recommend`): sets --r, --alpha, --target-modules, "
+                   "--rank-pattern, --alpha-pattern and --use-rslora.")
 @click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate  [default: 5e-5 full, 5e-4 lora].")
@@ -225,7 +228,7 @@ def _lora_options_given() -> list[str]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @handle_errors
 def train_cmd(model, task, data, text_column, label_column, method, r, alpha, target_modules, rank_pattern,
-                  alpha_pattern, use_rslora, epochs, lr, batch_size, max_length, max_train, max_eval, seed, split_seed,
+                  alpha_pattern, use_rslora, lora_config, epochs, lr, batch_size, max_length, max_train, max_eval, seed, split_seed,
                   device, eval_every, patience, threads, last, out, quiet):
     """Fine-tune MODEL on a classification task (full or LoRA) and save it with its metrics.
 
@@ -241,6 +244,16 @@ def train_cmd(model, task, data, text_column, label_column, method, r, alpha, ta
         raise RankscopeError(f"{', '.join(given)} only apply to --method lora")
     from .train import summary_line, train
 
+    if lora_config is not None:
+        from .train import lora_options_from_config
+
+        if method != "lora":
+            raise RankscopeError("--lora-config only applies to --method lora")
+        if given:
+            raise RankscopeError(f"--lora-config already sets {', '.join(given)}: give one or the other")
+        opts = lora_options_from_config(lora_config)
+        r, alpha, target_modules = opts["r"], opts["alpha"], opts["target_modules"]
+        rank_pattern, alpha_pattern, use_rslora = opts["rank_pattern"], opts["alpha_pattern"], opts["use_rslora"]
     metrics = train(model, task, method, out, data=data, text_column=text_column, label_column=label_column,
                     split_seed=split_seed, max_train=max_train, max_eval=max_eval, seed=seed, epochs=epochs, lr=lr,
                     batch_size=batch_size, max_length=max_length, device=device, eval_every=eval_every,

@@ -236,6 +236,20 @@ def parse_target_modules(value: str | Sequence[str] | None) -> list[str] | str |
     return names
 
 
+def lora_options_from_config(path: str | os.PathLike) -> dict[str, Any]:
+    """``r``, ``alpha``, ``target_modules``, ``rank_pattern``, ``alpha_pattern``, ``use_rslora`` of a peft
+    ``lora_config.json`` / ``adapter_config.json`` (e.g. written by ``rankscope recommend``)."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise RankscopeError(f"--lora-config: cannot read {path} ({exc})") from exc
+    if not isinstance(config, dict) or "r" not in config:
+        raise RankscopeError(f"--lora-config: {path} is not a LoRA config (no 'r')")
+    return {"r": int(config["r"]), "alpha": float(config.get("lora_alpha", config["r"])),
+            "target_modules": config.get("target_modules"), "rank_pattern": config.get("rank_pattern") or None,
+            "alpha_pattern": config.get("alpha_pattern") or None, "use_rslora": bool(config.get("use_rslora"))}
+
+
 def load_pattern(value: dict | str | os.PathLike | None, option: str) -> dict[str, Any] | None:
     """A rank/alpha pattern given as a dict, a JSON string or the path of a JSON file."""
     if value is None or isinstance(value, dict):

@@ -342,3 +342,29 @@ def test_train_both_ways_then_compare_end_to_end(bert, easy_csv, tmp_path):
     pair = pd.read_csv(tmp_path / "ca" / "compare.csv")
     assert (pair["r_1"] == 2).all() and (pair["r_2"] == 4).all()
     assert (tmp_path / "ca" / "figures" / "phi_adapters.png").is_file()
+
+
+def test_lora_config_file_sets_every_lora_option(bert, easy_csv, tmp_path):
+    """`--lora-config` (a recommend output) gives each module its planned rank and alpha."""
+    import json
+
+    config = {"r": 2, "lora_alpha": 4, "target_modules": ["query", "value"],
+              "rank_pattern": {"encoder\\.layer\\.1\\.attention\\.self\\.value": 3},
+              "alpha_pattern": {"encoder\\.layer\\.1\\.attention\\.self\\.value": 6}}
+    (tmp_path / "lora_config.json").write_text(json.dumps(config))
+    res = CliRunner().invoke(main, ["train", "--model", str(bert), "--data", str(easy_csv), "--text-column", "review",
+                                    "--label-column", "sentiment", "--method", "lora", "--lora-config",
+                                    str(tmp_path / "lora_config.json"), "--epochs", "1", "--max-length", "16",
+                                    "-q", "-o", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    from rankscope.adapters import read_adapter
+
+    adapter = read_adapter(tmp_path / "run")
+    ranks = {m.split("bert.")[-1]: lm.r for m, lm in adapter.modules.items()}
+    assert ranks == {"encoder.layer.0.attention.self.query": 2, "encoder.layer.0.attention.self.value": 2,
+                     "encoder.layer.1.attention.self.query": 2, "encoder.layer.1.attention.self.value": 3}
+    assert adapter.modules["bert.encoder.layer.1.attention.self.value"].scale == 2.0
+    res = CliRunner().invoke(main, ["train", "--model", str(bert), "--data", str(easy_csv), "--method", "lora",
+                                    "--lora-config", str(tmp_path / "lora_config.json"), "--r", "4",
+                                    "-o", str(tmp_path / "run2")])
+    assert res.exit_code == 2 and "--r" in res.stderr and not (tmp_path / "run2").exists()

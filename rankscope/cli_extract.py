@@ -1,0 +1,103 @@
+"""``rankscope extract``: a peft LoRA adapter from the truncated SVD of every ΔW (a thin layer over
+:func:`rankscope.extract.extract`).
+
+Registered in the ``rankscope`` group by ``cli.py``; also runnable alone as
+``python -m rankscope.cli_extract BASE FINETUNED --rank 64 -o OUT``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cli.py: idle OpenMP workers sleep on a shared machine
+
+import click  # noqa: E402
+
+from .cli_support import OneLineCommand, handle_errors  # noqa: E402
+
+
+def _targets(ctx, param, value: str | None) -> str | None:
+    if value is not None and not [t for t in value.split(",") if t.strip()]:
+        raise click.BadParameter("give module names separated by commas, or all-linear", param_hint="--targets")
+    return value
+
+
+@click.command("extract", cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"],
+                                                                 "max_content_width": 100})
+@click.argument("base")
+@click.argument("finetuned")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Adapter folder to write (created; replaced only if it holds an earlier rankscope result).")
+@click.option("--rank", "rank", type=click.IntRange(min=1), default=None,
+              help="One LoRA rank r for every targeted module (or use --config).")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="peft lora_config.json / adapter_config.json: target_modules, r, lora_alpha, rank_pattern, "
+                   "alpha_pattern, use_rslora, bias, modules_to_save.")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="lora_alpha with --rank  [default: the rank, i.e. scale s = 1].")
+@click.option("--use-rslora", is_flag=True, help="With --rank: rsLoRA scale s = alpha/sqrt(r).")
+@click.option("--targets", default=None, callback=_targets, metavar="NAMES",
+              help="With --rank: comma-separated module names, peft style (q_proj,v_proj)  [default: all-linear].")
+@click.option("--exclude", multiple=True, metavar="REGEX", help="Never extract modules whose name matches (repeatable).")
+@click.option("--embeddings", type=click.Choice(["auto", "skip", "lora", "save"]), default="auto", show_default=True,
+              help="Embeddings and lm_head: LoRA on them, full copies in modules_to_save, or skip; auto = LoRA "
+                   "if the targets name them, else skip.")
+@click.option("--save-modules", multiple=True, metavar="REGEX",
+              help="Also copy these modules whole into modules_to_save, e.g. 'norm' (repeatable).")
+@click.option("--bias", type=click.Choice(["none", "lora_only", "all"]), default=None,
+              help="Fine-tuned biases to include (peft's bias)  [default: the config's, else none].")
+@click.option("--method", type=click.Choice(["auto", "exact", "randomized"]), default="auto", show_default=True,
+              help="Truncated SVD: exact (Gram + top-r eigh / LAPACK) or randomized block Krylov.")
+@click.option("--power-iterations", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Randomized: power iterations q.")
+@click.option("--oversample", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Randomized: oversampling p.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the randomized test matrices.")
+@click.option("--no-optimum", is_flag=True,
+              help="Skip the exact spectrum (Eckart–Young optimum column); lets auto pick the randomized SVD.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Modules in parallel [default: CPU count].")
+@click.option("--no-model-check", is_flag=True,
+              help="Do not cross-check names and layer types with the model class (saves importing transformers).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@handle_errors
+def extract_cmd(base, finetuned, out, rank, config, alpha, use_rslora, targets, exclude, embeddings, save_modules, bias,
+                method, power_iterations, oversample, seed, no_optimum, device, workers, no_model_check, quiet):
+    """Extract a LoRA adapter from a full fine-tune: rank-r truncated SVD of every ΔW = FINETUNED − BASE.
+
+    Writes a peft adapter (OUT/adapter_config.json, OUT/adapter_model.safetensors) whose merge gives
+    BASE + the best rank-r approximation of each ΔW (B = U√Σ/√s, A = √Σ Vᵀ/√s), plus OUT/extract.csv
+    (reconstruction error per module next to the Eckart–Young optimum) and OUT/run.json.
+
+    Example: rankscope extract ./llama-base ./llama-sft --rank 64 -o adapters/sft-r64
+    """
+    from .errors import RankscopeError
+    from .extract import extract
+    from .outputs import check_output_target
+
+    t0 = time.perf_counter()
+    if (rank is None) == (config is None):
+        raise RankscopeError("give exactly one of --rank R and --config FILE")
+    if config is not None and (alpha is not None or use_rslora or targets is not None):
+        raise RankscopeError("--alpha, --use-rslora and --targets only apply with --rank (--config sets them)")
+    check_output_target(out)
+    result = extract(base, finetuned, rank=rank, alpha=alpha, config=config, targets=targets or "all-linear",
+                     use_rslora=use_rslora, exclude=exclude, embeddings=embeddings, save_modules=save_modules,
+                     bias=bias, method=method, power_iterations=power_iterations, oversample=oversample, seed=seed,
+                     optimum=not no_optimum, device=device, workers=workers, check_model=not no_model_check,
+                     progress=not quiet)
+    for warning in result.info["warnings"]:
+        click.echo(f"Warning: {warning}", err=True)
+    result.info["argv"] = shlex.join(["rankscope", *sys.argv[1:]])
+    result.save(out)
+    if not quiet:
+        click.echo(result.summary())
+        click.echo(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    extract_cmd()
