@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import click  # noqa: E402
 
 from . import __version__  # noqa: E402
+from .cli_extract import extract_cmd  # noqa: E402  (light: extract loads inside the command)
 from .cli_ranks import recommend_cmd  # noqa: E402  (light: ranks loads inside the command)
 from .cli_support import OneLineCommand, handle_errors, parse_taus  # noqa: E402
 from .errors import RankscopeError  # noqa: E402
@@ -305,6 +306,7 @@ def plot_cmd(out):
 
 
 main.add_command(recommend_cmd)
+main.add_command(extract_cmd)
 
 if __name__ == "__main__":
     main()

@@ -61,12 +61,13 @@ def _targets(ctx, param, value: str | None) -> str | None:
               help="Skip the exact spectrum (Eckart–Young optimum column); lets auto pick the randomized SVD.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Modules in parallel [default: CPU count].")
-@click.option("--no-model-check", is_flag=True,
-              help="Do not cross-check names and layer types with the model class (saves importing transformers).")
+@click.option("--model-check", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Cross-check module names and layer types with the model class built on the meta device "
+                   "(imports transformers, ~2-3 s); auto: only when the checkpoint's names look unusual.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @handle_errors
 def extract_cmd(base, finetuned, out, rank, config, alpha, use_rslora, targets, exclude, embeddings, save_modules, bias,
-                method, power_iterations, oversample, seed, no_optimum, device, workers, no_model_check, quiet):
+                method, power_iterations, oversample, seed, no_optimum, device, workers, model_check, quiet):
     """Extract a LoRA adapter from a full fine-tune: rank-r truncated SVD of every ΔW = FINETUNED − BASE.
 
     Writes a peft adapter (OUT/adapter_config.json, OUT/adapter_model.safetensors) whose merge gives
@@ -88,7 +89,7 @@ def extract_cmd(base, finetuned, out, rank, config, alpha, use_rslora, targets, 
     result = extract(base, finetuned, rank=rank, alpha=alpha, config=config, targets=targets or "all-linear",
                      use_rslora=use_rslora, exclude=exclude, embeddings=embeddings, save_modules=save_modules,
                      bias=bias, method=method, power_iterations=power_iterations, oversample=oversample, seed=seed,
-                     optimum=not no_optimum, device=device, workers=workers, check_model=not no_model_check,
+                     optimum=not no_optimum, device=device, workers=workers, check_model=model_check,
                      progress=not quiet)
     for warning in result.info["warnings"]:
         click.echo(f"Warning: {warning}", err=True)

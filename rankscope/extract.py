@@ -30,13 +30,13 @@ How the top-``r`` singular subspace is computed (``method=``, per module, on the
     ``(TK)ᵀ(TK)``) gives ``V_r = K Z``.  Keeping the whole Krylov block reaches a given accuracy in
     far fewer passes than plain subspace iteration when the spectrum has no gap at ``r``: on the
     benchmark pair (σ_i ∝ 1/i plus a noise floor, no gap at r = 64) ``q = 3`` gives an error within
-    1.0003x of the optimum, plain subspace iteration needs ``q = 7`` for 1.001x.
+    1.0004x of the optimum, plain subspace iteration needs ``q = 7`` for 1.001x.
 
 ``auto`` (default) uses ``exact`` whenever the Eckart–Young optimum is reported (``optimum=True``,
 the default): the optimum needs the exact spectrum, and the Gram + tridiagonalisation that gives it
 yields the exact top-``r`` vectors for ~20 % more, less than any randomized pass would add (measured,
 see :data:`COST_PER_MAC`).  With ``optimum=False`` it picks the cheaper of the two by the measured
-cost model: randomized where ``r ≪ min(m, n)`` (on 2 cores: ``min(m, n) ≳ 5.5·(r + p)``), exact
+cost model: randomized where ``r ≪ min(m, n)`` (square matrices: ``min(m, n) ≳ 6 (r + p)``), exact
 otherwise.
 
 Reported per module (``extract.csv``): ``rel_error = ‖ΔW − s·B·A‖_F / ‖ΔW‖_F`` with ``B, A`` as stored
@@ -78,15 +78,20 @@ BIAS = ("none", "lora_only", "all")
 OVERSAMPLE = 10
 """Oversampling ``p`` of the randomized sketch (Halko et al. 2011 recommend 5–10)."""
 POWER_ITERATIONS = 3
-"""Block Krylov power iterations ``q``: ≤ 1.0003x the optimal error on the benchmark pair (needs ≥ 3)."""
+"""Block Krylov power iterations ``q``: ≤ 1.0004x the optimal error on the benchmark pair (q = 2: 1.002x)."""
 STORAGE_FLOOR = 1e-6
 """Relative errors below this (float32 storage resolution) count as this much in ``ratio``."""
 ERROR_BLOCK_ROWS = 4096
 
-COST_PER_MAC = {"gram": 2.2e-11, "tridiagonal": 7.7e-11, "skinny": 4.9e-11}
-"""Seconds per multiply-add on one core of the development machine (AMD EPYC, float64, OpenBLAS):
-``gram`` for ``TᵀT`` (``m n²``), ``tridiagonal`` for the top-``r`` ``syevr`` of an ``n x n`` Gram
-(per ``n³``), ``skinny`` for ``T @ X`` with ``X`` of ``r + p`` columns.  Only their ratios matter."""
+COST_PER_MAC = {"gram": 2.4e-11, "tridiagonal": 1.44e-10, "skinny": 4.9e-11, "krylov": 9.5e-11}
+"""Seconds per multiply-add, measured on the development machine (2 vCPUs, AMD EPYC, float64 OpenBLAS)
+with two workers running at once as ``extract`` does (the memory-bound tridiagonalisation suffers
+more from the shared core than the matrix products): ``gram`` for ``TᵀT`` (per ``m n²``),
+``tridiagonal`` for the top-``r`` ``syevr`` of an ``n x n`` Gram (per ``n³``), ``skinny`` for
+``T @ X`` with ``X`` of ``r`` columns, ``krylov`` for the randomized products with ``r + p`` columns
+including their QR re-orthonormalisations.  Only the ratios matter.  Measured at r = 64:
+1024 x 1024 exact 180 ms, randomized 85 ms; 2816 x 1024 exact 225 ms, randomized 215 ms; for square
+matrices the two cost the same at ``min(m, n) ≈ 6 (r + p)``."""
 
 # peft task types by architecture suffix (peft.TaskType); bare ``*Model`` encoders get FEATURE_EXTRACTION.
 _TASK_SUFFIXES = (
@@ -115,8 +120,6 @@ _OUTPUT_HEAD = re.compile(r"(?:^|\.)(?:lm_head|embed_out|output_layer)$")
 class _NumpyOps:
     """float64 numpy / LAPACK operations used by the solvers."""
 
-    device = "cpu"
-
     def asarray(self, x: np.ndarray) -> np.ndarray:
         return x
 
@@ -138,6 +141,9 @@ class _NumpyOps:
 
     def gaussian(self, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
         return rng.standard_normal(shape)
+
+    def hstack(self, blocks: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(blocks, axis=1)
 
 
 class _TorchOps:
@@ -167,6 +173,9 @@ class _TorchOps:
     def gaussian(self, rng: np.random.Generator, shape: tuple[int, int]):
         return self.asarray(rng.standard_normal(shape))  # same Ω on every device
 
+    def hstack(self, blocks: list):
+        return self.torch.cat(blocks, dim=1)
+
 
 @dataclass
 class Truncation:
@@ -188,13 +197,14 @@ def module_rng(seed: int, module: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(module.encode())]))
 
 
-def _finish(t, v, ops) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _finish(t, v, ops, w=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """From an orthonormal (approximate) top-r right subspace ``V`` of ``T``: ``U, σ, Vᵀ`` with ``T V = U Σ``.
 
-    ``σ_i = ‖T v_i‖`` (relative accuracy of float64 in every column, unlike ``√λ_i``); columns with
-    ``σ_i = 0`` get ``u_i = 0`` (then ``T v_i = 0`` as well, so ``U Σ Vᵀ = T V Vᵀ`` still holds).
+    ``W = T V`` (or the given ``w``, already equal to it); ``σ_i = ‖W e_i‖`` (float64 relative accuracy
+    in every column, unlike ``√λ_i``); columns with ``σ_i = 0`` get ``u_i = 0`` (then ``T v_i = 0`` too,
+    so ``U Σ Vᵀ = T V Vᵀ`` still holds).
     """
-    w = ops.numpy(t @ v)
+    w = ops.numpy(t @ v if w is None else w)
     v = ops.numpy(v)
     s = np.sqrt(np.einsum("ij,ij->j", w, w))
     order = np.argsort(-s, kind="stable")
@@ -230,14 +240,7 @@ def krylov_basis(t, rank: int, rng: np.random.Generator, power_iterations: int, 
     for _ in range(power_iterations):
         y = ops.qr(t.T @ ops.qr(t @ y))
         blocks.append(y)
-    stack = blocks[0] if len(blocks) == 1 else _concat(blocks, ops)
-    return ops.qr(stack)
-
-
-def _concat(blocks: list, ops):
-    if isinstance(ops, _TorchOps):
-        return ops.torch.cat(blocks, dim=1)
-    return np.concatenate(blocks, axis=1)
+    return ops.qr(blocks[0] if len(blocks) == 1 else ops.hstack(blocks))
 
 
 def randomized_truncation(delta: np.ndarray, r: int, rng: np.random.Generator,
@@ -250,9 +253,9 @@ def randomized_truncation(delta: np.ndarray, r: int, rng: np.random.Generator,
         return exact_truncation(delta, r, ops, optimum=False)
     t = ops.asarray(delta.T if wide else delta)
     k = krylov_basis(t, r, rng, power_iterations, oversample, ops)
-    c = t @ k  # tall_m x (q+1)(r+p)
+    c = t @ k  # m x (q+1)(r+p)
     _, z = ops.eigh_top(c.T @ c, r)  # Rayleigh–Ritz: top-r right singular vectors within span(K)
-    u, s, vt = _finish(t, k @ z, ops)
+    u, s, vt = _finish(t, k @ z, ops, w=c @ z)  # T (K Z) = C Z
     return Truncation(vt.T, s, u.T, "randomized") if wide else Truncation(u, s, vt, "randomized")
 
 
@@ -273,7 +276,7 @@ def estimated_seconds(rows: int, cols: int, r: int, method: str, power_iteration
     """Cost model of one module on one core (:data:`COST_PER_MAC`), used by ``method='auto'``.
 
     exact: ``m n²`` (Gram) + ``n³`` (top-r ``syevr``) + ``m n r`` (``T V``);
-    randomized: ``(3q + 2) m n (r + p)`` (products) + ``m k²`` (Ritz Gram, ``k = (q+1)(r+p)``) + ``m n r``.
+    randomized: ``(3q + 2) m n (r + p)`` (products and QRs) + ``m k²`` (Ritz Gram, ``k = (q+1)(r+p)``).
     """
     m, n = max(rows, cols), min(rows, cols)
     c = COST_PER_MAC
@@ -281,7 +284,7 @@ def estimated_seconds(rows: int, cols: int, r: int, method: str, power_iteration
         return c["gram"] * m * n * n + c["tridiagonal"] * n**3 + c["skinny"] * m * n * r
     width = r + oversample
     k = (power_iterations + 1) * width
-    return c["skinny"] * (3 * power_iterations + 2) * m * n * width + c["gram"] * (m * k * k + n * k * r)
+    return c["krylov"] * (3 * power_iterations + 2) * m * n * width + c["gram"] * (m * k * k + n * k * r)
 
 
 def choose_method(rows: int, cols: int, r: int, method: str = "auto", optimum: bool = True,
@@ -313,7 +316,9 @@ def relative_error(delta: np.ndarray, left: np.ndarray, right: np.ndarray, scale
     err = 0.0
     for start in range(0, delta.shape[0], ERROR_BLOCK_ROWS):
         stop = start + ERROR_BLOCK_ROWS
-        e = delta[start:stop] - scale * (left[start:stop] @ right)
+        e = left[start:stop] @ right
+        e *= -scale
+        e += delta[start:stop]
         err += float(np.vdot(e, e))
     return float(np.sqrt(err / delta_sq))
 
@@ -439,6 +444,10 @@ class LoraSpec:
             return is_linear
         return bool(re.fullmatch(t, module)) if isinstance(t, str) else _listed(t, module)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.exclude_modules, str):
+            _compile([self.exclude_modules], f"{self.source}: exclude_modules")
+
     def explicitly_targets(self, module: str) -> bool:
         """Whether ``target_modules`` names this module itself (not via ``all-linear``)."""
         return self.target_modules != "all-linear" and self.targets(module, False)
@@ -474,9 +483,14 @@ def task_type(config: dict[str, Any] | None) -> str | None:
             return task
     if arch.endswith("ForConditionalGeneration"):
         return "SEQ_2_SEQ_LM" if (config or {}).get("is_encoder_decoder") else "CAUSAL_LM"
-    if arch.endswith("Model") and "For" not in arch:
+    if _is_bare(arch):
         return "FEATURE_EXTRACTION"
     return None
+
+
+def _is_bare(arch: str) -> bool:
+    """A base model class without heads (``BertModel``, ``LlamaModel``; not ``GPT2LMHeadModel``)."""
+    return arch.endswith("Model") and "For" not in arch and "Head" not in arch
 
 
 def layer_type_guess(pair: TensorPair, name: str) -> str:
@@ -491,6 +505,33 @@ def layer_type_guess(pair: TensorPair, name: str) -> str:
 def is_vocab_module(name: str, layer_type: str) -> bool:
     """Embeddings and output heads (``lm_head``): handled by ``embeddings=``, never by ``all-linear``."""
     return layer_type == "embedding" or bool(_OUTPUT_HEAD.search(name))
+
+
+_HEAD_FIRSTS = {"lm_head", "classifier", "score", "qa_outputs", "cls", "embed_out", "output"}
+MODEL_CHECKS = ("auto", "always", "never")
+
+
+def naming_suspicion(config: dict[str, Any] | None, tensor_names: Sequence[str]) -> str | None:
+    """Why the base checkpoint's tensor names might not be the module names of its architecture, or ``None``.
+
+    ``save_pretrained`` of a head class (``…ForCausalLM``, ``…ForSequenceClassification``, …) nests the
+    base model under one prefix (``model.``, ``transformer.``, ``bert.``) next to the heads; a bare
+    ``…Model`` has no such prefix.  Checkpoints that break this (legacy Hub files such as GPT-2's
+    ``h.0.attn…`` under ``GPT2LMHeadModel``, encoder–decoders such as T5) get the model cross-check.
+    """
+    archs = (config or {}).get("architectures") or []
+    if not archs or not isinstance(archs[0], str):
+        return None
+    arch = archs[0]
+    firsts = {n.split(".", 1)[0] for n in tensor_names if "." in n}
+    body = firsts - _HEAD_FIRSTS
+    if _is_bare(arch):
+        if len(firsts) == 1:
+            return f"every tensor of the bare {arch} sits under '{next(iter(firsts))}.'"
+        return None
+    if len(body) != 1:
+        return f"the {arch} checkpoint's tensors do not share one base-model prefix ({', '.join(sorted(body)[:4])})"
+    return None
 
 
 class ModelLayout:
@@ -748,7 +789,8 @@ def _check_ranks(plans: list[ModulePlan]) -> None:
     for plan in plans:
         if plan.role == "lora" and plan.r > min(plan.pair.rows, plan.pair.cols):
             raise RankscopeError(f"rank {plan.r} for module '{plan.name}' exceeds min(m, n) = "
-                                 f"{min(plan.pair.rows, plan.pair.cols)} of its {plan.pair.rows}x{plan.pair.cols} ΔW")
+                                 f"{min(plan.pair.rows, plan.pair.cols)} of its {plan.pair.rows}x{plan.pair.cols} ΔW: lower the rank, "
+                                 "give the module its own rank (--config rank_pattern) or --exclude it")
 
 
 def _apply_layout(plans: list[ModulePlan], saved: list[str], layout: dict[str, str] | None,
@@ -815,11 +857,14 @@ def _read_ft(pair: TensorPair, ft: Checkpoint) -> np.ndarray:
 
 
 def _compact_patterns(values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The most common value as the default and the exceptions as an exact-name pattern dict."""
+    """The most common value as the default and the exceptions as a pattern dict keyed by the escaped full
+    module name (:func:`rankscope.peft_config.pattern_key`: matches that module and nothing else)."""
+    from .peft_config import pattern_key
+
     if not values:
         return None, {}
     common = Counter(values.values()).most_common(1)[0][0]
-    return common, {k: v for k, v in sorted(values.items()) if v != common}
+    return common, {pattern_key(k): v for k, v in sorted(values.items()) if v != common}
 
 
 def _base_model_path(ckpt: Checkpoint) -> str:
@@ -898,7 +943,7 @@ def extract(
     optimum: bool = True,
     device: str = "cpu",
     workers: int | None = None,
-    check_model: bool = True,
+    check_model: str | bool = "auto",
     progress: bool = False,
 ) -> ExtractResult:
     """A peft LoRA adapter whose merge gives ``base + rank-r truncation of ΔW`` for every targeted module.
@@ -925,7 +970,9 @@ def extract(
         device: ``cpu``, ``cuda`` (``cuda:N``) or ``auto``: where the SVDs run (torch on GPUs).
         workers: modules in parallel (default: CPU count on CPU, 1 on a GPU).
         check_model: cross-check module names and layer types against the model class built on
-            the meta device (needs transformers; skipped with a warning if it cannot be built).
+            the meta device (imports transformers: ~2–3 s): ``always``, ``never`` or ``auto`` (only
+            when :func:`naming_suspicion` finds the names unusual).  ``True``/``False`` mean
+            always/never.  If the model cannot be built the names are used as they are, with a warning.
         progress: progress bar on stderr.
     """
     t_start = time.perf_counter()
@@ -941,6 +988,8 @@ def extract(
     _check_choice(bias, BIAS, "--bias")
     _check_choice(embeddings, EMBEDDINGS, "--embeddings")
     _check_choice(method, METHODS, "--method")
+    check_model = {True: "always", False: "never"}.get(check_model, check_model)
+    _check_choice(check_model, MODEL_CHECKS, "--model-check")
     if power_iterations < 0 or oversample < 0:
         raise RankscopeError("--power-iterations and --oversample must be >= 0")
     exclude_re = _compile(list(exclude), "--exclude")
@@ -950,7 +999,9 @@ def extract(
     warnings: list[str] = []
     with open_checkpoint(base) as b_ckpt, open_checkpoint(finetuned) as f_ckpt:
         task = task_type(b_ckpt.config)
-        layout_probe = ModelLayout(b_ckpt.config) if check_model else None
+        suspicion = naming_suspicion(b_ckpt.config, list(b_ckpt.tensors))
+        checking = check_model == "always" or (check_model == "auto" and suspicion is not None)
+        layout_probe = ModelLayout(b_ckpt.config) if checking else None
         alignment = align(b_ckpt, f_ckpt)
         if not any(p.is_matrix for p in alignment.pairs):
             raise RankscopeError(f"{base} and {finetuned} share no 2-D tensor: are they the same architecture?")
@@ -967,8 +1018,12 @@ def extract(
         results, n_workers = _compute(plans, b_ckpt, f_ckpt, opts, workers, progress)
         t_done = time.perf_counter()
         layout = layout_probe.result() if layout_probe else None
-        if check_model and layout is None:
-            warnings.append(f"module names and layer types not cross-checked: {layout_probe.reason}")
+        if not ((b_ckpt.config or {}).get("architectures")):
+            warnings.append("the base has no config.json with 'architectures': task_type is null and module names "
+                            "are used as stored (not cross-checked)")
+        elif checking and layout is None:
+            warnings.append(f"module names and layer types not cross-checked: {layout_probe.reason}"
+                            + (f" (and {suspicion})" if suspicion else ""))
         names = _apply_layout(plans, saved, layout, warnings)
         tensors, vec_summary = _collect_tensors(plans, results, names, saved, bias, alignment.pairs, b_ckpt, f_ckpt)
         _note_uncaptured(plans, results, vec_summary, alignment.only_in_finetuned, warnings)
@@ -996,6 +1051,7 @@ def extract(
                     "methods": dict(Counter(lora_table["method"])),
                     "bytes": int(sum(v.nbytes for v in tensors.values()))},
         "model_layout_checked": layout is not None,
+        "naming_suspicion": suspicion,
         "alignment": {"base_prefix": alignment.base_prefix, "finetuned_prefix": alignment.finetuned_prefix,
                       "only_in_base": alignment.only_in_base, "only_in_finetuned": alignment.only_in_finetuned,
                       "skipped": alignment.skipped, "transposed_conv1d": [p.name for p in plans if p.pair.transpose]},
