@@ -49,14 +49,33 @@ def planned(out: Path, spectra: Path, r: int) -> RankPlan:
     return RankPlan.load(out)
 
 
-def extracted_accuracy(folder: Path, full: Path, plan_dir: Path, common: dict) -> dict:
+def classification_base(folder: Path) -> Path:
+    """The base as a sequence classifier (``bert.`` names, a seeded head): the layout the adapters apply to."""
+    if not (folder / "config.json").is_file():
+        from rankscope.checkpoints import resolve
+        from rankscope.train import load_classifier, load_tokenizer
+
+        tokenizer = load_tokenizer(resolve(BASE))
+        model = load_classifier(resolve(BASE), ["rotten", "fresh"], tokenizer.pad_token_id, seed=0)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def extracted_accuracy(folder: Path, full: Path, plan_dir: Path, base_cls: Path, common: dict) -> dict:
+    """Accuracy of the adapter cut from the full fine-tune with the plan's ranks (no training).
+
+    Besides the planned LoRA factors the adapter carries what LoRA training also trains or what the
+    low-rank factors cannot express: the classifier head, the fine-tuned biases and LayerNorms.
+    """
     from rankscope.extract import extract
 
     if not (folder / "adapter_config.json").is_file():
-        extract(BASE, full, config=plan_dir / "lora_config.json").save(folder)
+        extract(base_cls, full, config=plan_dir / "lora_config.json", save_modules=["classifier", "LayerNorm"],
+                bias="all").save(folder)
     result = folder / "accuracy.json"
     if not result.is_file():
-        metrics = evaluate_checkpoint(BASE, "rotten-tomatoes", adapter=folder, max_length=common["max_length"])
+        metrics = evaluate_checkpoint(base_cls, "rotten-tomatoes", adapter=folder, max_length=common["max_length"])
         result.write_text(json.dumps(metrics, indent=2) + "\n")
     return json.loads(result.read_text())
 
@@ -130,7 +149,8 @@ def main() -> None:
                              "trainable_lora_params": m["trainable_params"], "test_accuracy": m["test_accuracy"],
                              "validation_accuracy": m["validation_accuracy"]})
         if not args.no_extract:
-            ext = extracted_accuracy(runs / f"extracted-r{r}", args.full, plan_dir, common)
+            base_cls = classification_base(runs / "base-seqcls")
+            ext = extracted_accuracy(runs / f"extracted-r{r}", args.full, plan_dir, base_cls, common)
             rows.append({"budget_rank": r, "budget": budget, "method": "extracted", "seed": None,
                          "trainable_lora_params": plan.info["results"]["params"],
                          "test_accuracy": ext["test_accuracy"], "validation_accuracy": ext["validation_accuracy"]})

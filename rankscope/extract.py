@@ -785,6 +785,25 @@ def _saved_owner(tensor: str, names: tuple[str, ...], patterns: list[re.Pattern[
     return None
 
 
+def _fine_tune_only_saves(alignment, f_ckpt: Checkpoint, save_names: tuple[str, ...],
+                          save_patterns: list[re.Pattern[str]]) -> list[tuple[str, str, np.ndarray]]:
+    """(owner, name, fine-tuned values) of tensors the base lacks but ``save_names``/``--save-modules`` name.
+
+    A classification head trained on top of a bare encoder (``BertModel`` base, ``...ForSequenceClassification``
+    fine-tune) exists only in the fine-tune; saved whole in ``modules_to_save`` it travels with the adapter.
+    """
+    out = []
+    for core in alignment.only_in_finetuned:
+        owner = _saved_owner(core, save_names, save_patterns)
+        if owner is None:
+            continue
+        stored = alignment.finetuned_prefix + core
+        name = stored if stored in f_ckpt.tensors else core
+        info = f_ckpt.tensors[name]
+        out.append((owner, core, f_ckpt.read_rows(name).reshape(info.shape)))
+    return out
+
+
 def _check_ranks(plans: list[ModulePlan]) -> None:
     for plan in plans:
         if plan.role == "lora" and plan.r > min(plan.pair.rows, plan.pair.cols):
@@ -1024,9 +1043,14 @@ def extract(
         elif checking and layout is None:
             warnings.append(f"module names and layer types not cross-checked: {layout_probe.reason}"
                             + (f" (and {suspicion})" if suspicion else ""))
+        ft_only = _fine_tune_only_saves(alignment, f_ckpt, save_names, save_re)
+        saved = sorted(set(saved) | {owner for owner, _, _ in ft_only})
         names = _apply_layout(plans, saved, layout, warnings)
         tensors, vec_summary = _collect_tensors(plans, results, names, saved, bias, alignment.pairs, b_ckpt, f_ckpt)
-        _note_uncaptured(plans, results, vec_summary, alignment.only_in_finetuned, warnings)
+        tensors.update({f"base_model.model.{core}": value for _, core, value in ft_only})
+        taken = {core for _, core, _ in ft_only}
+        _note_uncaptured(plans, results, vec_summary, [n for n in alignment.only_in_finetuned if n not in taken],
+                         warnings)
         adapter_config = build_adapter_config(plans, names, saved, spec, task, _base_model_path(b_ckpt), bias)
         inputs = {"base": b_ckpt.describe(), "finetuned": f_ckpt.describe()}
         tied = bool((b_ckpt.config or {}).get("tie_word_embeddings", False))
