@@ -32,6 +32,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/spectrum.py
+	$(PY) benchmarks/extract.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -23,3 +23,6 @@ from .errors import RankscopeError  # noqa: E402
 from .spectrum import SpectrumResult, spectrum  # noqa: E402  (binds the function over the submodule name)
 
 __all__ = ["spectrum", "SpectrumResult", "RankscopeError", "__version__"]
+# The other analyses load torch/peft lazily; import them from their modules:
+#   rankscope.lora.lora_spectrum, rankscope.compare.compare / compare_adapters,
+#   rankscope.ranks.recommend, rankscope.extract.extract, rankscope.train.train

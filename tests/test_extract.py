@@ -598,3 +598,30 @@ def test_bad_inputs(pairs, tmp_path):
         check_failure(run_extract(root, out, "--rank", 4, "--device", "cuda"), out, "--device cuda")
     missing = _runner().invoke(extract_cmd, [str(tmp_path / "nope"), str(root / "ft"), "--rank", 2, "-o", str(out)])
     check_failure(missing, out, "nope")
+
+
+def test_head_only_in_finetune_travels_in_modules_to_save(tmp_path):
+    """A classifier trained on a bare encoder exists only in the fine-tune: --save-modules carries it whole."""
+    from safetensors.numpy import load_file, save_file
+
+    from rankscope.extract import extract
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 16)).astype(np.float32)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "ft").mkdir()
+    save_file({"encoder.layer.0.attention.self.query.weight": w}, tmp_path / "base" / "model.safetensors")
+    head = rng.standard_normal((2, 16)).astype(np.float32)
+    save_file({"bert.encoder.layer.0.attention.self.query.weight": w + 0.1 * np.outer(w[0], w[1]),
+               "classifier.weight": head, "classifier.bias": np.ones(2, np.float32)},
+              tmp_path / "ft" / "model.safetensors")
+    without = extract(tmp_path / "base", tmp_path / "ft", rank=1)
+    assert any("only in the fine-tune" in w for w in without.info["warnings"])
+    assert not any("classifier" in k for k in without.tensors)
+    result = extract(tmp_path / "base", tmp_path / "ft", rank=1, save_modules=["classifier"])
+    result.save(tmp_path / "ad")
+    saved = load_file(tmp_path / "ad" / "adapter_model.safetensors")
+    np.testing.assert_array_equal(saved["base_model.model.classifier.weight"], head)
+    np.testing.assert_array_equal(saved["base_model.model.classifier.bias"], np.ones(2, np.float32))
+    assert result.adapter_config["modules_to_save"] == ["classifier"]
+    assert not any("only in the fine-tune" in w for w in result.info["warnings"])
