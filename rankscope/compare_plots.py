@@ -23,13 +23,8 @@ if TYPE_CHECKING:
     from .compare import CompareResult
 
 
-def _kinds(table):
-    layered, kinds = _layered(table)
-    return layered, kinds
-
-
 def plot_energy(result: CompareResult, path: Path, plt) -> str | None:
-    layered, kinds = _kinds(result.table)
+    layered, kinds = _layered(result.table)
     if layered.empty:
         return None
     fig, axes = _grid(len(kinds), plt)
@@ -44,13 +39,11 @@ def plot_energy(result: CompareResult, path: Path, plt) -> str | None:
         ax.set_ylabel("share of ‖ΔW_full‖²")
     axes[0].legend(fontsize=8)
     fig.suptitle("Energy of the full fine-tuning update captured by LoRA's subspaces", fontsize=13)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_phi_diagonal(result: CompareResult, path: Path, plt) -> str | None:
-    layered, kinds = _kinds(result.table)
+    layered, kinds = _layered(result.table)
     if layered.empty:
         return None
     fig, axes = plt.subplots(2, len(kinds), figsize=(4.2 * len(kinds), 6.6), squeeze=False, layout="constrained")
@@ -72,13 +65,11 @@ def plot_phi_diagonal(result: CompareResult, path: Path, plt) -> str | None:
             ax.set_ylabel("φ(i, i)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Subspace similarity φ(i, i) between full fine-tuning and LoRA (colour = layer)", fontsize=13)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_intruders(result: CompareResult, path: Path, plt, sns) -> str | None:
-    layered, kinds = _kinds(result.table)
+    layered, kinds = _layered(result.table)
     if layered.empty:
         return None
     eps = result.info.get("options", {}).get("epsilon", 0.5)
@@ -93,9 +84,7 @@ def plot_intruders(result: CompareResult, path: Path, plt, sns) -> str | None:
         ax.set_xlabel("module kind")
         ax.set_ylabel("layer")
         plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def _phi_heatmap(ax, grid: np.ndarray, title: str, xlabel: str, ylabel: str, sns) -> None:
@@ -132,7 +121,6 @@ def plot_phi_modules(result: CompareResult, folder: Path, plt, sns, pattern: str
                          "j (top-j of ΔW_lora)", "i (top-i of ΔW_full)", sns)
         fig.suptitle(f"φ(i, j), {module}", fontsize=12)
         written.append(_save(fig, folder / f"phi_{module.replace('/', '_')}.png"))
-        plt.close(fig)
     return written
 
 
@@ -143,9 +131,7 @@ def plot_phi_adapters(result: CompareResult, path: Path, plt, sns, pattern: str 
         for ax, which, label in zip(row_axes, ("A", "B"), ("row space of A", "column space of B"), strict=True):
             _phi_heatmap(ax, result.phi[f"{module}:{which}"], f"{module}: {label}", "j (adapter 2)", "i (adapter 1)", sns)
     fig.suptitle("Subspace similarity φ(i, j) between two adapters (LoRA paper §7.2)", fontsize=13)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def render_compare_figures(result: CompareResult, folder: str | Path, phi_modules: str | None = None) -> list[str]:

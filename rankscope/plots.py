@@ -54,7 +54,11 @@ def _depth_colours(layers: list[int], plt):
 
 
 def _save(fig, path: Path) -> str:
+    """Write ``fig`` to ``path`` and release it; returns the file name."""
+    import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
     return path.name
 
 
@@ -88,9 +92,7 @@ def plot_spectra(result: SpectrumResult, path: Path, plt) -> str:
         sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(min(layers), max(layers)))
         fig.colorbar(sm, ax=axes, label="layer (depth)", shrink=0.6)
     fig.suptitle("Normalised singular-value spectra of ΔW = W_finetuned − W_base", fontsize=13)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_energy(result: SpectrumResult, path: Path, plt) -> str:
@@ -117,9 +119,7 @@ def plot_energy(result: SpectrumResult, path: Path, plt) -> str:
         ax.set_xlabel("rank k")
         ax.set_ylabel("captured energy (share of ‖ΔW‖²)")
     fig.suptitle("Cumulative energy of ΔW (colour = layer depth)", fontsize=13)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_heatmaps(result: SpectrumResult, path: Path, plt, sns) -> str | None:
@@ -144,9 +144,7 @@ def plot_heatmaps(result: SpectrumResult, path: Path, plt, sns) -> str | None:
         ax.set_ylabel("layer")
         plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
     fig.suptitle("Per-layer, per-module rank of the fine-tuning update", fontsize=13)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_rank_by_layer(result: SpectrumResult, path: Path, plt) -> str | None:
@@ -166,9 +164,7 @@ def plot_rank_by_layer(result: SpectrumResult, path: Path, plt) -> str | None:
     ax2.set_xlabel("layer")
     ax2.set_ylabel("rank_90 / min(m, n) (%)")
     ax2.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def render_spectrum_figures(result: SpectrumResult, folder: str | Path) -> list[str]:
@@ -241,9 +237,7 @@ def render_rank_figure(plan, path: Path) -> str:
     res = plan.info.get("results", {})
     fig.suptitle(f"LoRA ranks, rule {plan.info.get('options', {}).get('rule')}: {res.get('params', 0):,} parameters, "
                  f"{_pct(res.get('captured_energy', 0.0))} of ‖ΔW‖² captured", fontsize=12)
-    name = _save(fig, path)
-    plt.close(fig)
-    return name
+    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------
