@@ -69,7 +69,7 @@ from .adapters import lora_scale, pattern_value
 from .align import TensorPair, align, module_name
 from .checkpoints import Checkpoint, open_checkpoint
 from .errors import RankscopeError
-from .outputs import atomic_output, peak_rss_mb, versions, write_json
+from .outputs import peak_rss_mb, result_folder, versions, write_json
 from .spectrum import _compile, _delta_blocks, _Norms, _run_parallel, resolve_device
 
 METHODS = ("auto", "exact", "randomized")
@@ -700,16 +700,12 @@ class ExtractResult:
         from safetensors.numpy import save_file
 
         t0 = time.perf_counter()
-        with atomic_output(out) as tmp:
+        with result_folder(out, self.info) as tmp:
             write_json(tmp / "adapter_config.json", self.adapter_config)
             save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()},
                       str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
             self.table.to_csv(tmp / "extract.csv", index=False)
-            seconds = self.info.setdefault("seconds", {})
-            seconds["save"] = round(time.perf_counter() - t0, 3)
-            seconds["total"] = round(seconds.get("analysis", 0.0) + seconds["save"], 3)
-            self.info["peak_rss_mb"] = round(peak_rss_mb(), 1)
-            write_json(tmp / "run.json", self.info)
+            self.info.setdefault("seconds", {})["save"] = round(time.perf_counter() - t0, 3)
         return Path(out)
 
     def summary(self) -> str:

@@ -48,7 +48,7 @@ from .allocation import (
     uniform_rank_for_budget,
 )
 from .errors import RankscopeError
-from .outputs import atomic_output, read_json, versions, write_json
+from .outputs import read_json, result_folder, versions, write_json
 from .peft_config import check_lora_config, lora_config_dict
 
 RULES = ("energy", "gd", "budget", "avg-rank", "kohya-fro", "kohya-ratio", "kohya-cumulative")
@@ -314,8 +314,7 @@ class RankPlan:
         """Write ``ranks.csv``, ``lora_config.json``, ``adapter_config.json`` (the same config, the file name
         ``LoraConfig.from_pretrained(OUT)`` reads), ``run.json``, ``figures/ranks.png`` and, for spectra
         computed on the fly, ``spectrum/`` (a spectrum result folder, reusable as SOURCE) — atomically."""
-        t_save = time.perf_counter()
-        with atomic_output(out) as tmp:
+        with result_folder(out, self.info) as tmp:
             self.table.to_csv(tmp / "ranks.csv", index=False)
             write_json(tmp / "lora_config.json", self.lora_config)
             write_json(tmp / "adapter_config.json", self.lora_config)
@@ -330,9 +329,6 @@ class RankPlan:
 
                 outputs["figures"] = [render_rank_figure(self, tmp / "figures" / "ranks.png")]
                 self.info.setdefault("seconds", {})["plots"] = round(time.perf_counter() - t0, 3)
-            seconds = self.info.setdefault("seconds", {})
-            seconds["total"] = round(seconds.get("analysis", 0.0) + time.perf_counter() - t_save, 3)
-            write_json(tmp / "run.json", self.info)
         return Path(out)
 
     @classmethod
@@ -349,10 +345,9 @@ class RankPlan:
 
 
 def _save_spectrum(spec, folder: Path) -> None:
+    """The spectra computed on the fly, as a spectrum result folder (reusable as SOURCE)."""
     folder.mkdir()
-    spec.table.to_csv(folder / "modules.csv", index=False)
-    spec.vectors.to_csv(folder / "vectors.csv", index=False)
-    np.savez(folder / "spectra.npz", **spec.spectra)
+    spec.write_data(folder)
     write_json(folder / "run.json", spec.info)
 
 

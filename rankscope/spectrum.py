@@ -52,9 +52,7 @@ class SpectrumResult:
     def save(self, out: str | os.PathLike, plots: bool = True) -> Path:
         """Write ``modules.csv``, ``vectors.csv``, ``spectra.npz``, ``run.json`` (and figures) atomically."""
         with result_folder(out, self.info) as tmp:
-            self.table.to_csv(tmp / "modules.csv", index=False)
-            self.vectors.to_csv(tmp / "vectors.csv", index=False)
-            np.savez(tmp / "spectra.npz", **self.spectra)
+            self.write_data(tmp)
             if plots:
                 from .plots import render_spectrum_figures
 
@@ -62,6 +60,12 @@ class SpectrumResult:
                 self.info.setdefault("outputs", {})["figures"] = render_spectrum_figures(self, tmp / "figures")
                 self.info.setdefault("seconds", {})["plots"] = round(time.perf_counter() - t0, 3)
         return Path(out)
+
+    def write_data(self, folder: Path) -> None:
+        """The data files of a result: ``modules.csv``, ``vectors.csv`` and ``spectra.npz``."""
+        self.table.to_csv(folder / "modules.csv", index=False)
+        self.vectors.to_csv(folder / "vectors.csv", index=False)
+        np.savez(folder / "spectra.npz", **self.spectra)
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> SpectrumResult:
