@@ -20,6 +20,7 @@ import click  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .cli_extract import extract_cmd  # noqa: E402  (light: extract loads inside the command)
+from .cli_intrinsic import intrinsic_dim_cmd  # noqa: E402  (light: torch loads inside the command)
 from .cli_ranks import recommend_cmd  # noqa: E402  (light: ranks loads inside the command)
 from .cli_support import OneLineCommand, handle_errors, parse_taus  # noqa: E402
 from .errors import RankscopeError  # noqa: E402
@@ -272,7 +273,7 @@ def train_cmd(model, task, data, text_column, label_column, method, r, alpha, ta
 def plot_cmd(out):
     """Re-render the figures of a saved result folder OUT (no recomputation).
 
-    Works for the results of spectrum, lora, compare and compare-adapters.
+    Works for the results of spectrum, lora, compare, compare-adapters, recommend and intrinsic-dim.
 
     Example: rankscope plot reports/demo
     """
@@ -281,6 +282,12 @@ def plot_cmd(out):
     if not out.is_dir():
         raise RankscopeError(f"no such result folder: {out}")
     command = read_json(out / "run.json").get("command")
+    if command == "intrinsic-dim":
+        from .subspace.intrinsic import rerender
+
+        written = rerender(out)
+        click.echo(f"wrote {', '.join(written)} to {out / 'figures'}/")
+        return
     if command == "recommend":
         from .plots import render_rank_figure
         from .ranks import RankPlan
@@ -307,6 +314,7 @@ def plot_cmd(out):
 
 main.add_command(recommend_cmd)
 main.add_command(extract_cmd)
+main.add_command(intrinsic_dim_cmd)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,386 @@
+"""``rankscope intrinsic-dim``: measure a baseline, then search d90 for DID and/or SAID, with a run cache.
+
+Output folder ``OUT``::
+
+    runs/<mode>-d<d>-s<seed>.json   one finished training run each (the cache; baseline-s<seed>.json too)
+    search.json                     the settings every cached run was made with (a resumed search must match)
+    runs.csv                        mode, d, seed, metric, loss, seconds, trainable, D, steps: every run
+    result.json                     d90 per mode, its bracket, the baseline, the target and its convention
+    figures/intrinsic-dim.png       metric vs d (log x), threshold line, DID and SAID together
+    run.json                        inputs, options, seeds, versions, timings
+
+Every file is written to a temporary name and renamed, and ``result.json`` / ``run.json`` only when the
+search has finished, so an interrupted search leaves just its cache; re-running the same command
+resumes it (finished runs are read back, not retrained).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RankscopeError
+from .search import SearchOutcome, find_d90
+
+HEADS = ("subspace", "direct")
+
+
+@dataclass
+class SearchConfig:
+    """Everything that decides the result of one training run (hashed into the cache key)."""
+
+    task: str = "toy"
+    model: str = "bundled:minilm-base"
+    data: str | None = None
+    projection: str = "fastfood"
+    layout: str = "blocked"
+    head: str = "subspace"
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    epochs: int | None = None
+    lr: float | None = None
+    baseline_lr: float | None = None
+    batch_size: int | None = None
+    split_seed: int = 0
+    max_train: int | None = None
+    max_eval: int | None = None
+    max_length: int = 128
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class IntrinsicDimResult:
+    """The runs table, the per-mode searches and the provenance of one intrinsic-dimension study."""
+
+    runs: Any  # pandas DataFrame
+    result: dict[str, Any]
+    info: dict[str, Any]
+
+    def summary(self) -> str:
+        r = self.result
+        lines = [f"{r['task']}: baseline {r['metric']} {_fmt(r['baseline']['mean'])}, target {_fmt(r['target'])} "
+                 f"({r['convention']})"]
+        for mode, m in r["modes"].items():
+            if m["d90"] is None:
+                lines.append(f"  {mode.upper()}: target not reached up to d = {m['bracket'][0]:,}")
+            else:
+                spread = m.get("at_d90", {})
+                lines.append(f"  {mode.upper()}: d90 = {m['d90']:,} (bracket {m['bracket'][0]}..{m['bracket'][1]}; "
+                             f"metric {_fmt(spread.get('mean'))} ± {_fmt(spread.get('std'))} over "
+                             f"{spread.get('seeds', 0)} seeds)  of D = {r['D']:,}")
+        return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+# --------------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def prepare_folder(out: Path, config: SearchConfig, restart: bool) -> None:
+    """Create ``out`` or check that it holds a search with the same settings (``restart``: clear its cache)."""
+    from ..outputs import check_output_target
+
+    settings = {"key": config.key(), "config": asdict(config)}
+    marker = out / "search.json"
+    if out.is_dir() and any(out.iterdir()) and not marker.is_file():
+        check_output_target(out)  # an unrelated folder is refused; an earlier rankscope result is replaced
+        shutil.rmtree(out)
+    if marker.is_file():
+        try:
+            previous = json.loads(marker.read_text())
+        except ValueError as exc:
+            raise RankscopeError(f"{marker}: unreadable ({exc}); remove it or use --restart") from exc
+        if restart:
+            shutil.rmtree(out / "runs", ignore_errors=True)
+        elif previous.get("key") != settings["key"]:
+            changed = sorted(k for k, v in settings["config"].items() if previous.get("config", {}).get(k) != v)
+            raise RankscopeError(f"{out} holds runs of a different search (changed: {', '.join(changed)}); "
+                                 "use another -o, or --restart to discard them")
+    try:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RankscopeError(f"cannot write output folder {out}: {exc.strerror or exc}") from exc
+    write_atomic(marker, json.dumps(settings, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# one run
+# --------------------------------------------------------------------------------------------------
+
+
+class Runner:
+    """Trains (or reads from the cache) one run: the baseline, or ``(mode, d, seed)`` in the subspace."""
+
+    def __init__(self, task, config: SearchConfig, out: Path | None, device: str, threads: int | None,
+                 progress: bool, log: Callable[[str], None]) -> None:
+        self.task, self.config, self.out, self.log = task, config, out, log
+        self.device, self.threads, self.progress = device, threads, progress
+        self.records: list[dict[str, Any]] = []
+        probe = task.build(0)
+        self.head = task.head(probe)
+        self.D_model = sum(p.numel() for p in probe.parameters())
+        self.D = self._subspace_size(probe)
+        del probe
+
+    def _wrap_options(self) -> dict[str, Any]:
+        c = self.config
+        return {"projection": c.projection, "layout": c.layout, "include": c.include, "exclude": c.exclude,
+                "direct": self.head if c.head == "direct" else ()}
+
+    def _subspace_size(self, model) -> int:
+        from .wrapper import select_parameters
+
+        options = self._wrap_options()
+        names = set(select_parameters(model, options["include"], options["exclude"])) - set(options["direct"])
+        return sum(p.numel() for n, p in model.named_parameters() if n in names)
+
+    def tensors(self) -> int:
+        from .wrapper import select_parameters
+
+        options = self._wrap_options()
+        probe = self.task.build(0)
+        return len(set(select_parameters(probe, options["include"], options["exclude"])) - set(options["direct"]))
+
+    def _cache_path(self, name: str) -> Path | None:
+        return None if self.out is None else self.out / "runs" / f"{name}.json"
+
+    def run(self, mode: str, d: int | None, seed: int) -> dict[str, Any]:
+        """One run; ``mode='full'`` is the baseline (every parameter trained directly)."""
+        from .tasks import FitSettings
+        from .wrapper import SubspaceModel
+
+        name = f"baseline-s{seed}" if mode == "full" else f"{mode}-d{d}-s{seed}"
+        path = self._cache_path(name)
+        if path is not None and path.is_file():
+            record = json.loads(path.read_text())
+            self.records.append(record)
+            self.log(f"{name}: {self.task.metric} {record['metric']:.4f} (cached)")
+            return record
+        c = self.config
+        kind = "full" if mode == "full" else "subspace"
+        lr = (c.baseline_lr if kind == "full" else c.lr) or self.task.default_lr(kind)
+        settings = FitSettings(epochs=c.epochs, lr=lr, batch_size=c.batch_size, seed=seed, device=self.device,
+                               threads=self.threads, progress=self.progress)
+        t0 = time.perf_counter()
+        model = self.task.build(seed)
+        if mode == "full":
+            trainable = sum(p.numel() for p in model.parameters())
+            net = model
+        else:
+            net = SubspaceModel(model, d, mode=mode, seed=seed, **self._wrap_options())
+            trainable = d + net.describe()["direct_params"]
+        fitted = self.task.fit(net, settings, kind)
+        record = {"mode": mode, "d": d, "seed": seed, "metric": fitted["metric"], "loss": fitted.get("loss"),
+                  "seconds": round(time.perf_counter() - t0, 3), "trainable": trainable, "D": self.D,
+                  "steps": fitted.get("steps"), "lr": lr,
+                  "validation_accuracy": fitted.get("validation_accuracy")}
+        if path is not None:
+            write_atomic(path, json.dumps(record, indent=2) + "\n")
+        self.records.append(record)
+        self.log(f"{name}: {self.task.metric} {record['metric']:.4f} in {record['seconds']:.1f} s")
+        return record
+
+    def mean(self, mode: str, d: int | None, seeds: Sequence[int]) -> float:
+        return float(np.mean([self.run(mode, d, s)["metric"] for s in seeds]))
+
+
+# --------------------------------------------------------------------------------------------------
+# the study
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_options(threshold: float, target_absolute: float | None, seeds: int, factor: float, tolerance: float,
+                   d_start: int, d_max: int | None, grid: Sequence[int] | None, config: SearchConfig) -> None:
+    if target_absolute is None and not 0 < threshold <= 1.5:
+        raise RankscopeError(f"--threshold must be in (0, 1.5], got {threshold}")
+    if seeds < 1:
+        raise RankscopeError(f"--seeds must be at least 1, got {seeds}")
+    if factor <= 1:
+        raise RankscopeError(f"--factor must exceed 1, got {factor}")
+    if tolerance < 0:
+        raise RankscopeError(f"--tolerance must be non-negative, got {tolerance}")
+    if d_start < 1:
+        raise RankscopeError(f"--d-start: the subspace dimension must be at least 1, got {d_start}")
+    if d_max is not None and d_max < 1:
+        raise RankscopeError(f"--d-max: the subspace dimension must be at least 1, got {d_max}")
+    for d in grid or ():
+        if d < 1:
+            raise RankscopeError(f"--d: every subspace dimension must be at least 1, got {d}")
+    if config.head not in HEADS:
+        raise RankscopeError(f"--head: unknown choice '{config.head}' (choose from {', '.join(HEADS)})")
+    from .projections import LAYOUTS, PROJECTIONS
+
+    if config.projection not in PROJECTIONS:
+        raise RankscopeError(f"--projection: unknown projection '{config.projection}' (choose from {', '.join(PROJECTIONS)})")
+    if config.layout not in LAYOUTS:
+        raise RankscopeError(f"--layout: unknown Fastfood layout '{config.layout}' (choose from {', '.join(LAYOUTS)})")
+
+
+def _grid_outcome(runner: Runner, mode: str, grid: Sequence[int], seeds: Sequence[int], target: float) -> SearchOutcome:
+    evaluated = {d: runner.mean(mode, d, seeds) for d in sorted(set(grid))}
+    passing = [d for d, v in evaluated.items() if v >= target]
+    if not passing:
+        return SearchOutcome(None, (max(evaluated), None), evaluated)
+    d90 = passing[0]
+    below = [d for d in evaluated if d < d90]
+    return SearchOutcome(d90, (max(below) if below else None, d90), evaluated)
+
+
+def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None, *, modes: Sequence[str] = ("did",),
+                        model: str = "bundled:minilm-base", data: str | None = None, projection: str = "fastfood",
+                        layout: str = "blocked", head: str = "subspace", include: Sequence[str] = (),
+                        exclude: Sequence[str] = (), threshold: float = 0.9, target_absolute: float | None = None,
+                        baseline: float | None = None, seeds: int = 1, seed: int = 0, d_start: int = 10,
+                        d_max: int | None = None, factor: float = 2.0, tolerance: float = 0.1,
+                        grid: Sequence[int] | None = None, epochs: int | None = None, lr: float | None = None,
+                        baseline_lr: float | None = None, batch_size: int | None = None, split_seed: int = 0,
+                        max_train: int | None = None, max_eval: int | None = None, max_length: int = 128,
+                        device: str = "cpu", threads: int | None = None, restart: bool = False, progress: bool = False,
+                        log: Callable[[str], None] | None = None, argv: str | None = None) -> IntrinsicDimResult:
+    """Intrinsic dimension of ``task``: d90 for each of ``modes`` (``did``, ``said``).
+
+    ``baseline``: the metric of ordinary training, measured with the same loop when None (one run per
+    seed).  ``grid``: evaluate exactly these d instead of searching.  With ``out``, runs are cached there
+    and the result files written (module docstring).  See :func:`rankscope.subspace.search.find_d90`.
+
+    Example::
+
+        result = intrinsic_dimension("toy", "runs/toy", seeds=3, d_start=1, tolerance=0, threshold=1.0)
+        result.result["modes"]["did"]["d90"]   # 10
+    """
+    from ..train import torch_device
+    from .tasks import load_subspace_task
+    from .wrapper import MODES
+
+    t_start = time.perf_counter()
+    log = log or (lambda _msg: None)
+    modes = list(dict.fromkeys(modes))
+    for mode in modes:
+        if mode not in MODES:
+            raise RankscopeError(f"--mode: unknown mode '{mode}' (choose from did, said, both)")
+    config = SearchConfig(task, str(model), None if data is None else str(data), projection, layout, head,
+                          list(include), list(exclude), epochs, lr, baseline_lr, batch_size, split_seed, max_train,
+                          max_eval, max_length)
+    _check_options(threshold, target_absolute, seeds, factor, tolerance, d_start, d_max, grid, config)
+    device = str(torch_device(device))
+    task_obj = load_subspace_task(task, model=model, data=data, split_seed=split_seed, max_train=max_train,
+                                  max_eval=max_eval, max_length=max_length)
+    out_path = None if out is None else Path(out)
+    runner = Runner(task_obj, config, None, device, threads, progress, log)
+    D = runner.D  # noqa: N806
+    upper = D if d_max is None else d_max
+    if upper > D or any(d > D for d in grid or ()):
+        bad = upper if upper > D else max(grid or [0])
+        raise RankscopeError(f"--d: the subspace dimension must be at most D = {D:,} (the parameters in the "
+                             f"subspace), got {bad:,}")
+    if out_path is not None:
+        prepare_folder(out_path, config, restart)
+        runner.out = out_path
+    seed_list = [seed + i for i in range(seeds)]
+    t_search = time.perf_counter()
+    if baseline is None:
+        per_seed = [runner.run("full", None, s)["metric"] for s in seed_list]
+        base = {"mean": float(np.mean(per_seed)), "per_seed": per_seed, "given": False}
+    else:
+        base = {"mean": float(baseline), "per_seed": None, "given": True}
+    target = float(target_absolute) if target_absolute is not None else threshold * base["mean"]
+    results: dict[str, Any] = {}
+    m_tensors = runner.tensors() if "said" in modes else 0
+    for mode in modes:
+        d_min = m_tensors if mode == "said" else 1
+        if upper < d_min:
+            raise RankscopeError(f"--d-max: SAID needs d >= m = {m_tensors} (one λ per tensor), got {upper}")
+        if grid:
+            small = [d for d in grid if d < d_min]
+            if small:
+                raise RankscopeError(f"--d: SAID needs d >= m = {m_tensors} (one λ per tensor), got {min(small)}")
+            outcome = _grid_outcome(runner, mode, grid, seed_list, target)
+        else:
+            outcome = find_d90(lambda d, mode=mode: runner.mean(mode, d, seed_list), target, d_min, upper,
+                               d_start=d_start, factor=factor, tolerance=tolerance)
+        entry = {**outcome.to_dict(), "d_min": d_min}
+        if outcome.d90 is not None:
+            values = [r["metric"] for r in runner.records if r["mode"] == mode and r["d"] == outcome.d90]
+            entry["at_d90"] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": float(min(values)),
+                               "max": float(max(values)), "seeds": len(values)}
+        results[mode] = entry
+    import pandas as pd
+
+    runs = pd.DataFrame(runner.records).astype({"d": "Int64"}).drop_duplicates(subset=["mode", "d", "seed"]).sort_values(
+        ["mode", "d", "seed"], key=lambda s: s.map({"full": 0, "did": 1, "said": 2}) if s.name == "mode" else s,
+        na_position="first").reset_index(drop=True)
+    convention = "absolute" if target_absolute is not None else "relative"
+    result = {"task": task_obj.name, "metric": task_obj.metric, "convention": convention,
+              "threshold": None if convention == "absolute" else threshold,
+              "target_absolute": target_absolute, "target": target, "baseline": base, "D": D,
+              "D_model": runner.D_model, "m": m_tensors or None, "projection": projection,
+              "layout": layout if projection == "fastfood" else None, "head": head, "seeds": seed_list, "modes": results}
+    from ..outputs import versions
+
+    info = {"command": "intrinsic-dim", "argv": argv, "task": task_obj.describe(), "config": asdict(config),
+            "options": {"modes": modes, "threshold": threshold, "target_absolute": target_absolute, "baseline": baseline,
+                        "seeds": seeds, "seed": seed, "d_start": d_start, "d_max": d_max, "factor": factor,
+                        "tolerance": tolerance, "grid": list(grid) if grid else None},
+            "seed": seed, "seeds": seed_list, "device": device, "threads": threads, "versions": versions(),
+            "seconds": {"load": task_obj.load_seconds, "search": round(time.perf_counter() - t_search, 3),
+                        "training_runs": round(float(runs["seconds"].sum()), 3)}}
+    outcome_obj = IntrinsicDimResult(runs, result, info)
+    if out_path is not None:
+        save(outcome_obj, out_path, t_start)
+    return outcome_obj
+
+
+def save(result: IntrinsicDimResult, out: Path, t_start: float | None = None) -> None:
+    """Write runs.csv, result.json, the figure and, last, run.json (each atomically)."""
+    from ..outputs import peak_rss_mb
+    from .figures import plot_intrinsic_dim
+
+    write_atomic(out / "runs.csv", result.runs.to_csv(index=False))
+    write_atomic(out / "result.json", json.dumps(result.result, indent=2) + "\n")
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    result.info["figures"] = [plot_intrinsic_dim(result.runs, result.result, figures / "intrinsic-dim.png")]
+    if t_start is not None:
+        result.info["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+    result.info["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    result.info["outputs"] = ["runs/", "search.json", "runs.csv", "result.json", "figures/intrinsic-dim.png", "run.json"]
+    write_atomic(out / "run.json", json.dumps(result.info, indent=2, default=str) + "\n")
+
+
+def rerender(out: Path) -> list[str]:
+    """Redraw ``figures/intrinsic-dim.png`` of a finished study from its runs.csv and result.json."""
+    import pandas as pd
+
+    from ..outputs import read_json
+    from .figures import plot_intrinsic_dim
+
+    result = read_json(out / "result.json")
+    try:
+        runs = pd.read_csv(out / "runs.csv", dtype={"d": "Int64"})
+    except (OSError, ValueError) as exc:
+        raise RankscopeError(f"{out / 'runs.csv'}: missing or unreadable ({exc})") from exc
+    (out / "figures").mkdir(exist_ok=True)
+    return [plot_intrinsic_dim(runs, result, out / "figures" / "intrinsic-dim.png")]

@@ -1,0 +1,291 @@
+"""Random projections ``P ∈ ℝ^{D×d}`` from a d-dimensional subspace to the D parameters of a model.
+
+Every projection is a function ``θ_d ↦ P θ_d`` (differentiable, so ``∂L/∂θ_d = Pᵀ ∂L/∂θ`` comes from
+autograd), fully determined by ``(D, d, seed)`` and its options: the same seed gives the same ``P`` on
+every run and every device (random numbers are drawn on the CPU from generators seeded by
+``numpy.random.SeedSequence([seed, block])``).
+
+``dense`` (Li et al. 2018)
+    i.i.d. Gaussian columns scaled to unit norm exactly.  Generated in blocks of columns, each from its
+    own seed, so the matrix never has to exist whole: when ``D·d`` exceeds ``max_dense_elements`` the
+    blocks are regenerated on every product (memory O(D·block)), otherwise they are kept.
+``sparse`` (Li, Hastie & Church 2006, "very sparse random projections")
+    Each entry is non-zero with probability ``1/s``, ``s = √D``, with a random sign; every column is
+    scaled by ``1/√(its non-zero count)`` so it has unit norm exactly.  Stored as a sparse matrix with
+    about ``d·√D`` entries.
+``fastfood`` (Le, Sarlós & Smola 2013; used by Li et al. 2018 and Aghajanyan et al. 2021)
+    ``P x = concat_b  s_b · (H G_b Π_b H B_b pad(x))[:rows_b]`` over blocks ``b`` of ``L_b = 2^k ≥ max(rows_b, d)``
+    rows, ``H`` the Walsh–Hadamard transform (:mod:`.fwht`), ``B_b`` a ±1 diagonal, ``Π_b`` a permutation,
+    ``G_b`` a Gaussian diagonal and ``s_b = 1/√(D·‖G_b‖²)``.  A full block column has squared norm
+    ``L_b‖G_b‖²·s_b² = L_b/D`` exactly, so a column of ``P`` has unit norm in expectation (its ``rows_b/L_b``
+    share of each block).  Layouts: ``global``, one block over all D (Li et al.); ``per-tensor``, one block
+    per parameter tensor, all sharing ``θ_d``; ``blocked``, consecutive chunks of ``max(2^block_bits, L_d)``
+    rows (Le et al.'s stacking of independent blocks), transformed together as one batch.
+
+Cost of ``P x``: dense O(D·d); sparse O(d·√D); fastfood O(D log D) whatever d is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import RankscopeError
+from .fwht import fwht, next_power_of_two
+
+PROJECTIONS = ("dense", "sparse", "fastfood")
+LAYOUTS = ("blocked", "global", "per-tensor")
+DEFAULT_BLOCK_BITS = 20
+"""``blocked`` layout: 2^20 rows per block (a 4 MiB float32 block transforms in cache; see benchmarks/subspace.py)."""
+MAX_DENSE_ELEMENTS = 1 << 28
+"""A dense ``P`` up to 2^28 entries (1 GiB in float32) is kept; larger ones are regenerated per product."""
+
+
+def block_generator(seed: int, *key: int) -> torch.Generator:
+    """A CPU generator for one block of a projection, independent of every other ``(seed, key)``."""
+    state = np.random.SeedSequence([int(seed) % 2**63, *key]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class Projection:
+    """``θ_d ↦ P θ_d``; subclasses set ``kind`` and implement :meth:`__call__`."""
+
+    kind = "projection"
+
+    def __init__(self, D: int, d: int, seed: int = 0) -> None:  # noqa: N803  (the papers' names)
+        check_dimensions(D, d)
+        self.D, self.d, self.seed = int(D), int(d), int(seed)
+        self.device = torch.device("cpu")
+
+    def __call__(self, theta_d: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to(self, device: str | torch.device) -> Projection:
+        self.device = torch.device(device)
+        return self
+
+    def matrix(self) -> torch.Tensor:
+        """The explicit ``D × d`` matrix (column ``j`` is ``P e_j``): for tests and small problems only."""
+        eye = torch.eye(self.d, device=self.device)
+        with torch.no_grad():
+            return torch.stack([self(eye[j]) for j in range(self.d)], dim=1)
+
+    def describe(self) -> dict:
+        return {"projection": self.kind, "D": self.D, "d": self.d, "seed": self.seed}
+
+
+def check_dimensions(D: int, d: int) -> None:  # noqa: N803
+    if D < 1:
+        raise RankscopeError("the model has no parameters in the subspace (D = 0)")
+    if not 1 <= d <= D:
+        raise RankscopeError(f"--d: the subspace dimension must be in 1..D = {D:,}, got {d:,}")
+
+
+# --------------------------------------------------------------------------------------------------
+# dense
+# --------------------------------------------------------------------------------------------------
+
+
+class DenseProjection(Projection):
+    """Gaussian columns of unit norm, generated block by block from the seed (see module docstring)."""
+
+    kind = "dense"
+
+    def __init__(self, D: int, d: int, seed: int = 0, max_dense_elements: int = MAX_DENSE_ELEMENTS,  # noqa: N803
+                 block_elements: int = 1 << 24) -> None:
+        super().__init__(D, d, seed)
+        self.block_columns = max(1, min(d, block_elements // max(D, 1)))
+        self.stored = D * d <= max_dense_elements
+        self._matrix: torch.Tensor | None = None
+
+    def column_block(self, index: int) -> torch.Tensor:
+        """Columns ``[index·b, (index+1)·b)`` of ``P`` (unit-norm Gaussian), on the CPU."""
+        start = index * self.block_columns
+        cols = min(self.block_columns, self.d - start)
+        block = torch.randn(self.D, cols, generator=block_generator(self.seed, 1, index))
+        return block / block.norm(dim=0, keepdim=True)
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.d // self.block_columns)
+
+    def stored_matrix(self) -> torch.Tensor:
+        if self._matrix is None:
+            self._matrix = torch.cat([self.column_block(i) for i in range(self.n_blocks)], dim=1).to(self.device)
+        return self._matrix
+
+    def to(self, device: str | torch.device) -> DenseProjection:
+        super().to(device)
+        if self._matrix is not None:
+            self._matrix = self._matrix.to(self.device)
+        return self
+
+    def __call__(self, theta_d: torch.Tensor) -> torch.Tensor:
+        if self.stored:
+            return self.stored_matrix() @ theta_d
+        return _StreamedDense.apply(theta_d, self)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "stored": self.stored, "block_columns": self.block_columns}
+
+
+class _StreamedDense(torch.autograd.Function):
+    """``P x`` and ``Pᵀ g`` with the column blocks of ``P`` regenerated from the seed (memory O(D·block))."""
+
+    @staticmethod
+    def forward(ctx, theta_d: torch.Tensor, proj: DenseProjection) -> torch.Tensor:  # noqa: D102
+        ctx.proj = proj
+        out = torch.zeros(proj.D, dtype=theta_d.dtype, device=theta_d.device)
+        b = proj.block_columns
+        for i in range(proj.n_blocks):
+            out += proj.column_block(i).to(theta_d.device) @ theta_d[i * b:(i + 1) * b]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        proj = ctx.proj
+        parts = [proj.column_block(i).to(grad.device).t() @ grad for i in range(proj.n_blocks)]
+        return torch.cat(parts), None
+
+
+# --------------------------------------------------------------------------------------------------
+# sparse
+# --------------------------------------------------------------------------------------------------
+
+
+class SparseProjection(Projection):
+    """Very sparse random projection with exactly unit-norm columns (see module docstring)."""
+
+    kind = "sparse"
+
+    def __init__(self, D: int, d: int, seed: int = 0, density: float | None = None) -> None:  # noqa: N803
+        super().__init__(D, d, seed)
+        self.density = float(density) if density is not None else 1.0 / np.sqrt(D)
+        if not 0 < self.density <= 1:
+            raise RankscopeError(f"--density must be in (0, 1], got {density}")
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed % 2**63, 2]))
+        rows, cols, vals = [], [], []
+        for j in range(d):
+            k = max(1, int(rng.binomial(D, self.density)))  # an empty column would make P e_j = 0
+            idx = rng.choice(D, size=k, replace=False)
+            rows.append(idx)
+            cols.append(np.full(k, j))
+            vals.append(rng.choice((-1.0, 1.0), size=k) / np.sqrt(k))
+        index = torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(cols)]).astype(np.int64))
+        values = torch.from_numpy(np.concatenate(vals).astype(np.float32))
+        self.matrix_ = torch.sparse_coo_tensor(index, values, (D, d), check_invariants=True).coalesce()
+
+    @property
+    def nnz(self) -> int:
+        return int(self.matrix_._nnz())
+
+    def to(self, device: str | torch.device) -> SparseProjection:
+        super().to(device)
+        self.matrix_ = self.matrix_.to(self.device)
+        return self
+
+    def __call__(self, theta_d: torch.Tensor) -> torch.Tensor:
+        return torch.sparse.mm(self.matrix_, theta_d.unsqueeze(1)).squeeze(1)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "density": self.density, "nnz": self.nnz}
+
+
+# --------------------------------------------------------------------------------------------------
+# fastfood
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FastfoodBlock:
+    """Rows ``[offset, offset + rows)`` of ``P``, computed by one transform of length ``length``."""
+
+    offset: int
+    rows: int
+    length: int
+
+
+def fastfood_blocks(D: int, d: int, layout: str, tensor_sizes: Sequence[int] | None = None,  # noqa: N803
+                    block_bits: int = DEFAULT_BLOCK_BITS) -> list[FastfoodBlock]:
+    """The row blocks of a Fastfood projection for ``layout`` (see module docstring)."""
+    if layout == "global":
+        return [FastfoodBlock(0, D, next_power_of_two(D))]
+    if layout == "per-tensor":
+        if not tensor_sizes or sum(tensor_sizes) != D:
+            raise RankscopeError("the per-tensor Fastfood layout needs the sizes of the tensors (summing to D)")
+        offsets = np.concatenate([[0], np.cumsum(tensor_sizes)[:-1]])
+        return [FastfoodBlock(int(o), int(n), next_power_of_two(max(int(n), d)))
+                for o, n in zip(offsets, tensor_sizes, strict=True)]
+    if layout == "blocked":
+        length = max(min(1 << block_bits, next_power_of_two(D)), next_power_of_two(d))
+        return [FastfoodBlock(o, min(length, D - o), length) for o in range(0, D, length)]
+    raise RankscopeError(f"--layout: unknown Fastfood layout '{layout}' (choose from {', '.join(LAYOUTS)})")
+
+
+class FastfoodProjection(Projection):
+    """``P x = concat_b s_b (H G_b Π_b H B_b pad(x))[:rows_b]`` (see module docstring).
+
+    Blocks of equal length are transformed together as one ``(n_blocks, L)`` batch.
+    """
+
+    kind = "fastfood"
+
+    def __init__(self, D: int, d: int, seed: int = 0, layout: str = "blocked",  # noqa: N803
+                 tensor_sizes: Sequence[int] | None = None, block_bits: int = DEFAULT_BLOCK_BITS) -> None:
+        super().__init__(D, d, seed)
+        self.layout, self.block_bits = layout, block_bits
+        self.blocks = fastfood_blocks(D, d, layout, tensor_sizes, block_bits)
+        self.groups: list[dict] = []  # one per distinct block length
+        for length in sorted({b.length for b in self.blocks}):
+            members = [i for i, b in enumerate(self.blocks) if b.length == length]
+            signs, perms, gauss, scales = [], [], [], []
+            for i in members:
+                gen = block_generator(self.seed, 3, i)
+                signs.append(torch.randint(0, 2, (length,), generator=gen).float() * 2 - 1)
+                perms.append(torch.randperm(length, generator=gen))
+                g = torch.randn(length, generator=gen)
+                gauss.append(g)
+                scales.append(1.0 / torch.sqrt(D * g.double().square().sum()).float())
+            self.groups.append({"length": length, "members": members, "B": torch.stack(signs),
+                                "Pi": torch.stack(perms), "G": torch.stack(gauss) * torch.stack(scales)[:, None]})
+
+    def to(self, device: str | torch.device) -> FastfoodProjection:
+        super().to(device)
+        for group in self.groups:
+            for key in ("B", "Pi", "G"):
+                group[key] = group[key].to(self.device)
+        return self
+
+    def __call__(self, theta_d: torch.Tensor) -> torch.Tensor:
+        pieces: list[torch.Tensor | None] = [None] * len(self.blocks)
+        for group in self.groups:
+            length = group["length"]
+            x = torch.nn.functional.pad(theta_d, (0, length - self.d)).unsqueeze(0)
+            y = fwht(group["B"] * x)                      # H B x, one row per block
+            y = torch.gather(y, 1, group["Pi"])           # Π
+            y = fwht(group["G"] * y)                      # H (s G)
+            for row, i in enumerate(group["members"]):
+                pieces[i] = y[row, : self.blocks[i].rows]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "layout": self.layout, "blocks": len(self.blocks),
+                "transform_length": sum(b.length for b in self.blocks)}
+
+
+def make_projection(kind: str, D: int, d: int, seed: int = 0, *, layout: str = "blocked",  # noqa: N803
+                    tensor_sizes: Sequence[int] | None = None, block_bits: int = DEFAULT_BLOCK_BITS,
+                    device: str | torch.device = "cpu") -> Projection:
+    """A projection by name (``dense``, ``sparse`` or ``fastfood``) on ``device``."""
+    if kind == "dense":
+        proj: Projection = DenseProjection(D, d, seed)
+    elif kind == "sparse":
+        proj = SparseProjection(D, d, seed)
+    elif kind == "fastfood":
+        proj = FastfoodProjection(D, d, seed, layout, tensor_sizes, block_bits)
+    else:
+        raise RankscopeError(f"--projection: unknown projection '{kind}' (choose from {', '.join(PROJECTIONS)})")
+    return proj.to(device)
