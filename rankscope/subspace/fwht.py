@@ -30,6 +30,10 @@ BITS_PER_PASS = 4
 """Butterfly stages fused into one GEMM pass (``m = 2^4 = 16``), measured fastest at L = 2^16…2^25."""
 
 
+ROW_LOOP_LENGTH = 1 << 16
+"""Rows at least this long are transformed one GEMM per row rather than as one batched GEMM."""
+
+
 def is_power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
 
@@ -63,23 +67,39 @@ def pass_plan(bits: int, per_pass: int = BITS_PER_PASS) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(passes)]
 
 
-def _fwht_raw(x: torch.Tensor, per_pass: int = BITS_PER_PASS) -> torch.Tensor:
-    """``H_L`` applied to the last dimension of a 2-D contiguous ``(batch, L)`` tensor (no autograd)."""
-    batch, length = x.shape
-    src = x.contiguous()  # only read: the passes ping-pong between two fresh buffers
-    buffers: list[torch.Tensor | None] = [None, None]
-    for i, k in enumerate(pass_plan(length.bit_length() - 1, per_pass)):
+def _passes(src: torch.Tensor, dst_last: torch.Tensor, scratch: list[torch.Tensor], plan: list[int]) -> None:
+    """Run the GEMM passes of ``plan`` on one row: ``src`` -> scratch buffers -> ``dst_last`` (all 1-D)."""
+    length = src.shape[0]
+    for i, k in enumerate(plan):
         m = 1 << k
-        h = hadamard(m, src.dtype, src.device)
-        dst = buffers[i % 2]
-        if dst is None:
-            dst = buffers[i % 2] = torch.empty_like(src)
-        if batch == 1:
-            torch.mm(h, src.view(length // m, m).t(), out=dst.view(m, length // m))
-        else:
-            torch.matmul(h, src.view(batch, length // m, m).transpose(1, 2), out=dst.view(batch, m, length // m))
+        dst = dst_last if i == len(plan) - 1 else scratch[i % 2]
+        torch.mm(hadamard(m, src.dtype, src.device), src.view(length // m, m).t(), out=dst.view(m, length // m))
         src = dst
-    return src
+
+
+def _fwht_raw(x: torch.Tensor, per_pass: int = BITS_PER_PASS) -> torch.Tensor:
+    """``H_L`` applied to the last dimension of a 2-D ``(batch, L)`` tensor (no autograd).
+
+    Long rows go one at a time through two reused scratch rows, so the intermediate passes stay in
+    cache and only the final pass writes to the (fresh) output; short rows take one batched GEMM per pass.
+    """
+    batch, length = x.shape
+    src = x.contiguous()  # only read
+    plan = pass_plan(length.bit_length() - 1, per_pass)
+    out = torch.empty_like(src)
+    if length >= ROW_LOOP_LENGTH or batch == 1:
+        scratch = [torch.empty(length, dtype=src.dtype, device=src.device) for _ in range(min(2, len(plan) - 1))]
+        for row in range(batch):
+            _passes(src[row], out[row], scratch, plan)
+        return out
+    buffers = [torch.empty_like(src) for _ in range(min(2, len(plan) - 1))]
+    for i, k in enumerate(plan):
+        m = 1 << k
+        dst = out if i == len(plan) - 1 else buffers[i % 2]
+        torch.matmul(hadamard(m, src.dtype, src.device), src.view(batch, length // m, m).transpose(1, 2),
+                     out=dst.view(batch, m, length // m))
+        src = dst
+    return out
 
 
 class _FWHT(torch.autograd.Function):

@@ -199,6 +199,26 @@ class SparseProjection(Projection):
 # --------------------------------------------------------------------------------------------------
 
 
+class _TiledGather(torch.autograd.Function):
+    """``y[b, i] = h[b, Π_b[i] mod n]``: the permuted ``H_L pad(x)`` read from ``h = H_n x`` (see FastfoodProjection).
+
+    The gradient folds back through the inverse permutation (a gather) and a sum over the ``L/n`` tiles,
+    instead of a scatter-add into ``n`` bins.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(inverse)
+        ctx.n = h.shape[1]
+        return torch.gather(h, 1, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        (inverse,) = ctx.saved_tensors
+        unpermuted = torch.gather(grad, 1, inverse)
+        return unpermuted.view(grad.shape[0], -1, ctx.n).sum(dim=1), None, None
+
+
 @dataclass(frozen=True)
 class FastfoodBlock:
     """Rows ``[offset, offset + rows)`` of ``P``, computed by one transform of length ``length``."""
@@ -238,38 +258,50 @@ class FastfoodProjection(Projection):
         super().__init__(D, d, seed)
         self.layout, self.block_bits = layout, block_bits
         self.blocks = fastfood_blocks(D, d, layout, tensor_sizes, block_bits)
+        self.n = next_power_of_two(d)  # pad(x) is zero beyond n: H_L pad(x) is H_n x repeated L/n times
         self.groups: list[dict] = []  # one per distinct block length
         for length in sorted({b.length for b in self.blocks}):
             members = [i for i, b in enumerate(self.blocks) if b.length == length]
-            signs, perms, gauss, scales = [], [], [], []
+            signs, perms, gauss = [], [], []
             for i in members:
                 gen = block_generator(self.seed, 3, i)
-                signs.append(torch.randint(0, 2, (length,), generator=gen).float() * 2 - 1)
+                signs.append(torch.randint(0, 2, (length,), generator=gen)[: self.n].float() * 2 - 1)
                 perms.append(torch.randperm(length, generator=gen))
                 g = torch.randn(length, generator=gen)
-                gauss.append(g)
-                scales.append(1.0 / torch.sqrt(D * g.double().square().sum()).float())
+                gauss.append(g / torch.sqrt(D * g.double().square().sum()).float())  # s_b G_b
+            perm = torch.stack(perms)
             self.groups.append({"length": length, "members": members, "B": torch.stack(signs),
-                                "Pi": torch.stack(perms), "G": torch.stack(gauss) * torch.stack(scales)[:, None]})
+                                "index": perm & (self.n - 1), "inverse": perm.argsort(dim=1), "G": torch.stack(gauss)})
+
+    def factors(self, block: int) -> dict[str, torch.Tensor]:
+        """``B`` (first n entries; the rest multiply zeros), ``Π`` and ``s·G`` of one block, for checks."""
+        for group in self.groups:
+            if block in group["members"]:
+                row = group["members"].index(block)
+                return {"B": group["B"][row], "Pi": group["inverse"][row].argsort(), "sG": group["G"][row]}
+        raise IndexError(block)
 
     def to(self, device: str | torch.device) -> FastfoodProjection:
         super().to(device)
         for group in self.groups:
-            for key in ("B", "Pi", "G"):
+            for key in ("B", "index", "inverse", "G"):
                 group[key] = group[key].to(self.device)
         return self
 
     def __call__(self, theta_d: torch.Tensor) -> torch.Tensor:
+        """``s G Π H B pad(x)`` needs no length-L transform: pad(x) is zero past n = 2^⌈log₂ d⌉, and
+        ``H_L = H_{L/n} ⊗ H_n`` has a first column of ones, so ``(H_L pad(x))_i = (H_n x)_{i mod n}``."""
         pieces: list[torch.Tensor | None] = [None] * len(self.blocks)
+        x = torch.nn.functional.pad(theta_d, (0, self.n - self.d)).unsqueeze(0)
         for group in self.groups:
-            length = group["length"]
-            x = torch.nn.functional.pad(theta_d, (0, length - self.d)).unsqueeze(0)
-            y = fwht(group["B"] * x)                      # H B x, one row per block
-            y = torch.gather(y, 1, group["Pi"])           # Π
-            y = fwht(group["G"] * y)                      # H (s G)
-            for row, i in enumerate(group["members"]):
-                pieces[i] = y[row, : self.blocks[i].rows]
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            h = fwht(group["B"] * x)                                           # H_n B x, one row per block
+            y = _TiledGather.apply(h, group["index"], group["inverse"])        # Π H_L B pad(x)
+            y = fwht(group["G"] * y)                                           # H (s G) …
+            if len(self.groups) == 1 and self.layout != "per-tensor":
+                return y.reshape(-1)[: self.D]  # consecutive blocks: one view, one slice (cheap backward)
+            for i, row in zip(group["members"], y.unbind(0), strict=True):
+                pieces[i] = row[: self.blocks[i].rows]
+        return torch.cat(pieces)
 
     def describe(self) -> dict:
         return {**super().describe(), "layout": self.layout, "blocks": len(self.blocks),

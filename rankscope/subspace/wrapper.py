@@ -101,14 +101,14 @@ class SubspaceModel(nn.Module):
 
     def current_parameters(self) -> dict[str, torch.Tensor]:
         """``{name: θ₀ + Δ}`` for every subspace parameter (differentiable in θ_d and λ)."""
-        flat, base = self.delta(), dict(self.module.named_parameters())
-        out, offset = {}, 0
-        for i, (name, shape, size) in enumerate(zip(self.names, self.shapes, self.sizes, strict=True)):
-            piece = flat[offset:offset + size].view(shape)
+        base = dict(self.module.named_parameters())
+        pieces = torch.split(self.delta(), self.sizes)  # one split: its backward is one concatenation
+        out = {}
+        for i, (name, shape, piece) in enumerate(zip(self.names, self.shapes, pieces, strict=True)):
+            piece = piece.view(shape)
             if self.lambdas is not None:
                 piece = self.lambdas[i] * piece
             out[name] = base[name].detach() + piece
-            offset += size
         return out
 
     def forward(self, *args, **kwargs):

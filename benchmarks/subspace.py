@@ -1,0 +1,183 @@
+"""Benchmark subspace training on MiniLM-L6 and the fast Walsh–Hadamard transform, side by side in one run.
+
+1. Training steps on the bundled MiniLM-L6 (``bundled:minilm-base`` with a 2-class head, 22.7M
+   parameters, all of them in the subspace): the same fixed batch of ``--batch`` Rotten Tomatoes
+   snippets (padded to their longest), forward + backward + optimizer step, timed as the median of
+   ``--repeats`` steps after ``--warmup``:
+
+   * a plain step (AdamW over every parameter, as ``rankscope train --method full``);
+   * a Fastfood subspace step (AdamW over θ_d only) at d ∈ {10³, 10⁴, 10⁵}, for every layout
+     (``blocked``, ``global``, ``per-tensor``);
+   * one dense subspace step at d = 10³ when the dense P fits (it does not at D = 22.7M: reported as
+     the extrapolated cost of generating P, which is why dense is for small models).
+
+   Target: the Fastfood step costs ≤ 1.5× the plain step.
+2. FWHT throughput (float32, batch 1): rankscope's GEMM-pass transform and the radix-2 butterfly loop at
+   L = 2^12 … 2^24, and a dense Hadamard matmul ``H @ x`` where ``H`` fits (L ≤ 2^13); GB/s counts the
+   4·L bytes of the vector transformed per second.  Target: ≥ 1 GB/s.
+
+Usage::
+
+    .venv/bin/python benchmarks/subspace.py [--repeats 7] [--batch 16] [--json out.json] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+TARGETS = {"step_ratio": 1.5, "fwht_gb_s": 1.0}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, repeats: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------------------------------
+# training steps
+# --------------------------------------------------------------------------------------------------
+
+
+def minilm_batch(batch: int, device: torch.device):
+    from rankscope.subspace.tasks import TextTask
+    from rankscope.train import collate, encode
+
+    task = TextTask("rotten-tomatoes", max_train=batch, max_eval=8)
+    data = encode(task.data.train, task.tokenizer, 128)
+    tensors = collate(data, list(range(batch)), task.tokenizer.pad_token_id)
+    return task, {k: v.to(device) for k, v in tensors.items()}
+
+
+def step_fn(model, batch, device: torch.device):
+    from rankscope.train import logits_of, make_optimizer
+
+    model.to(device).train()
+    optimizer = make_optimizer(model, 1e-5, 0.01)
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(logits_of(model, batch), batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bench_steps(args, device: torch.device) -> list[dict]:
+    from rankscope.subspace.wrapper import SubspaceModel
+
+    task, batch = minilm_batch(args.batch, device)
+    rows = []
+    plain = median_time(step_fn(task.build(0), batch, device), args.repeats, args.warmup, device)
+    D = sum(p.numel() for p in task.build(0).parameters())  # noqa: N806
+    rows.append({"step": "plain (AdamW, all parameters)", "d": None, "seconds": plain, "ratio": 1.0})
+    print(f"MiniLM-L6, D = {D:,}, batch {args.batch} × {batch['input_ids'].shape[1]} tokens, device {device}")
+    print(f"  {'plain step':<36} {plain * 1e3:8.1f} ms   1.00×")
+    for layout in ("blocked", "global", "per-tensor"):
+        for d in (1_000, 10_000, 100_000):
+            model = SubspaceModel(task.build(0), d, projection="fastfood", layout=layout, seed=0)
+            seconds = median_time(step_fn(model, batch, device), args.repeats, args.warmup, device)
+            rows.append({"step": f"fastfood {layout}", "d": d, "seconds": seconds, "ratio": seconds / plain})
+            print(f"  {f'fastfood {layout}, d = {d:,}':<36} {seconds * 1e3:8.1f} ms  {seconds / plain:5.2f}×", flush=True)
+            del model
+    # dense at d = 10^3 is D·d = 2.3e10 Gaussians per product: time one column block and extrapolate
+    from rankscope.subspace.projections import DenseProjection
+
+    dense = DenseProjection(D, 1_000, 0)
+    t0 = time.perf_counter()
+    dense.column_block(0)
+    per_block = time.perf_counter() - t0
+    extrapolated = 2 * per_block * dense.n_blocks  # forward and backward regenerate every block
+    rows.append({"step": "dense (streamed, extrapolated)", "d": 1_000, "seconds": extrapolated,
+                 "ratio": extrapolated / plain})
+    print(f"  {'dense streamed, d = 1,000 (extrap.)':<36} {extrapolated * 1e3:8.0f} ms  {extrapolated / plain:5.0f}×")
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# FWHT throughput
+# --------------------------------------------------------------------------------------------------
+
+
+def bench_fwht(args, device: torch.device) -> list[dict]:
+    from rankscope.subspace.fwht import fwht, fwht_butterfly, hadamard
+
+    rows = []
+    print(f"FWHT throughput (float32, {device}): GB/s of the vector transformed")
+    print(f"  {'L':>10} {'rankscope fwht':>16} {'radix-2 loop':>14} {'dense H @ x':>13}")
+    for bits in (12, 14, 16, 18, 20, 22, 24):
+        length = 1 << bits
+        x = torch.randn(length, device=device)
+        reps = max(3, min(args.repeats * 4, (1 << 26) // length))
+        with torch.no_grad():
+            ours = median_time(lambda x=x: fwht(x), reps, 2, device)
+            loop = median_time(lambda x=x: fwht_butterfly(x), max(3, reps // 4), 1, device)
+            dense = None
+            if bits <= 13:
+                h = hadamard(length, device=device)
+                dense = median_time(lambda h=h, x=x: h @ x, reps, 2, device)
+        gb = 4 * length / 1e9
+        row = {"L": length, "fwht_gb_s": gb / ours, "butterfly_gb_s": gb / loop,
+               "dense_gb_s": None if dense is None else gb / dense, "fwht_ms": ours * 1e3}
+        rows.append(row)
+        dense_text = f"{row['dense_gb_s']:10.2f}" if dense is not None else f"{'-':>10}"
+        print(f"  {'2^' + str(bits):>10} {row['fwht_gb_s']:13.2f}    {row['butterfly_gb_s']:11.2f}    {dense_text}",
+              flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-steps", action="store_true", help="Only the FWHT throughput.")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    fwht_rows = bench_fwht(args, device)
+    step_rows = [] if args.skip_steps else bench_steps(args, device)
+    best = {}
+    for row in step_rows:
+        if row["step"].startswith("fastfood"):
+            best[row["d"]] = min(best.get(row["d"], float("inf")), row["ratio"])
+    peak = max(r["fwht_gb_s"] for r in fwht_rows)
+    print("targets:")
+    for d, ratio in sorted(best.items()):
+        verdict = "met" if ratio <= TARGETS["step_ratio"] else "MISSED"
+        print(f"  Fastfood step / plain step at d = {d:,}: {ratio:.2f}× (target ≤ {TARGETS['step_ratio']}×) {verdict}")
+    verdict = "met" if peak >= TARGETS["fwht_gb_s"] else "MISSED"
+    print(f"  FWHT peak throughput {peak:.2f} GB/s (target ≥ {TARGETS['fwht_gb_s']} GB/s) {verdict}")
+    if args.json:
+        args.json.write_text(json.dumps({"steps": step_rows, "fwht": fwht_rows, "targets": TARGETS}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
