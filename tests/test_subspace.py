@@ -442,3 +442,28 @@ def test_output_folder_that_is_not_a_result_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["intrinsic-dim", "--task", "toy", "--d", "10", "-o", str(out)])
     assert result.exit_code == 2 and "not empty and is not a rankscope result" in result.output
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_text_task_on_a_hugging_face_checkpoint_through_the_training_engine(tmp_path):
+    """The text path end to end: a CSV task on a tiny BERT, baseline plus DID and SAID runs, head trained directly."""
+    from tiny_text import bert_folder, write_easy_csv
+
+    model = bert_folder(tmp_path / "bert")
+    data = write_easy_csv(tmp_path / "easy.csv")
+    result = CliRunner().invoke(main, [
+        "intrinsic-dim", "--task", "easy", "--data", str(data), "--text-column", "review", "--label-column", "sentiment",
+        "--model", str(model), "--mode", "both",
+        "--head", "direct", "--d", "300", "--epochs", "2", "--batch-size", "8", "--max-length", "16", "-q",
+        "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    runs = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert runs["head"] == "direct" and runs["m"] is not None and runs["D"] < runs["D_model"]
+    table = (tmp_path / "out" / "runs.csv").read_text().splitlines()
+    header = table[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in table[1:]]
+    assert {r["mode"] for r in rows} == {"full", "did", "said"}
+    head_params = 32 * 2 + 2
+    for r in rows:
+        assert 0.0 <= float(r["metric"]) <= 1.0
+        if r["mode"] != "full":
+            assert int(r["trainable"]) == 300 + head_params  # d plus the directly trained head

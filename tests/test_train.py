@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -21,48 +20,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+from tiny_text import HIDDEN, bert_folder, gpt2_folder, write_easy_csv  # noqa: E402
 
 from rankscope.cli import main  # noqa: E402
 from rankscope.errors import RankscopeError  # noqa: E402
 from rankscope.tasks import load_task  # noqa: E402
 from rankscope.train import TrainConfig, count_parameters, train, train_model  # noqa: E402
 
-HIDDEN = 32
-POSITIVE = ["good", "great", "fine", "superb", "lovely", "nice"]
-NEGATIVE = ["bad", "awful", "poor", "dull", "ugly", "weak"]
-NEUTRAL = ["the", "movie", "film", "was", "plot", "actors", "a", "really", "quite", "story"]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 FAST = {"epochs": 1, "batch_size": 8, "max_length": 16, "progress": False}
-
-
-def _bert_folder(root: Path) -> Path:
-    """A bare ``BertModel`` (like MiniLM: no classification head) and a WordPiece tokenizer."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    vocab = {w: i for i, w in enumerate(SPECIALS + POSITIVE + NEGATIVE + NEUTRAL)}
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=32)
-    BertModel(config).save_pretrained(root)
-    BertTokenizer(vocab=vocab).save_pretrained(root)
-    return root
-
-
-def _gpt2_folder(root: Path) -> Path:
-    """A tiny ``GPT2LMHeadModel`` with a word-level tokenizer that has an eos but no pad token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<eos>", "<unk>"] + POSITIVE + NEGATIVE + NEUTRAL)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>")
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(vocab), n_embd=HIDDEN, n_layer=2, n_head=2, n_positions=32,
-                        bos_token_id=0, eos_token_id=0)
-    GPT2LMHeadModel(config).save_pretrained(root)
-    tokenizer.save_pretrained(root)
-    return root
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,27 +41,17 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory) -> Path:
-    return _bert_folder(tmp_path_factory.mktemp("tiny-bert"))
+    return bert_folder(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory) -> Path:
-    return _gpt2_folder(tmp_path_factory.mktemp("tiny-gpt2"))
+    return gpt2_folder(tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 @pytest.fixture(scope="module")
 def easy_csv(tmp_path_factory) -> Path:
-    """120 reviews: label ``pos`` iff the text holds positive words (separable by a bag of words)."""
-    rng = random.Random(0)
-    rows = ["review,sentiment"]
-    for i in range(120):
-        label = "pos" if i % 2 else "neg"
-        words = rng.sample(POSITIVE if label == "pos" else NEGATIVE, 2) + rng.sample(NEUTRAL, rng.randint(2, 6))
-        rng.shuffle(words)
-        rows.append(f"{' '.join(words)},{label}")
-    path = tmp_path_factory.mktemp("easy") / "easy.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
+    return write_easy_csv(tmp_path_factory.mktemp("easy") / "easy.csv")
 
 
 def _run(model: Path, data: Path, method: str, out: Path | None, **kw) -> dict:

@@ -54,6 +54,9 @@ class SearchConfig:
     max_train: int | None = None
     max_eval: int | None = None
     max_length: int = 128
+    text_column: str = "text"
+    label_column: str = "label"
+    lr_rule: str = "lr_full*sqrt(D/d)"
 
     def key(self) -> str:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -113,10 +116,12 @@ def prepare_folder(out: Path, config: SearchConfig, restart: bool) -> None:
             previous = json.loads(marker.read_text())
         except ValueError as exc:
             raise RankscopeError(f"{marker}: unreadable ({exc}); remove it or use --restart") from exc
+        # settings a marker does not mention (added in a later version) had their default value
+        before = {**asdict(SearchConfig()), **previous.get("config", {})}
         if restart:
             shutil.rmtree(out / "runs", ignore_errors=True)
-        elif previous.get("key") != settings["key"]:
-            changed = sorted(k for k, v in settings["config"].items() if previous.get("config", {}).get(k) != v)
+        elif before != settings["config"]:
+            changed = sorted(k for k, v in settings["config"].items() if before.get(k) != v)
             raise RankscopeError(f"{out} holds runs of a different search (changed: {', '.join(changed)}); "
                                  "use another -o, or --restart to discard them")
     try:
@@ -181,7 +186,7 @@ class Runner:
             return record
         c = self.config
         kind = "full" if mode == "full" else "subspace"
-        lr = (c.baseline_lr if kind == "full" else c.lr) or self.task.default_lr(kind)
+        lr = (c.baseline_lr if kind == "full" else c.lr) or self.task.default_lr(kind, self.D, d or self.D)
         settings = FitSettings(epochs=c.epochs, lr=lr, batch_size=c.batch_size, seed=seed, device=self.device,
                                threads=self.threads, progress=self.progress)
         t0 = time.perf_counter()
@@ -258,7 +263,7 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
                         grid: Sequence[int] | None = None, epochs: int | None = None, lr: float | None = None,
                         baseline_lr: float | None = None, batch_size: int | None = None, split_seed: int = 0,
                         max_train: int | None = None, max_eval: int | None = None, max_length: int = 128,
-                        device: str = "cpu", threads: int | None = None, restart: bool = False, progress: bool = False,
+                        text_column: str = "text", label_column: str = "label", device: str = "cpu", threads: int | None = None, restart: bool = False, progress: bool = False,
                         log: Callable[[str], None] | None = None, argv: str | None = None) -> IntrinsicDimResult:
     """Intrinsic dimension of ``task``: d90 for each of ``modes`` (``did``, ``said``).
 
@@ -283,11 +288,12 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
             raise RankscopeError(f"--mode: unknown mode '{mode}' (choose from did, said, both)")
     config = SearchConfig(task, str(model), None if data is None else str(data), projection, layout, head,
                           list(include), list(exclude), epochs, lr, baseline_lr, batch_size, split_seed, max_train,
-                          max_eval, max_length)
+                          max_eval, max_length, text_column, label_column)
     _check_options(threshold, target_absolute, seeds, factor, tolerance, d_start, d_max, grid, config)
     device = str(torch_device(device))
     task_obj = load_subspace_task(task, model=model, data=data, split_seed=split_seed, max_train=max_train,
-                                  max_eval=max_eval, max_length=max_length)
+                                  max_eval=max_eval, max_length=max_length, text_column=text_column,
+                                  label_column=label_column)
     out_path = None if out is None else Path(out)
     runner = Runner(task_obj, config, None, device, threads, progress, log)
     D = runner.D  # noqa: N806

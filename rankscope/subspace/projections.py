@@ -296,7 +296,7 @@ class FastfoodProjection(Projection):
         for group in self.groups:
             h = fwht(group["B"] * x)                                           # H_n B x, one row per block
             y = _TiledGather.apply(h, group["index"], group["inverse"])        # Π H_L B pad(x)
-            y = fwht(group["G"] * y)                                           # H (s G) …
+            y = fwht(y.mul_(group["G"]))  # H (s G) …; in place: the gather saved nothing of its output
             if len(self.groups) == 1 and self.layout != "per-tensor":
                 return y.reshape(-1)[: self.D]  # consecutive blocks: one view, one slice (cheap backward)
             for i, row in zip(group["members"], y.unbind(0), strict=True):
