@@ -42,6 +42,8 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
               help="Fastfood: blocked (2^20-row blocks), global (one transform over all D) or per-tensor.")
 @click.option("--head", default="subspace", show_default=True, metavar="WHERE",
               help="Classification head: inside the subspace (subspace) or trained directly, outside d (direct).")
+@click.option("--head-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate of a directly trained head  [default: 1e-3, a linear-probe rate, whatever d is].")
 @click.option("--include", multiple=True, metavar="REGEX", help="Only parameters whose name matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="REGEX", help="Leave out (frozen) parameters that match (repeatable).")
 @click.option("--threshold", type=float, default=0.9, show_default=True,
@@ -75,7 +77,7 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
               help="Output folder; finished runs are cached in OUT/runs/ and reused when the command is re-run.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines and no summary.")
 @handle_errors
-def intrinsic_dim_cmd(task, model, data, text_column, label_column, mode, projection, layout, head, include, exclude, threshold, target_absolute,
+def intrinsic_dim_cmd(task, model, data, text_column, label_column, mode, projection, layout, head, head_lr, include, exclude, threshold, target_absolute,
                       baseline, seeds, seed, grid, d_start, d_max, factor, tolerance, epochs, lr, baseline_lr,
                       batch_size, max_train, max_eval, max_length, split_seed, device, threads, restart, out, quiet):
     """Intrinsic dimension: the smallest d whose random d-dimensional subspace reaches the target.
@@ -91,7 +93,7 @@ def intrinsic_dim_cmd(task, model, data, text_column, label_column, mode, projec
     t0 = time.perf_counter()
     modes = ("did", "said") if mode == "both" else (mode,)
     result = intrinsic_dimension(
-        task, out, modes=modes, model=model, data=data, projection=projection, layout=layout, head=head,
+        task, out, modes=modes, model=model, data=data, projection=projection, layout=layout, head=head, head_lr=head_lr,
         include=include, exclude=exclude, threshold=threshold, target_absolute=target_absolute, baseline=baseline,
         seeds=seeds, seed=seed, d_start=d_start, d_max=d_max, factor=factor, tolerance=tolerance, grid=grid,
         epochs=epochs, lr=lr, baseline_lr=baseline_lr, batch_size=batch_size, split_seed=split_seed,

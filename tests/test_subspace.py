@@ -297,6 +297,18 @@ def test_direct_parameters_stay_trainable_outside_the_subspace():
     assert model.describe()["direct_params"] == 8 * 3 + 3
 
 
+def test_direct_parameters_get_their_own_learning_rate_in_both_training_loops():
+    from rankscope.train import make_optimizer
+
+    model = SubspaceModel(_mlp(), 5, direct=["2.weight", "2.bias"], direct_lr=0.123)
+    optimizer = make_optimizer(model, 0.01, 0.01)
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lrs[id(model.theta_d)] == 0.01
+    assert lrs[id(model.module[2].weight)] == lrs[id(model.module[2].bias)] == 0.123
+    assert len(lrs) == 3
+    assert make_optimizer(SubspaceModel(_mlp(), 5), 0.01, 0.0).param_groups[0]["lr"] == 0.01
+
+
 def test_wrapper_rejects_models_without_parameters_and_bad_selections():
     with pytest.raises(RankscopeError, match="no parameters"):
         SubspaceModel(nn.ReLU(), 1)

@@ -44,6 +44,7 @@ class SearchConfig:
     projection: str = "fastfood"
     layout: str = "blocked"
     head: str = "subspace"
+    head_lr: float | None = None
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     epochs: int | None = None
@@ -152,14 +153,18 @@ class Runner:
 
     def _wrap_options(self) -> dict[str, Any]:
         c = self.config
+        direct = c.head == "direct"
         return {"projection": c.projection, "layout": c.layout, "include": c.include, "exclude": c.exclude,
-                "direct": self.head if c.head == "direct" else ()}
+                "direct": self.head if direct else (),
+                "direct_lr": (c.head_lr or getattr(self.task, "head_lr", None)) if direct else None}
 
     def _subspace_size(self, model) -> int:
         from .wrapper import select_parameters
 
         options = self._wrap_options()
         names = set(select_parameters(model, options["include"], options["exclude"])) - set(options["direct"])
+        if not names:
+            raise RankscopeError("no parameter of the model is left in the subspace (all are trained directly)")
         return sum(p.numel() for n, p in model.named_parameters() if n in names)
 
     def tensors(self) -> int:
@@ -256,7 +261,8 @@ def _grid_outcome(runner: Runner, mode: str, grid: Sequence[int], seeds: Sequenc
 
 def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None, *, modes: Sequence[str] = ("did",),
                         model: str = "bundled:minilm-base", data: str | None = None, projection: str = "fastfood",
-                        layout: str = "blocked", head: str = "subspace", include: Sequence[str] = (),
+                        layout: str = "blocked", head: str = "subspace", head_lr: float | None = None,
+                        include: Sequence[str] = (),
                         exclude: Sequence[str] = (), threshold: float = 0.9, target_absolute: float | None = None,
                         baseline: float | None = None, seeds: int = 1, seed: int = 0, d_start: int = 10,
                         d_max: int | None = None, factor: float = 2.0, tolerance: float = 0.1,
@@ -286,7 +292,7 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
     for mode in modes:
         if mode not in MODES:
             raise RankscopeError(f"--mode: unknown mode '{mode}' (choose from did, said, both)")
-    config = SearchConfig(task, str(model), None if data is None else str(data), projection, layout, head,
+    config = SearchConfig(task, str(model), None if data is None else str(data), projection, layout, head, head_lr,
                           list(include), list(exclude), epochs, lr, baseline_lr, batch_size, split_seed, max_train,
                           max_eval, max_length, text_column, label_column)
     _check_options(threshold, target_absolute, seeds, factor, tolerance, d_start, d_max, grid, config)

@@ -105,6 +105,8 @@ class ToyTask:
         _seeded(seed)
         return ToyModel(self.blocks, self.width)
 
+    head_lr = None
+
     def head(self, model: nn.Module) -> list[str]:
         return []
 
@@ -182,6 +184,7 @@ class ImageTask:
 
     metric = "test_accuracy"
     lr_full = 1e-3
+    head_lr = 1e-3
     epochs = 20
 
     def __init__(self, name: str, sizes: tuple[int, ...], split_seed: int = 0, max_train: int | None = None,
@@ -217,7 +220,8 @@ class ImageTask:
         device = torch.device(settings.device)
         model.to(device)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=settings.lr)
+        own = model.learning_rates() if hasattr(model, "learning_rates") else {}
+        optimizer = torch.optim.Adam([{"params": [p], "lr": own.get(id(p), settings.lr)} for p in params])
         x, y = self.splits["train"]
         batch = settings.batch_size or 64
         generator = torch.Generator().manual_seed(settings.seed)
@@ -253,6 +257,8 @@ class TextTask:
 
     metric = "test_accuracy"
     lr_full = 5e-5
+    head_lr = 1e-3
+    """A head trained directly (``--head direct``) learns at a linear-probe rate, whatever d is."""
     epochs = 2
 
     def __init__(self, name: str, model: str = "bundled:minilm-base", data: str | None = None, split_seed: int = 0,

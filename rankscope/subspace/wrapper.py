@@ -12,7 +12,8 @@ start and the λ's begin to move once ``θ_{d−m}`` has.
 :class:`SubspaceModel` keeps ``θ₀`` as the wrapped module's own (frozen) parameters and runs the module
 through :func:`torch.func.functional_call` with ``θ₀ + Δ`` substituted: no second copy of the model,
 exact autograd (``∂L/∂θ_d = Pᵀ ∂L/∂θ``).  Parameters outside the subspace are frozen, except those named
-by ``direct`` (e.g. a re-initialised classification head trained as usual, counted apart from ``d``).
+by ``direct`` (e.g. a re-initialised classification head trained as usual, counted apart from ``d``,
+with its own learning rate ``direct_lr`` when given).
 """
 
 from __future__ import annotations
@@ -57,12 +58,13 @@ class SubspaceModel(nn.Module):
 
     def __init__(self, module: nn.Module, d: int, *, mode: str = "did", projection: str = "fastfood",
                  layout: str = "blocked", seed: int = 0, include: Sequence[str] = (), exclude: Sequence[str] = (),
-                 direct: Sequence[str] = (), block_bits: int | None = None) -> None:
+                 direct: Sequence[str] = (), direct_lr: float | None = None, block_bits: int | None = None) -> None:
         super().__init__()
         if mode not in MODES:
             raise RankscopeError(f"--mode: unknown mode '{mode}' (choose from did, said)")
         direct = set(direct)
         self.module = module
+        self.direct_lr = direct_lr
         self.names = [n for n in select_parameters(module, include, exclude) if n not in direct]
         if not self.names:
             raise RankscopeError("no parameter of the model is left in the subspace (all are trained directly)")
@@ -87,9 +89,11 @@ class SubspaceModel(nn.Module):
             options["block_bits"] = block_bits
         self.projection = make_projection(projection, self.D, d_proj, seed, device=device, **options) if d_proj else None
 
-    # the trainable count the papers call d (plus direct parameters, reported apart)
-    def subspace_size(self) -> int:
-        return self.d
+    def learning_rates(self) -> dict[int, float]:
+        """``{id(p): direct_lr}`` for the directly trained parameters (read by the training engine's optimizer)."""
+        if self.direct_lr is None:
+            return {}
+        return {id(p): self.direct_lr for p in self.module.parameters() if p.requires_grad}
 
     def delta(self) -> torch.Tensor:
         """``P θ_d`` (DID) or ``P θ_{d−m}`` before the λ scaling (SAID), as one flat D-vector."""
