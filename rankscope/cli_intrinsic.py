@@ -43,7 +43,7 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--head", default="subspace", show_default=True, metavar="WHERE",
               help="Classification head: inside the subspace (subspace) or trained directly, outside d (direct).")
 @click.option("--head-lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Learning rate of a directly trained head  [default: 1e-3, a linear-probe rate, whatever d is].")
+              help="Learning rate of a directly trained head, whatever d is  [default: 5e-2 text, 1e-3 MLPs].")
 @click.option("--include", multiple=True, metavar="REGEX", help="Only parameters whose name matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="REGEX", help="Leave out (frozen) parameters that match (repeatable).")
 @click.option("--threshold", type=float, default=0.9, show_default=True,

@@ -257,8 +257,10 @@ class TextTask:
 
     metric = "test_accuracy"
     lr_full = 5e-5
-    head_lr = 1e-3
-    """A head trained directly (``--head direct``) learns at a linear-probe rate, whatever d is."""
+    head_lr = 5e-2
+    """A head trained directly (``--head direct``) learns at its own rate, whatever d is.  On MiniLM /
+    Rotten Tomatoes (2,000 reviews, 1 epoch) a fresh head on the tanh pooler stayed at the majority class
+    with 1e-3 and learnt with 7.5e-3 and 7.5e-2 (validation 0.61, 0.645)."""
     epochs = 2
 
     def __init__(self, name: str, model: str = "bundled:minilm-base", data: str | None = None, split_seed: int = 0,
