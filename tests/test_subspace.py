@@ -430,6 +430,8 @@ def test_digits_subspace_training_learns(tmp_path):
     (["--d", "0"], "--d: every subspace dimension must be at least 1, got 0"),
     (["--d", "1001"], "at most D = 1,000"),
     (["--d-start", "-5"], "--d-start"),
+    (["--d-max", "5000"], "--d-max: the subspace dimension must be at most D = 1,000"),
+    (["--task", "digits", "--mode", "said", "--d", "3,50"], "--d: SAID needs d >= m = 6 (one λ per tensor), got 3"),
     (["--projection", "gaussian"], "--projection: unknown projection 'gaussian'"),
     (["--layout", "diagonal"], "--layout: unknown Fastfood layout"),
     (["--task", "imagenet"], "--task: unknown task 'imagenet'"),

@@ -87,7 +87,17 @@ def _fwht_raw(x: torch.Tensor, per_pass: int = BITS_PER_PASS) -> torch.Tensor:
     src = x.contiguous()  # only read
     plan = pass_plan(length.bit_length() - 1, per_pass)
     out = torch.empty_like(src)
-    if length >= ROW_LOOP_LENGTH or batch == 1:
+    if batch == 1:  # ping-pong between two fresh buffers, the last one is the result
+        buffers: list[torch.Tensor | None] = [None, None]
+        for i, k in enumerate(plan):
+            m = 1 << k
+            dst = buffers[i % 2]
+            if dst is None:
+                dst = buffers[i % 2] = torch.empty_like(src)
+            torch.mm(hadamard(m, src.dtype, src.device), src.view(length // m, m).t(), out=dst.view(m, length // m))
+            src = dst
+        return src if plan else src.clone()
+    if length >= ROW_LOOP_LENGTH:
         scratch = [torch.empty(length, dtype=src.dtype, device=src.device) for _ in range(min(2, len(plan) - 1))]
         for row in range(batch):
             _passes(src[row], out[row], scratch, plan)

@@ -304,10 +304,16 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
     runner = Runner(task_obj, config, None, device, threads, progress, log)
     D = runner.D  # noqa: N806
     upper = D if d_max is None else d_max
-    if upper > D or any(d > D for d in grid or ()):
-        bad = upper if upper > D else max(grid or [0])
-        raise RankscopeError(f"--d: the subspace dimension must be at most D = {D:,} (the parameters in the "
-                             f"subspace), got {bad:,}")
+    for option, value in (("--d-max", d_max), ("--d", max(grid) if grid else None)):
+        if value is not None and value > D:
+            raise RankscopeError(f"{option}: the subspace dimension must be at most D = {D:,} (the parameters in "
+                                 f"the subspace), got {value:,}")
+    m_tensors = runner.tensors() if "said" in modes else 0
+    if "said" in modes:  # before any training: SAID spends m of its d on the λ's
+        if upper < m_tensors:
+            raise RankscopeError(f"--d-max: SAID needs d >= m = {m_tensors} (one λ per tensor), got {upper}")
+        if grid and min(grid) < m_tensors:
+            raise RankscopeError(f"--d: SAID needs d >= m = {m_tensors} (one λ per tensor), got {min(grid)}")
     if out_path is not None:
         prepare_folder(out_path, config, restart)
         runner.out = out_path
@@ -320,15 +326,9 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
         base = {"mean": float(baseline), "per_seed": None, "given": True}
     target = float(target_absolute) if target_absolute is not None else threshold * base["mean"]
     results: dict[str, Any] = {}
-    m_tensors = runner.tensors() if "said" in modes else 0
     for mode in modes:
         d_min = m_tensors if mode == "said" else 1
-        if upper < d_min:
-            raise RankscopeError(f"--d-max: SAID needs d >= m = {m_tensors} (one λ per tensor), got {upper}")
         if grid:
-            small = [d for d in grid if d < d_min]
-            if small:
-                raise RankscopeError(f"--d: SAID needs d >= m = {m_tensors} (one λ per tensor), got {min(small)}")
             outcome = _grid_outcome(runner, mode, grid, seed_list, target)
         else:
             outcome = find_d90(lambda d, mode=mode: runner.mean(mode, d, seed_list), target, d_min, upper,
