@@ -86,7 +86,6 @@ def _fwht_raw(x: torch.Tensor, per_pass: int = BITS_PER_PASS) -> torch.Tensor:
     batch, length = x.shape
     src = x.contiguous()  # only read
     plan = pass_plan(length.bit_length() - 1, per_pass)
-    out = torch.empty_like(src)
     if batch == 1:  # ping-pong between two fresh buffers, the last one is the result
         buffers: list[torch.Tensor | None] = [None, None]
         for i, k in enumerate(plan):
@@ -97,6 +96,7 @@ def _fwht_raw(x: torch.Tensor, per_pass: int = BITS_PER_PASS) -> torch.Tensor:
             torch.mm(hadamard(m, src.dtype, src.device), src.view(length // m, m).t(), out=dst.view(m, length // m))
             src = dst
         return src if plan else src.clone()
+    out = torch.empty_like(src)
     if length >= ROW_LOOP_LENGTH:
         scratch = [torch.empty(length, dtype=src.dtype, device=src.device) for _ in range(min(2, len(plan) - 1))]
         for row in range(batch):

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import RankscopeError
 from .search import SearchOutcome, find_d90
+from .wrapper import subspace_names
 
 HEADS = ("subspace", "direct")
 
@@ -148,7 +149,10 @@ class Runner:
         probe = task.build(0)
         self.head = task.head(probe)
         self.D_model = sum(p.numel() for p in probe.parameters())
-        self.D = self._subspace_size(probe)
+        options = self._wrap_options()
+        names = subspace_names(probe, options["include"], options["exclude"], options["direct"])
+        sizes = dict((n, p.numel()) for n, p in probe.named_parameters())
+        self.D, self.m = sum(sizes[n] for n in names), len(names)
         del probe
 
     def _wrap_options(self) -> dict[str, Any]:
@@ -157,22 +161,6 @@ class Runner:
         return {"projection": c.projection, "layout": c.layout, "include": c.include, "exclude": c.exclude,
                 "direct": self.head if direct else (),
                 "direct_lr": (c.head_lr or getattr(self.task, "head_lr", None)) if direct else None}
-
-    def _subspace_size(self, model) -> int:
-        from .wrapper import select_parameters
-
-        options = self._wrap_options()
-        names = set(select_parameters(model, options["include"], options["exclude"])) - set(options["direct"])
-        if not names:
-            raise RankscopeError("no parameter of the model is left in the subspace (all are trained directly)")
-        return sum(p.numel() for n, p in model.named_parameters() if n in names)
-
-    def tensors(self) -> int:
-        from .wrapper import select_parameters
-
-        options = self._wrap_options()
-        probe = self.task.build(0)
-        return len(set(select_parameters(probe, options["include"], options["exclude"])) - set(options["direct"]))
 
     def _cache_path(self, name: str) -> Path | None:
         return None if self.out is None else self.out / "runs" / f"{name}.json"
@@ -241,12 +229,9 @@ def _check_options(threshold: float, target_absolute: float | None, seeds: int, 
             raise RankscopeError(f"--d: every subspace dimension must be at least 1, got {d}")
     if config.head not in HEADS:
         raise RankscopeError(f"--head: unknown choice '{config.head}' (choose from {', '.join(HEADS)})")
-    from .projections import LAYOUTS, PROJECTIONS
+    from .projections import check_projection_options
 
-    if config.projection not in PROJECTIONS:
-        raise RankscopeError(f"--projection: unknown projection '{config.projection}' (choose from {', '.join(PROJECTIONS)})")
-    if config.layout not in LAYOUTS:
-        raise RankscopeError(f"--layout: unknown Fastfood layout '{config.layout}' (choose from {', '.join(LAYOUTS)})")
+    check_projection_options(config.projection, config.layout)
 
 
 def _grid_outcome(runner: Runner, mode: str, grid: Sequence[int], seeds: Sequence[int], target: float) -> SearchOutcome:
@@ -308,7 +293,7 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
         if value is not None and value > D:
             raise RankscopeError(f"{option}: the subspace dimension must be at most D = {D:,} (the parameters in "
                                  f"the subspace), got {value:,}")
-    m_tensors = runner.tensors() if "said" in modes else 0
+    m_tensors = runner.m if "said" in modes else 0
     if "said" in modes:  # before any training: SAID spends m of its d on the λ's
         if upper < m_tensors:
             raise RankscopeError(f"--d-max: SAID needs d >= m = {m_tensors} (one λ per tensor), got {upper}")

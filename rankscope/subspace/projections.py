@@ -77,6 +77,14 @@ class Projection:
         return {"projection": self.kind, "D": self.D, "d": self.d, "seed": self.seed}
 
 
+def check_projection_options(kind: str, layout: str) -> None:
+    """One-line errors for an unknown projection or Fastfood layout name."""
+    if kind not in PROJECTIONS:
+        raise RankscopeError(f"--projection: unknown projection '{kind}' (choose from {', '.join(PROJECTIONS)})")
+    if layout not in LAYOUTS:
+        raise RankscopeError(f"--layout: unknown Fastfood layout '{layout}' (choose from {', '.join(LAYOUTS)})")
+
+
 def check_dimensions(D: int, d: int) -> None:  # noqa: N803
     if D < 1:
         raise RankscopeError("the model has no parameters in the subspace (D = 0)")
@@ -231,6 +239,7 @@ class FastfoodBlock:
 def fastfood_blocks(D: int, d: int, layout: str, tensor_sizes: Sequence[int] | None = None,  # noqa: N803
                     block_bits: int = DEFAULT_BLOCK_BITS) -> list[FastfoodBlock]:
     """The row blocks of a Fastfood projection for ``layout`` (see module docstring)."""
+    check_projection_options("fastfood", layout)
     if layout == "global":
         return [FastfoodBlock(0, D, next_power_of_two(D))]
     if layout == "per-tensor":
@@ -239,10 +248,8 @@ def fastfood_blocks(D: int, d: int, layout: str, tensor_sizes: Sequence[int] | N
         offsets = np.concatenate([[0], np.cumsum(tensor_sizes)[:-1]])
         return [FastfoodBlock(int(o), int(n), next_power_of_two(max(int(n), d)))
                 for o, n in zip(offsets, tensor_sizes, strict=True)]
-    if layout == "blocked":
-        length = max(min(1 << block_bits, next_power_of_two(D)), next_power_of_two(d))
-        return [FastfoodBlock(o, min(length, D - o), length) for o in range(0, D, length)]
-    raise RankscopeError(f"--layout: unknown Fastfood layout '{layout}' (choose from {', '.join(LAYOUTS)})")
+    length = max(min(1 << block_bits, next_power_of_two(D)), next_power_of_two(d))  # blocked
+    return [FastfoodBlock(o, min(length, D - o), length) for o in range(0, D, length)]
 
 
 class FastfoodProjection(Projection):
@@ -312,12 +319,11 @@ def make_projection(kind: str, D: int, d: int, seed: int = 0, *, layout: str = "
                     tensor_sizes: Sequence[int] | None = None, block_bits: int = DEFAULT_BLOCK_BITS,
                     device: str | torch.device = "cpu") -> Projection:
     """A projection by name (``dense``, ``sparse`` or ``fastfood``) on ``device``."""
+    check_projection_options(kind, layout)
     if kind == "dense":
         proj: Projection = DenseProjection(D, d, seed)
     elif kind == "sparse":
         proj = SparseProjection(D, d, seed)
-    elif kind == "fastfood":
-        proj = FastfoodProjection(D, d, seed, layout, tensor_sizes, block_bits)
     else:
-        raise RankscopeError(f"--projection: unknown projection '{kind}' (choose from {', '.join(PROJECTIONS)})")
+        proj = FastfoodProjection(D, d, seed, layout, tensor_sizes, block_bits)
     return proj.to(device)

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import RankscopeError
 from ..tasks import BUILTINS, stratified_split
+from ..train import seed_everything
 
 TENSOR_TASKS = ("toy", "mnist-fc", "digits")
 TEXT_TASKS = tuple(BUILTINS)
@@ -66,14 +67,6 @@ def subspace_lr(lr_full: float, kind: str, D: int, d: int) -> float:  # noqa: N8
     return lr_full if kind == "full" else lr_full * (D / d) ** 0.5
 
 
-def _seeded(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # --------------------------------------------------------------------------------------------------
 # toy problem
 # --------------------------------------------------------------------------------------------------
@@ -102,7 +95,7 @@ class ToyTask:
         self.targets = torch.arange(1, blocks + 1, dtype=torch.float32)
 
     def build(self, seed: int) -> nn.Module:
-        _seeded(seed)
+        seed_everything(seed)
         return ToyModel(self.blocks, self.width)
 
     head_lr = None
@@ -198,7 +191,7 @@ class ImageTask:
                        for k, idx in (("train", train), ("validation", val), ("test", test))}
 
     def build(self, seed: int) -> nn.Module:
-        _seeded(seed)
+        seed_everything(seed)
         return mlp(self.sizes)
 
     def head(self, model: nn.Module) -> list[str]:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import RankscopeError
-from .projections import make_projection
+from .projections import check_dimensions, make_projection
 
 MODES = ("did", "said")
 
@@ -49,6 +49,16 @@ def select_parameters(module: nn.Module, include: Sequence[str] = (), exclude: S
     return chosen
 
 
+def subspace_names(module: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = (),
+                   direct: Sequence[str] = ()) -> list[str]:
+    """The parameters that move in the subspace: :func:`select_parameters` minus those trained ``direct``."""
+    direct = set(direct)
+    names = [n for n in select_parameters(module, include, exclude) if n not in direct]
+    if not names:
+        raise RankscopeError("no parameter of the model is left in the subspace (all are trained directly)")
+    return names
+
+
 class SubspaceModel(nn.Module):
     """``module`` with its selected parameters re-parameterised as ``θ₀ + P θ_d`` (see module docstring).
 
@@ -65,9 +75,7 @@ class SubspaceModel(nn.Module):
         direct = set(direct)
         self.module = module
         self.direct_lr = direct_lr
-        self.names = [n for n in select_parameters(module, include, exclude) if n not in direct]
-        if not self.names:
-            raise RankscopeError("no parameter of the model is left in the subspace (all are trained directly)")
+        self.names = subspace_names(module, include, exclude, direct)
         params = dict(module.named_parameters())
         for name, p in params.items():
             p.requires_grad_(name in direct)
@@ -76,8 +84,7 @@ class SubspaceModel(nn.Module):
         self.D = sum(self.sizes)
         self.mode, self.d = mode, int(d)
         self.m = len(self.names) if mode == "said" else 0
-        if self.d < 1 or self.d > self.D:
-            raise RankscopeError(f"--d: the subspace dimension must be in 1..D = {self.D:,}, got {self.d:,}")
+        check_dimensions(self.D, self.d)
         if self.d < self.m:
             raise RankscopeError(f"--d: SAID needs d >= m = {self.m} (one λ per tensor), got {self.d}")
         d_proj = self.d - self.m
