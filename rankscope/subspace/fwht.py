@@ -17,6 +17,10 @@ Viewing ``Y`` again as ``L/m × m`` exposes the next ``k`` bits; after passes wh
 ``L`` numbers, so ``k = 4`` (``m = 16``) balances arithmetic against memory traffic on a 2-core CPU
 (``benchmarks/subspace.py`` prints the throughput against the radix-2 loop and a dense matmul).
 :func:`fwht_butterfly` keeps the plain radix-2 loop as an independent reference.
+
+float32 CPU tensors go through the cache-blocked C transform of :mod:`.native` when it is available
+(two passes over memory in all, ≈ 3× the GEMM passes); this torch path serves float64, CUDA and
+machines without a C compiler, and is the reference the native kernel is tested against.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import math
 from functools import lru_cache
 
 import torch
+
+from . import native
 
 BITS_PER_PASS = 4
 """Butterfly stages fused into one GEMM pass (``m = 2^4 = 16``), measured fastest at L = 2^16…2^25."""
@@ -115,6 +121,8 @@ def _fwht_raw(x: torch.Tensor, per_pass: int = BITS_PER_PASS) -> torch.Tensor:
 class _FWHT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if native.usable(x):
+            return native.fwht_rows(x.contiguous())
         return _fwht_raw(x)
 
     @staticmethod

@@ -27,13 +27,14 @@ Cost of ``P x``: dense O(D·d); sparse O(d·√D); fastfood O(D log D) whatever 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import RankscopeError
+from . import native
 from .fwht import fwht, next_power_of_two
 
 PROJECTIONS = ("dense", "sparse", "fastfood")
@@ -66,6 +67,11 @@ class Projection:
     def to(self, device: str | torch.device) -> Projection:
         self.device = torch.device(device)
         return self
+
+    def offset_pieces(self, theta_d: torch.Tensor, bases: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """``θ₀ᵢ + (P θ_d)ᵢ`` for consecutive pieces ``θ₀ᵢ`` of the D rows (flat; differentiable in θ_d only)."""
+        delta = torch.split(self(theta_d), [b.numel() for b in bases])  # one split: its backward is one concatenation
+        return tuple(b.detach().reshape(-1) + piece for b, piece in zip(bases, delta, strict=True))
 
     def matrix(self) -> torch.Tensor:
         """The explicit ``D × d`` matrix (column ``j`` is ``P e_j``): for tests and small problems only."""
@@ -211,7 +217,7 @@ class _TiledGather(torch.autograd.Function):
     """``y[b, i] = h[b, Π_b[i] mod n]``: the permuted ``H_L pad(x)`` read from ``h = H_n x`` (see FastfoodProjection).
 
     The gradient folds back through the inverse permutation (a gather) and a sum over the ``L/n`` tiles,
-    instead of a scatter-add into ``n`` bins.
+    instead of a scatter-add into ``n`` bins.  (Torch path: CUDA, float64, no C compiler.)
     """
 
     @staticmethod
@@ -225,6 +231,62 @@ class _TiledGather(torch.autograd.Function):
         (inverse,) = ctx.saved_tensors
         unpermuted = torch.gather(grad, 1, inverse)
         return unpermuted.view(grad.shape[0], -1, ctx.n).sum(dim=1), None, None
+
+
+class _NativeExpand(torch.autograd.Function):
+    """``y = H_L (s G ⊙ h[Π mod n])`` in one native call (gather, scaling and transform fused, int32 indices).
+
+    Backward: ``∂h[j] = Σ_{i: Π(i) mod n = j} (s G ⊙ H_L ∂y)_i``, the transform followed by a scatter-add
+    into the ``n`` bins (which stay in cache).
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, index: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(index, scale)
+        ctx.n = h.shape[1]
+        return native.fastfood_expand(h.contiguous(), index, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        index, scale = ctx.saved_tensors
+        transformed = native.fwht_rows(grad.contiguous())
+        return native.fastfood_scatter(transformed, index, scale, ctx.n), None, None
+
+
+class _NativeOffsetPieces(torch.autograd.Function):
+    """``θ₀ᵢ + (P θ_d)ᵢ`` for consecutive blocks (``blocked``/``global`` layouts), as flat pieces.
+
+    The same native expansion as :class:`_NativeExpand`, with ``θ₀`` added in place into its fresh output
+    and the pieces returned as views of it; the backward pass writes the pieces' gradients straight into
+    the projection's reused ``(blocks, L)`` scratch buffer, zero past D, and transforms it in place.  No
+    length-D temporary is allocated besides the output: each fresh one costs a page fault per 4 KiB.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, index: torch.Tensor, scale: torch.Tensor,  # noqa: D102
+                bases: Sequence[torch.Tensor], scratch: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        ctx.save_for_backward(index, scale)
+        ctx.n, ctx.scratch, ctx.sizes = h.shape[1], scratch, [b.numel() for b in bases]
+        flat = native.fastfood_expand(h.contiguous(), index, scale).view(-1)
+        pieces = torch.split(flat[: sum(ctx.sizes)], ctx.sizes)
+        for piece, base in zip(pieces, bases, strict=True):
+            piece.add_(base.detach().reshape(-1))
+        return pieces
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):  # noqa: D102
+        index, scale = ctx.saved_tensors
+        padded = ctx.scratch()
+        flat, offset = padded.view(-1), 0
+        for size, grad in zip(ctx.sizes, grads, strict=True):
+            if grad is None:
+                flat[offset:offset + size].zero_()
+            else:
+                flat[offset:offset + size].copy_(grad.reshape(-1))
+            offset += size
+        flat[offset:].zero_()
+        transformed = native.fwht_rows(padded, out=padded)
+        return native.fastfood_scatter(transformed, index, scale, ctx.n), None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -266,33 +328,51 @@ class FastfoodProjection(Projection):
         self.layout, self.block_bits = layout, block_bits
         self.blocks = fastfood_blocks(D, d, layout, tensor_sizes, block_bits)
         self.n = next_power_of_two(d)  # pad(x) is zero beyond n: H_L pad(x) is H_n x repeated L/n times
+        self._work: torch.Tensor | None = None  # see _scratch
         self.groups: list[dict] = []  # one per distinct block length
         for length in sorted({b.length for b in self.blocks}):
             members = [i for i, b in enumerate(self.blocks) if b.length == length]
-            signs, perms, gauss = [], [], []
-            for i in members:
-                gen = block_generator(self.seed, 3, i)
-                signs.append(torch.randint(0, 2, (length,), generator=gen)[: self.n].float() * 2 - 1)
-                perms.append(torch.randperm(length, generator=gen))
-                g = torch.randn(length, generator=gen)
-                gauss.append(g / torch.sqrt(D * g.double().square().sum()).float())  # s_b G_b
-            perm = torch.stack(perms)
-            self.groups.append({"length": length, "members": members, "B": torch.stack(signs),
-                                "index": perm & (self.n - 1), "inverse": perm.argsort(dim=1), "G": torch.stack(gauss)})
+            drawn = [self._draw(i, length) for i in members]
+            self.groups.append({"length": length, "members": members,
+                                "B": torch.stack([b for b, _, _ in drawn]),
+                                "index": torch.stack([(p & (self.n - 1)).int() for _, p, _ in drawn]),
+                                "G": torch.stack([g for _, _, g in drawn])})
+
+    def _draw(self, block: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``B`` (its first n entries: the rest multiply zeros), ``Π`` and ``s·G`` of one block, from the seed."""
+        gen = block_generator(self.seed, 3, block)
+        signs = torch.randint(0, 2, (length,), generator=gen)[: self.n].float() * 2 - 1
+        perm = torch.randperm(length, generator=gen)
+        g = torch.randn(length, generator=gen)
+        return signs, perm, g / torch.sqrt(self.D * g.double().square().sum()).float()
 
     def factors(self, block: int) -> dict[str, torch.Tensor]:
-        """``B`` (first n entries; the rest multiply zeros), ``Π`` and ``s·G`` of one block, for checks."""
-        for group in self.groups:
-            if block in group["members"]:
-                row = group["members"].index(block)
-                return {"B": group["B"][row], "Pi": group["inverse"][row].argsort(), "sG": group["G"][row]}
-        raise IndexError(block)
+        """``B`` (first n entries), ``Π`` and ``s·G`` of one block, for checks."""
+        if not 0 <= block < len(self.blocks):
+            raise IndexError(block)
+        signs, perm, scaled = self._draw(block, self.blocks[block].length)
+        return {"B": signs, "Pi": perm, "sG": scaled}
+
+    def _scratch(self) -> torch.Tensor:
+        """The backward pass's ``(blocks, L)`` work buffer, kept between steps (one backward at a time)."""
+        if self._work is None:
+            group = self.groups[0]
+            self._work = torch.empty(group["index"].shape, dtype=torch.float32)
+        return self._work
+
+    def _torch_tables(self, group: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """int64 ``Π mod n`` and ``Π⁻¹`` for the torch path, made (from the seed) on first use."""
+        if "inverse" not in group:
+            perm = torch.stack([self._draw(i, group["length"])[1] for i in group["members"]])
+            group["index64"], group["inverse"] = (perm & (self.n - 1)).to(self.device), perm.argsort(dim=1).to(self.device)
+        return group["index64"], group["inverse"]
 
     def to(self, device: str | torch.device) -> FastfoodProjection:
         super().to(device)
         for group in self.groups:
-            for key in ("B", "index", "inverse", "G"):
-                group[key] = group[key].to(self.device)
+            for key in ("B", "index", "G", "index64", "inverse"):
+                if key in group:
+                    group[key] = group[key].to(self.device)
         return self
 
     def __call__(self, theta_d: torch.Tensor) -> torch.Tensor:
@@ -302,13 +382,26 @@ class FastfoodProjection(Projection):
         x = torch.nn.functional.pad(theta_d, (0, self.n - self.d)).unsqueeze(0)
         for group in self.groups:
             h = fwht(group["B"] * x)                                           # H_n B x, one row per block
-            y = _TiledGather.apply(h, group["index"], group["inverse"])        # Π H_L B pad(x)
-            y = fwht(y.mul_(group["G"]))  # H (s G) …; in place: the gather saved nothing of its output
-            if len(self.groups) == 1 and self.layout != "per-tensor":
+            consecutive = len(self.groups) == 1 and self.layout != "per-tensor"
+            if native.usable(h, group["G"]):                                   # H (s G) Π H_L B pad(x)
+                y = _NativeExpand.apply(h, group["index"], group["G"])
+            else:
+                y = _TiledGather.apply(h, *self._torch_tables(group))          # Π H_L B pad(x)
+                y = fwht(y.mul_(group["G"]))  # H (s G) …; in place: the gather saved nothing of its output
+            if consecutive:
                 return y.reshape(-1)[: self.D]  # consecutive blocks: one view, one slice (cheap backward)
             for i, row in zip(group["members"], y.unbind(0), strict=True):
                 pieces[i] = row[: self.blocks[i].rows]
         return torch.cat(pieces)
+
+    def offset_pieces(self, theta_d: torch.Tensor, bases: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """As :meth:`Projection.offset_pieces`; fused into the native expansion for consecutive blocks."""
+        group = self.groups[0]
+        if len(self.groups) == 1 and self.layout != "per-tensor" and native.usable(theta_d, group["G"]):
+            x = torch.nn.functional.pad(theta_d, (0, self.n - self.d)).unsqueeze(0)
+            h = fwht(group["B"] * x)
+            return _NativeOffsetPieces.apply(h, group["index"], group["G"], list(bases), self._scratch)
+        return super().offset_pieces(theta_d, bases)
 
     def describe(self) -> dict:
         return {**super().describe(), "layout": self.layout, "blocks": len(self.blocks),

@@ -113,6 +113,11 @@ class SubspaceModel(nn.Module):
     def current_parameters(self) -> dict[str, torch.Tensor]:
         """``{name: θ₀ + Δ}`` for every subspace parameter (differentiable in θ_d and λ)."""
         base = dict(self.module.named_parameters())
+        if self.lambdas is None and self.projection is not None:  # DID: θ₀ + P θ_d, fused where it can be
+            if self.projection.device != self.theta_d.device:
+                self.projection.to(self.theta_d.device)
+            pieces = self.projection.offset_pieces(self.theta_d, [base[n] for n in self.names])
+            return {name: piece.view(shape) for name, shape, piece in zip(self.names, self.shapes, pieces, strict=True)}
         pieces = torch.split(self.delta(), self.sizes)  # one split: its backward is one concatenation
         out = {}
         for i, (name, shape, piece) in enumerate(zip(self.names, self.shapes, pieces, strict=True)):
