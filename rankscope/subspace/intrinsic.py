@@ -4,7 +4,7 @@ Output folder ``OUT``::
 
     runs/<mode>-d<d>-s<seed>.json   one finished training run each (the cache; baseline-s<seed>.json too)
     search.json                     the settings every cached run was made with (a resumed search must match)
-    runs.csv                        mode, d, seed, metric, loss, seconds, trainable, D, steps: every run
+    runs.csv                        mode, d, seed, metric, loss, seconds, trainable, D, steps, kernel: every run
     result.json                     d90 per mode, its bracket, the baseline, the target and its convention
     figures/intrinsic-dim.png       metric vs d (log x), threshold line, DID and SAID together
     run.json                        inputs, options, seeds, versions, timings
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RankscopeError
+from . import native
 from .search import SearchOutcome, find_d90
 from .wrapper import subspace_names
 
@@ -191,10 +192,12 @@ class Runner:
             net = SubspaceModel(model, d, mode=mode, seed=seed, **self._wrap_options())
             trainable = d + net.describe()["direct_params"]
         fitted = self.task.fit(net, settings, kind)
+        projection = getattr(net, "projection", None)
         record = {"mode": mode, "d": d, "seed": seed, "metric": fitted["metric"], "loss": fitted.get("loss"),
                   "seconds": round(time.perf_counter() - t0, 3), "trainable": trainable, "D": self.D,
                   "steps": fitted.get("steps"), "lr": lr,
-                  "validation_accuracy": fitted.get("validation_accuracy")}
+                  "validation_accuracy": fitted.get("validation_accuracy"),
+                  "kernel": projection.kernel() if projection is not None else None}
         if path is not None:
             write_atomic(path, json.dumps(record, indent=2) + "\n")
         self.records.append(record)
@@ -342,6 +345,7 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
                         "seeds": seeds, "seed": seed, "d_start": d_start, "d_max": d_max, "factor": factor,
                         "tolerance": tolerance, "grid": list(grid) if grid else None},
             "seed": seed, "seeds": seed_list, "device": device, "threads": threads, "versions": versions(),
+            "native_kernels": native.available(),
             "seconds": {"load": task_obj.load_seconds, "search": round(time.perf_counter() - t_search, 3),
                         "training_runs": round(float(runs["seconds"].sum()), 3)}}
     outcome_obj = IntrinsicDimResult(runs, result, info)

@@ -80,7 +80,11 @@ class Projection:
             return torch.stack([self(eye[j]) for j in range(self.d)], dim=1)
 
     def describe(self) -> dict:
-        return {"projection": self.kind, "D": self.D, "d": self.d, "seed": self.seed}
+        return {"projection": self.kind, "D": self.D, "d": self.d, "seed": self.seed, "kernel": self.kernel()}
+
+    def kernel(self) -> str:
+        """Which code computes ``P θ_d`` on the current device: ``torch`` here, ``native`` for Fastfood's C kernels."""
+        return "torch"
 
 
 def check_projection_options(kind: str, layout: str) -> None:
@@ -402,6 +406,9 @@ class FastfoodProjection(Projection):
             h = fwht(group["B"] * x)
             return _NativeOffsetPieces.apply(h, group["index"], group["G"], list(bases), self._scratch)
         return super().offset_pieces(theta_d, bases)
+
+    def kernel(self) -> str:
+        return "native" if native.usable(self.groups[0]["G"]) else "torch"
 
     def describe(self) -> dict:
         return {**super().describe(), "layout": self.layout, "blocks": len(self.blocks),
