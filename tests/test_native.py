@@ -178,3 +178,18 @@ def test_the_build_is_cached_by_a_key_of_source_compiler_and_cpu(tmp_path, monke
     assert first.parent == tmp_path and first.name.startswith("kernels-")
     stamp = first.stat().st_mtime_ns
     assert native._build() == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+def test_the_kernels_refuse_memory_they_cannot_read():
+    x = _rows(4, 64)
+    with pytest.raises(ValueError, match="contiguous"):
+        native.fwht_rows(x.t().contiguous().t())  # a transposed view
+    with pytest.raises(ValueError, match="power-of-two"):
+        native.fwht_rows(_rows(2, 48))
+    with pytest.raises(ValueError, match="float32"):
+        native.fwht_rows(x.double())
+    index = torch.zeros(4, 64, dtype=torch.int64)
+    with pytest.raises(ValueError, match="int32"):
+        native.fastfood_expand(_rows(4, 8), index, x)
+    with pytest.raises(ValueError, match="disagree"):
+        native.fastfood_expand(_rows(3, 8), index.int(), x)

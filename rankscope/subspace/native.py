@@ -140,6 +140,14 @@ def _check(status: int, what: str) -> None:
         raise MemoryError(f"native {what}: could not allocate its working buffers")
 
 
+def _require(what: str, *tensors: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+    """The kernels read raw memory: refuse anything but contiguous CPU tensors of the expected dtype."""
+    for t in tensors:
+        if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
+            raise ValueError(f"native {what}: needs contiguous {dtype} CPU tensors, got {t.dtype} on {t.device}"
+                             f"{'' if t.is_contiguous() else ' (not contiguous)'}")
+
+
 def _threads(threads: int | None) -> int:
     return max(1, int(threads) if threads is not None else torch.get_num_threads())
 
@@ -152,7 +160,12 @@ def fwht_rows(x: torch.Tensor, out: torch.Tensor | None = None, *, threads: int 
     passes (see kernels.c; the default is tuned, other values exist for the tests).
     """
     rows, length = x.shape
+    if length & (length - 1):
+        raise ValueError(f"native fwht: needs a power-of-two length, got {length}")
     out = torch.empty_like(x) if out is None else out
+    _require("fwht", x, out)
+    if out.shape != x.shape:
+        raise ValueError(f"native fwht: out has shape {tuple(out.shape)}, not {tuple(x.shape)}")
     lib, bits = _library(), length.bit_length() - 1
     if blocking is None:
         status = lib.rs_fwht(x.data_ptr(), out.data_ptr(), rows, bits, _threads(threads))
@@ -166,6 +179,10 @@ def fastfood_expand(h: torch.Tensor, index: torch.Tensor, scale: torch.Tensor, *
                     threads: int | None = None) -> torch.Tensor:
     """``y[r] = H_L (scale[r] ⊙ h[r, index[r]])``: ``h`` is ``(rows, n)``, ``index`` (int32) and ``scale`` ``(rows, L)``."""
     rows, length = index.shape
+    _require("fastfood expansion", h, scale)
+    _require("fastfood expansion", index, dtype=torch.int32)
+    if scale.shape != index.shape or h.shape[0] != rows or length & (length - 1):
+        raise ValueError("native fastfood expansion: h (rows, n), index and scale (rows, L = 2^k) disagree")
     out = torch.empty(rows, length, dtype=torch.float32)
     status = _library().rs_fastfood_expand(h.data_ptr(), h.shape[1], index.data_ptr(), scale.data_ptr(),
                                            out.data_ptr(), rows, length.bit_length() - 1, _threads(threads))
@@ -177,6 +194,10 @@ def fastfood_scatter(g: torch.Tensor, index: torch.Tensor, scale: torch.Tensor, 
                      threads: int | None = None) -> torch.Tensor:
     """The gather's adjoint: ``out[r, j] = Σ_{i: index[r, i] = j} scale[r, i] · g[r, i]``, shape ``(rows, n)``."""
     rows, length = index.shape
+    _require("fastfood scatter", g, scale)
+    _require("fastfood scatter", index, dtype=torch.int32)
+    if g.shape != index.shape or scale.shape != index.shape:
+        raise ValueError("native fastfood scatter: g, index and scale must have one shape (rows, L)")
     out = torch.zeros(rows, n, dtype=torch.float32)
     status = _library().rs_fastfood_scatter(g.data_ptr(), index.data_ptr(), scale.data_ptr(), out.data_ptr(),
                                             rows, length, n, _threads(threads))
