@@ -247,6 +247,40 @@ def _grid_outcome(runner: Runner, mode: str, grid: Sequence[int], seeds: Sequenc
     return SearchOutcome(d90, (max(below) if below else None, d90), evaluated)
 
 
+def _check_against_model(runner: Runner, modes: Sequence[str], d_max: int | None,
+                         grid: Sequence[int] | None) -> tuple[int, int]:
+    """Before any training: the d range fits D, and SAID's d leaves room for its m λ's. Returns (upper, m)."""
+    D = runner.D  # noqa: N806
+    upper = D if d_max is None else d_max
+    for option, value in (("--d-max", d_max), ("--d", max(grid) if grid else None)):
+        if value is not None and value > D:
+            raise RankscopeError(f"{option}: the subspace dimension must be at most D = {D:,} (the parameters in "
+                                 f"the subspace), got {value:,}")
+    m_tensors = runner.m if "said" in modes else 0
+    if "said" in modes:
+        if upper < m_tensors:
+            raise RankscopeError(f"--d-max: SAID needs d >= m = {m_tensors} (one λ per tensor), got {upper}")
+        if grid and min(grid) < m_tensors:
+            raise RankscopeError(f"--d: SAID needs d >= m = {m_tensors} (one λ per tensor), got {min(grid)}")
+    return upper, m_tensors
+
+
+def _search_mode(runner: Runner, mode: str, target: float, seeds: Sequence[int], d_min: int, upper: int,
+                 grid: Sequence[int] | None, d_start: int, factor: float, tolerance: float) -> dict[str, Any]:
+    """d90 of one mode (searched, or read off ``grid``), with the seed spread at d90."""
+    if grid:
+        outcome = _grid_outcome(runner, mode, grid, seeds, target)
+    else:
+        outcome = find_d90(lambda d: runner.mean(mode, d, seeds), target, d_min, upper,
+                           d_start=d_start, factor=factor, tolerance=tolerance)
+    entry = {**outcome.to_dict(), "d_min": d_min}
+    if outcome.d90 is not None:
+        values = [r["metric"] for r in runner.records if r["mode"] == mode and r["d"] == outcome.d90]
+        entry["at_d90"] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": float(min(values)),
+                           "max": float(max(values)), "seeds": len(values)}
+    return entry
+
+
 def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None, *, modes: Sequence[str] = ("did",),
                         model: str = "bundled:minilm-base", data: str | None = None, projection: str = "fastfood",
                         layout: str = "blocked", head: str = "subspace", head_lr: float | None = None,
@@ -291,17 +325,7 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
     out_path = None if out is None else Path(out)
     runner = Runner(task_obj, config, None, device, threads, progress, log)
     D = runner.D  # noqa: N806
-    upper = D if d_max is None else d_max
-    for option, value in (("--d-max", d_max), ("--d", max(grid) if grid else None)):
-        if value is not None and value > D:
-            raise RankscopeError(f"{option}: the subspace dimension must be at most D = {D:,} (the parameters in "
-                                 f"the subspace), got {value:,}")
-    m_tensors = runner.m if "said" in modes else 0
-    if "said" in modes:  # before any training: SAID spends m of its d on the λ's
-        if upper < m_tensors:
-            raise RankscopeError(f"--d-max: SAID needs d >= m = {m_tensors} (one λ per tensor), got {upper}")
-        if grid and min(grid) < m_tensors:
-            raise RankscopeError(f"--d: SAID needs d >= m = {m_tensors} (one λ per tensor), got {min(grid)}")
+    upper, m_tensors = _check_against_model(runner, modes, d_max, grid)
     if out_path is not None:
         prepare_folder(out_path, config, restart)
         runner.out = out_path
@@ -313,20 +337,8 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
     else:
         base = {"mean": float(baseline), "per_seed": None, "given": True}
     target = float(target_absolute) if target_absolute is not None else threshold * base["mean"]
-    results: dict[str, Any] = {}
-    for mode in modes:
-        d_min = m_tensors if mode == "said" else 1
-        if grid:
-            outcome = _grid_outcome(runner, mode, grid, seed_list, target)
-        else:
-            outcome = find_d90(lambda d, mode=mode: runner.mean(mode, d, seed_list), target, d_min, upper,
-                               d_start=d_start, factor=factor, tolerance=tolerance)
-        entry = {**outcome.to_dict(), "d_min": d_min}
-        if outcome.d90 is not None:
-            values = [r["metric"] for r in runner.records if r["mode"] == mode and r["d"] == outcome.d90]
-            entry["at_d90"] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": float(min(values)),
-                               "max": float(max(values)), "seeds": len(values)}
-        results[mode] = entry
+    results = {mode: _search_mode(runner, mode, target, seed_list, m_tensors if mode == "said" else 1, upper,
+                                  grid, d_start, factor, tolerance) for mode in modes}
     import pandas as pd
 
     runs = pd.DataFrame(runner.records).astype({"d": "Int64"}).drop_duplicates(subset=["mode", "d", "seed"]).sort_values(
