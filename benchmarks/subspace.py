@@ -5,7 +5,8 @@
    snippets (padded to their longest), forward + backward + optimizer step.  Each Fastfood subspace
    step (AdamW over θ_d only) at d ∈ {10³, 10⁴, 10⁵}, for every layout (``blocked``, the default;
    ``global``; ``per-tensor``), is timed in turns with a plain step (AdamW over every parameter, as
-   ``rankscope train --method full``): ``--repeats`` pairs after ``--warmup``, medians and their ratio,
+   ``rankscope train --method full``), and the default layout once more on its torch path (what runs
+   without a C compiler): ``--repeats`` pairs after ``--warmup``, medians and their ratio,
    so the drift of a shared machine falls on both alike.  A dense subspace step at d = 10³ does not fit
    at D = 22.7M: it is reported as the extrapolated cost of generating P, which is why dense is for
    small models.  Target: the Fastfood step (default layout) costs ≤ 1.5× the plain step.
@@ -16,7 +17,10 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/subspace.py [--repeats 7] [--batch 16] [--json out.json] [--device cpu]
+    .venv/bin/python benchmarks/subspace.py [--repeats 7] [--batch 16] [--layouts blocked,global,per-tensor]
+        [--skip-steps] [--json out.json] [--device cpu]
+
+``RANKSCOPE_NATIVE=0`` times the torch path of every step instead of the native kernels.
 """
 
 from __future__ import annotations
@@ -120,6 +124,23 @@ def bench_steps(args, device: torch.device) -> list[dict]:
             rows.append({"step": f"fastfood {layout}", "d": d, "seconds": seconds, "plain_seconds": plain,
                          "ratio": seconds / plain})
             print(f"  {f'fastfood {layout}, d = {d:,}':<36} {seconds * 1e3:6.0f} ms {plain * 1e3:6.0f} ms "
+                  f"{seconds / plain:6.2f}×", flush=True)
+            del model
+    from rankscope.subspace import native
+
+    if native.available():  # the torch fallback of the default layout, for comparison
+        for d in (1_000, 10_000, 100_000):
+            model = SubspaceModel(task.build(0), d, projection="fastfood", layout="blocked", seed=0)
+            inner = step_fn(model, batch, device)
+
+            def torch_path_step(inner=inner) -> None:
+                with native.disabled():
+                    inner()
+
+            seconds, plain = interleaved_medians([torch_path_step, plain_step], args.repeats, args.warmup, device)
+            rows.append({"step": "fastfood blocked, torch path", "d": d, "seconds": seconds, "plain_seconds": plain,
+                         "ratio": seconds / plain})
+            print(f"  {f'  same, torch path, d = {d:,}':<36} {seconds * 1e3:6.0f} ms {plain * 1e3:6.0f} ms "
                   f"{seconds / plain:6.2f}×", flush=True)
             del model
     # dense at d = 10^3 is D·d = 2.3e10 Gaussians per product: time one column block and extrapolate

@@ -2,7 +2,7 @@
 
 ``native/kernels.c`` is compiled on first use with the machine's C compiler (``$CC``, else ``cc``;
 ``-O3 -march=native -pthread``) into ``$RANKSCOPE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/rankscope`` or
-``~/.cache/rankscope``), under a name keyed by the source, the flags, the compiler's version and the CPU's
+``~/.cache/rankscope``; a temporary folder when that is not writable), under a name keyed by the source, the flags, the compiler's version and the CPU's
 feature flags, so a changed source or another machine builds afresh; the library is written to a temporary
 name and renamed, so a build that is interrupted never leaves a broken library behind.
 
@@ -79,11 +79,19 @@ def _build() -> Path:
     compiler = _compiler()
     if compiler is None:
         raise OSError("no C compiler found (set CC)")
-    target = cache_dir() / f"kernels-{_build_key(compiler)}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
+    name = f"kernels-{_build_key(compiler)}.so"
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"rankscope-{os.getuid()}"):  # read-only home: /tmp
+        target = folder / name
+        if target.exists():
+            return target
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=folder)
+            break
+        except OSError:
+            continue
+    else:
+        raise OSError(f"no writable folder for the compiled kernels (tried {cache_dir()}; set RANKSCOPE_CACHE_DIR)")
     os.close(fd)
     try:
         done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
