@@ -7,6 +7,7 @@ pin to the explicit ``s·H G Π H B`` product.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -193,3 +194,12 @@ def test_the_kernels_refuse_memory_they_cannot_read():
         native.fastfood_expand(_rows(4, 8), index, x)
     with pytest.raises(ValueError, match="disagree"):
         native.fastfood_expand(_rows(3, 8), index.int(), x)
+
+
+def test_an_unwritable_cache_folder_falls_back_to_a_temporary_one(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RANKSCOPE_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path))
+    built = native._build()
+    assert built.parent == tmp_path / f"rankscope-{os.getuid()}" and built.exists()
