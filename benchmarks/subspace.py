@@ -10,7 +10,9 @@
    so the drift of a shared machine falls on both alike.  A dense subspace step at d = 10³ does not fit
    at D = 22.7M: it is reported as the extrapolated cost of generating P, which is why dense is for
    small models.  Target: the Fastfood step (default layout) costs ≤ 1.5× the plain step.
-2. FWHT throughput (float32, batch 1) at L = 2^12 … 2^24: rankscope's transform (the native C kernel of
+2. The projection alone: ``θ₀ + P θ_d`` for every MiniLM tensor (blocked layout), forward and forward +
+   backward, on the native kernels and on the torch path.
+3. FWHT throughput (float32, batch 1) at L = 2^12 … 2^24: rankscope's transform (the native C kernel of
    ``rankscope/subspace/native.py`` when it is built), the torch GEMM-pass transform it falls back to,
    the radix-2 butterfly loop, and a dense Hadamard matmul ``H @ x`` where ``H`` fits (L ≤ 2^13); GB/s
    counts the 4·L bytes of the vector transformed per second.  Target: ≥ 1 GB/s.
@@ -26,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -104,6 +107,39 @@ def interleaved_medians(fns: list, repeats: int, warmup: int, device: torch.devi
             _sync(device)
             bucket.append(time.perf_counter() - t0)
     return [statistics.median(bucket) for bucket in times]
+
+
+def bench_projection(args, device: torch.device, model) -> list[dict]:
+    """``θ₀ + P θ_d`` for every MiniLM tensor, forward and forward + backward, native and torch path."""
+    from rankscope.subspace import native
+    from rankscope.subspace.projections import FastfoodProjection
+
+    bases = [p.detach().to(device) for p in model.parameters()]
+    grads = [torch.randn(b.numel(), generator=torch.Generator().manual_seed(i)).to(device) for i, b in enumerate(bases)]
+    D = sum(b.numel() for b in bases)  # noqa: N806
+    rows = []
+    print(f"Fastfood θ₀ + P θ_d over the {len(bases)} MiniLM tensors (blocked layout), median of {args.repeats}")
+    print(f"  {'d':>8} {'path':>10} {'forward':>9} {'fwd + bwd':>10}")
+    for d in (1_000, 10_000, 100_000):
+        proj = FastfoodProjection(D, d, 0).to(device)
+        theta = torch.zeros(d, device=device, requires_grad=True)
+
+        def forward(proj=proj, theta=theta) -> None:
+            with torch.no_grad():
+                proj.offset_pieces(theta, bases)
+
+        def both(proj=proj, theta=theta) -> None:
+            torch.autograd.backward(proj.offset_pieces(theta, bases), grads)
+
+        paths = [("native", contextlib.nullcontext)] if native.usable(theta.detach()) else []
+        for path, context in [*paths, ("torch", native.disabled)]:
+            with context():
+                fwd = median_time(forward, args.repeats, 1, device)
+                total = median_time(both, args.repeats, 1, device)
+            rows.append({"d": d, "path": path, "forward_seconds": fwd, "forward_backward_seconds": total})
+            print(f"  {d:>8,} {path:>10} {fwd * 1e3:6.0f} ms {total * 1e3:7.0f} ms", flush=True)
+        del proj
+    return rows
 
 
 def bench_steps(args, device: torch.device) -> list[dict]:
@@ -209,7 +245,11 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     fwht_rows = bench_fwht(args, device)
-    step_rows = [] if args.skip_steps else bench_steps(args, device)
+    projection_rows, step_rows = [], []
+    if not args.skip_steps:
+        task, _ = minilm_batch(1, device)
+        projection_rows = bench_projection(args, device, task.build(0))
+        step_rows = bench_steps(args, device)
     print("targets (default layout, blocked):")
     for row in step_rows:
         if row["step"] == "fastfood blocked":
@@ -220,7 +260,8 @@ def main() -> None:
     verdict = "met" if peak >= TARGETS["fwht_gb_s"] else "MISSED"
     print(f"  FWHT peak throughput {peak:.2f} GB/s (target ≥ {TARGETS['fwht_gb_s']} GB/s) {verdict}")
     if args.json:
-        args.json.write_text(json.dumps({"steps": step_rows, "fwht": fwht_rows, "targets": TARGETS}, indent=2))
+        args.json.write_text(json.dumps({"steps": step_rows, "projection": projection_rows, "fwht": fwht_rows,
+                                          "targets": TARGETS}, indent=2))
 
 
 if __name__ == "__main__":
