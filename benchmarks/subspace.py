@@ -5,8 +5,8 @@
    snippets (padded to their longest), forward + backward + optimizer step.  Each Fastfood subspace
    step (AdamW over θ_d only) at d ∈ {10³, 10⁴, 10⁵}, for every layout (``blocked``, the default;
    ``global``; ``per-tensor``), is timed in turns with a plain step (AdamW over every parameter, as
-   ``rankscope train --method full``), and the default layout once more on its torch path (what runs
-   without a C compiler): ``--repeats`` pairs after ``--warmup``, medians and their ratio,
+   ``rankscope train --method full``), and the default layout once more with SAID and once on its torch
+   path (what runs without a C compiler): ``--repeats`` pairs after ``--warmup``, medians and their ratio,
    so the drift of a shared machine falls on both alike.  A dense subspace step at d = 10³ does not fit
    at D = 22.7M: it is reported as the extrapolated cost of generating P, which is why dense is for
    small models.  Target: the Fastfood step (default layout) costs ≤ 1.5× the plain step.
@@ -162,6 +162,15 @@ def bench_steps(args, device: torch.device) -> list[dict]:
             print(f"  {f'fastfood {layout}, d = {d:,}':<36} {seconds * 1e3:6.0f} ms {plain * 1e3:6.0f} ms "
                   f"{seconds / plain:6.2f}×", flush=True)
             del model
+    for d in (1_000, 10_000, 100_000):  # SAID: one λ per tensor on top (m = 105 of the d)
+        model = SubspaceModel(task.build(0), d, mode="said", projection="fastfood", layout="blocked", seed=0)
+        seconds, plain = interleaved_medians([step_fn(model, batch, device), plain_step], args.repeats,
+                                             args.warmup, device)
+        rows.append({"step": "fastfood blocked, SAID", "d": d, "seconds": seconds, "plain_seconds": plain,
+                     "ratio": seconds / plain})
+        print(f"  {f'  same, SAID, d = {d:,}':<36} {seconds * 1e3:6.0f} ms {plain * 1e3:6.0f} ms "
+              f"{seconds / plain:6.2f}×", flush=True)
+        del model
     from rankscope.subspace import native
 
     if native.available():  # the torch fallback of the default layout, for comparison

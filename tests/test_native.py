@@ -133,26 +133,38 @@ class _TwoBranches(nn.Module):
         return out + self.b(x) if use_b else out
 
 
+@pytest.mark.parametrize("mode", ["did", "said"])
 @pytest.mark.parametrize("use_b", [True, False])
-def test_fused_offset_pieces_match_theta0_plus_delta_and_its_gradient(use_b):
+def test_fused_offset_pieces_match_theta0_plus_delta_and_its_gradient(use_b, mode):
     x = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
-    model = SubspaceModel(_TwoBranches(), 9, projection="fastfood", seed=3)
+    model = SubspaceModel(_TwoBranches(), 13, mode=mode, projection="fastfood", seed=3)
+    trainable = [model.theta_d] + ([model.lambdas] if mode == "said" else [])
     with torch.no_grad():
-        model.theta_d.copy_(torch.randn(9, generator=torch.Generator().manual_seed(4)))
+        model.theta_d.copy_(torch.randn(model.theta_d.numel(), generator=torch.Generator().manual_seed(4)))
+        if mode == "said":  # λ away from 1, so a wrong scaling shows
+            model.lambdas.copy_(torch.tensor([0.5, -1.5, 2.0, 0.25]))
     fused = model.current_parameters()
     base = dict(model.module.named_parameters())
     delta = torch.split(model.delta().detach(), model.sizes)
-    for (name, value), piece in zip(fused.items(), delta, strict=True):
-        assert torch.allclose(value, base[name] + piece.view(value.shape), atol=1e-6)
-    model(x, use_b=use_b).square().sum().backward()
-    fused_grad = model.theta_d.grad.clone()
-    model.theta_d.grad = None
-    with native.disabled():
+    for i, ((name, value), piece) in enumerate(zip(fused.items(), delta, strict=True)):
+        scale = float(model.lambdas.detach()[i]) if mode == "said" else 1.0
+        assert torch.allclose(value, base[name] + scale * piece.view(value.shape), atol=1e-6)
+
+    def grads() -> list[torch.Tensor]:
+        for p in trainable:
+            p.grad = None
         model(x, use_b=use_b).square().sum().backward()
-    assert torch.allclose(fused_grad, model.theta_d.grad, atol=1e-5, rtol=1e-4)
-    model.theta_d.grad = None  # a second step reuses the scratch buffer: same gradient
-    model(x, use_b=use_b).square().sum().backward()
-    assert torch.allclose(fused_grad, model.theta_d.grad, atol=1e-5, rtol=1e-4)
+        return [p.grad.clone() for p in trainable]
+
+    fused_grads = grads()
+    with native.disabled():
+        reference = grads()
+    again = grads()  # a second step reuses the scratch buffer: same gradient
+    for ours, ref, second in zip(fused_grads, reference, again, strict=True):
+        assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-4)
+        assert torch.allclose(second, ref, atol=1e-5, rtol=1e-4)
+    if not use_b and mode == "said":  # b's λ's get no gradient, a's do
+        assert torch.count_nonzero(fused_grads[1][2:]) == 0 and torch.count_nonzero(fused_grads[1][:2]) == 2
 
 
 def test_a_failed_build_warns_and_falls_back(tmp_path, monkeypatch):

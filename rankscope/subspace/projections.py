@@ -68,9 +68,13 @@ class Projection:
         self.device = torch.device(device)
         return self
 
-    def offset_pieces(self, theta_d: torch.Tensor, bases: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """``θ₀ᵢ + (P θ_d)ᵢ`` for consecutive pieces ``θ₀ᵢ`` of the D rows (flat; differentiable in θ_d only)."""
+    def offset_pieces(self, theta_d: torch.Tensor, bases: Sequence[torch.Tensor],
+                      scales: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """``θ₀ᵢ + (P θ_d)ᵢ``, or ``θ₀ᵢ + λᵢ (P θ_d)ᵢ`` with ``scales = λ`` (SAID), for consecutive pieces
+        ``θ₀ᵢ`` of the D rows: flat tensors, differentiable in ``θ_d`` and ``λ`` (not in θ₀)."""
         delta = torch.split(self(theta_d), [b.numel() for b in bases])  # one split: its backward is one concatenation
+        if scales is not None:
+            delta = [scales[i] * piece for i, piece in enumerate(delta)]
         return tuple(b.detach().reshape(-1) + piece for b, piece in zip(bases, delta, strict=True))
 
     def matrix(self) -> torch.Tensor:
@@ -258,39 +262,58 @@ class _NativeExpand(torch.autograd.Function):
 
 
 class _NativeOffsetPieces(torch.autograd.Function):
-    """``θ₀ᵢ + (P θ_d)ᵢ`` for consecutive blocks (``blocked``/``global`` layouts), as flat pieces.
+    """``θ₀ᵢ + (P θ_d)ᵢ`` (DID) or ``θ₀ᵢ + λᵢ (P θ_d)ᵢ`` (SAID) for consecutive blocks (``blocked``/``global``
+    layouts), as flat pieces.
 
-    The same native expansion as :class:`_NativeExpand`, with ``θ₀`` added in place into its fresh output
-    and the pieces returned as views of it; the backward pass writes the pieces' gradients straight into
-    the projection's reused ``(blocks, L)`` scratch buffer, zero past D, and transforms it in place.  No
-    length-D temporary is allocated besides the output: each fresh one costs a page fault per 4 KiB.
+    The same native expansion as :class:`_NativeExpand`.  DID adds ``θ₀`` in place into its fresh output
+    and returns the pieces as views of it; SAID keeps ``Δ = P θ_d`` for ``∂L/∂λᵢ = ⟨gᵢ, Δᵢ⟩`` and writes
+    ``θ₀ᵢ + λᵢ Δᵢ`` into one second buffer.  The backward pass writes the pieces' gradients (times λᵢ)
+    straight into the projection's reused ``(blocks, L)`` scratch buffer, zero past D, and transforms it
+    in place: no other length-D temporary, each fresh one costing a page fault per 4 KiB.
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, index: torch.Tensor, scale: torch.Tensor,  # noqa: D102
-                bases: Sequence[torch.Tensor], scratch: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        ctx.save_for_backward(index, scale)
+    def forward(ctx, h: torch.Tensor, scales: torch.Tensor | None, index: torch.Tensor,  # noqa: D102
+                gauss: torch.Tensor, bases: Sequence[torch.Tensor],
+                scratch: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        ctx.save_for_backward(index, gauss)
         ctx.n, ctx.scratch, ctx.sizes = h.shape[1], scratch, [b.numel() for b in bases]
-        flat = native.fastfood_expand(h.contiguous(), index, scale).view(-1)
-        pieces = torch.split(flat[: sum(ctx.sizes)], ctx.sizes)
-        for piece, base in zip(pieces, bases, strict=True):
-            piece.add_(base.detach().reshape(-1))
+        D = sum(ctx.sizes)  # noqa: N806
+        delta = native.fastfood_expand(h.contiguous(), index, gauss).view(-1)[:D]
+        if scales is None:
+            ctx.delta, ctx.lambdas = None, None
+            pieces = torch.split(delta, ctx.sizes)
+            for piece, base in zip(pieces, bases, strict=True):
+                piece.add_(base.detach().reshape(-1))
+            return pieces
+        ctx.delta, ctx.lambdas = delta, scales.detach().tolist()
+        theta = torch.empty(D, dtype=torch.float32)
+        pieces = torch.split(theta, ctx.sizes)
+        for piece, base, part, lam in zip(pieces, bases, torch.split(delta, ctx.sizes), ctx.lambdas, strict=True):
+            torch.add(base.detach().reshape(-1), part, alpha=lam, out=piece)
         return pieces
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None):  # noqa: D102
-        index, scale = ctx.saved_tensors
+        index, gauss = ctx.saved_tensors
         padded = ctx.scratch()
         flat, offset = padded.view(-1), 0
-        for size, grad in zip(ctx.sizes, grads, strict=True):
+        grad_scales = None if ctx.lambdas is None else torch.zeros(len(ctx.sizes), dtype=torch.float32)
+        for i, (size, grad) in enumerate(zip(ctx.sizes, grads, strict=True)):
+            target = flat[offset:offset + size]
             if grad is None:
-                flat[offset:offset + size].zero_()
+                target.zero_()
+            elif ctx.lambdas is None:
+                target.copy_(grad.reshape(-1))
             else:
-                flat[offset:offset + size].copy_(grad.reshape(-1))
+                grad = grad.reshape(-1)
+                grad_scales[i] = torch.dot(grad, ctx.delta[offset:offset + size])
+                torch.mul(grad, ctx.lambdas[i], out=target)
             offset += size
         flat[offset:].zero_()
         transformed = native.fwht_rows(padded, out=padded)
-        return native.fastfood_scatter(transformed, index, scale, ctx.n), None, None, None, None
+        grad_h = native.fastfood_scatter(transformed, index, gauss, ctx.n)
+        return grad_h, grad_scales, None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -398,14 +421,16 @@ class FastfoodProjection(Projection):
                 pieces[i] = row[: self.blocks[i].rows]
         return torch.cat(pieces)
 
-    def offset_pieces(self, theta_d: torch.Tensor, bases: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def offset_pieces(self, theta_d: torch.Tensor, bases: Sequence[torch.Tensor],
+                      scales: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """As :meth:`Projection.offset_pieces`; fused into the native expansion for consecutive blocks."""
         group = self.groups[0]
-        if len(self.groups) == 1 and self.layout != "per-tensor" and native.usable(theta_d, group["G"]):
+        tensors = (theta_d, group["G"]) if scales is None else (theta_d, group["G"], scales)
+        if len(self.groups) == 1 and self.layout != "per-tensor" and native.usable(*tensors):
             x = torch.nn.functional.pad(theta_d, (0, self.n - self.d)).unsqueeze(0)
             h = fwht(group["B"] * x)
-            return _NativeOffsetPieces.apply(h, group["index"], group["G"], list(bases), self._scratch)
-        return super().offset_pieces(theta_d, bases)
+            return _NativeOffsetPieces.apply(h, scales, group["index"], group["G"], list(bases), self._scratch)
+        return super().offset_pieces(theta_d, bases, scales)
 
     def kernel(self) -> str:
         return "native" if native.usable(self.groups[0]["G"]) else "torch"

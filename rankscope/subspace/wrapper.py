@@ -113,19 +113,13 @@ class SubspaceModel(nn.Module):
     def current_parameters(self) -> dict[str, torch.Tensor]:
         """``{name: θ₀ + Δ}`` for every subspace parameter (differentiable in θ_d and λ)."""
         base = dict(self.module.named_parameters())
-        if self.lambdas is None and self.projection is not None:  # DID: θ₀ + P θ_d, fused where it can be
-            if self.projection.device != self.theta_d.device:
-                self.projection.to(self.theta_d.device)
-            pieces = self.projection.offset_pieces(self.theta_d, [base[n] for n in self.names])
-            return {name: piece.view(shape) for name, shape, piece in zip(self.names, self.shapes, pieces, strict=True)}
-        pieces = torch.split(self.delta(), self.sizes)  # one split: its backward is one concatenation
-        out = {}
-        for i, (name, shape, piece) in enumerate(zip(self.names, self.shapes, pieces, strict=True)):
-            piece = piece.view(shape)
-            if self.lambdas is not None:
-                piece = self.lambdas[i] * piece
-            out[name] = base[name].detach() + piece
-        return out
+        if self.projection is None:  # SAID with d = m: only the λ's, scaling a zero update
+            return {name: base[name].detach() + self.lambdas[i] * torch.zeros_like(base[name])
+                    for i, name in enumerate(self.names)}
+        if self.projection.device != self.theta_d.device:
+            self.projection.to(self.theta_d.device)
+        pieces = self.projection.offset_pieces(self.theta_d, [base[n] for n in self.names], self.lambdas)
+        return {name: piece.view(shape) for name, shape, piece in zip(self.names, self.shapes, pieces, strict=True)}
 
     def forward(self, *args, **kwargs):
         return torch.func.functional_call(self.module, self.current_parameters(), args, kwargs)
