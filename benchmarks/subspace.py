@@ -142,52 +142,38 @@ def bench_projection(args, device: torch.device, model) -> list[dict]:
     return rows
 
 
-def bench_steps(args, device: torch.device) -> list[dict]:
+def bench_steps(args, device: torch.device, task, batch) -> list[dict]:
+    from rankscope.subspace import native
     from rankscope.subspace.wrapper import SubspaceModel
 
-    task, batch = minilm_batch(args.batch, device)
     rows = []
     plain_step = step_fn(task.build(0), batch, device)
     D = sum(p.numel() for p in task.build(0).parameters())  # noqa: N806
     print(f"MiniLM-L6, D = {D:,}, batch {args.batch} × {batch['input_ids'].shape[1]} tokens, device {device}; "
           f"each subspace step timed in turns with a plain step (AdamW over all parameters)")
     print(f"  {'step':<36} {'subspace':>9} {'plain':>9} {'ratio':>7}")
+
+    def against_plain(step: str, label: str, d: int, torch_path: bool = False, **options) -> None:
+        model = SubspaceModel(task.build(0), d, projection="fastfood", seed=0, **options)
+        inner = step_fn(model, batch, device)
+
+        def subspace_step() -> None:
+            with native.disabled() if torch_path else contextlib.nullcontext():
+                inner()
+
+        seconds, plain = interleaved_medians([subspace_step, plain_step], args.repeats, args.warmup, device)
+        rows.append({"step": step, "d": d, "seconds": seconds, "plain_seconds": plain, "ratio": seconds / plain})
+        print(f"  {f'{label}, d = {d:,}':<36} {seconds * 1e3:6.0f} ms {plain * 1e3:6.0f} ms {seconds / plain:6.2f}×",
+              flush=True)
+
     for layout in args.layouts.split(","):
         for d in (1_000, 10_000, 100_000):
-            model = SubspaceModel(task.build(0), d, projection="fastfood", layout=layout, seed=0)
-            seconds, plain = interleaved_medians([step_fn(model, batch, device), plain_step], args.repeats,
-                                                 args.warmup, device)
-            rows.append({"step": f"fastfood {layout}", "d": d, "seconds": seconds, "plain_seconds": plain,
-                         "ratio": seconds / plain})
-            print(f"  {f'fastfood {layout}, d = {d:,}':<36} {seconds * 1e3:6.0f} ms {plain * 1e3:6.0f} ms "
-                  f"{seconds / plain:6.2f}×", flush=True)
-            del model
+            against_plain(f"fastfood {layout}", f"fastfood {layout}", d, layout=layout)
     for d in (1_000, 10_000, 100_000):  # SAID: one λ per tensor on top (m = 105 of the d)
-        model = SubspaceModel(task.build(0), d, mode="said", projection="fastfood", layout="blocked", seed=0)
-        seconds, plain = interleaved_medians([step_fn(model, batch, device), plain_step], args.repeats,
-                                             args.warmup, device)
-        rows.append({"step": "fastfood blocked, SAID", "d": d, "seconds": seconds, "plain_seconds": plain,
-                     "ratio": seconds / plain})
-        print(f"  {f'  same, SAID, d = {d:,}':<36} {seconds * 1e3:6.0f} ms {plain * 1e3:6.0f} ms "
-              f"{seconds / plain:6.2f}×", flush=True)
-        del model
-    from rankscope.subspace import native
-
+        against_plain("fastfood blocked, SAID", "  same, SAID", d, layout="blocked", mode="said")
     if native.available():  # the torch fallback of the default layout, for comparison
         for d in (1_000, 10_000, 100_000):
-            model = SubspaceModel(task.build(0), d, projection="fastfood", layout="blocked", seed=0)
-            inner = step_fn(model, batch, device)
-
-            def torch_path_step(inner=inner) -> None:
-                with native.disabled():
-                    inner()
-
-            seconds, plain = interleaved_medians([torch_path_step, plain_step], args.repeats, args.warmup, device)
-            rows.append({"step": "fastfood blocked, torch path", "d": d, "seconds": seconds, "plain_seconds": plain,
-                         "ratio": seconds / plain})
-            print(f"  {f'  same, torch path, d = {d:,}':<36} {seconds * 1e3:6.0f} ms {plain * 1e3:6.0f} ms "
-                  f"{seconds / plain:6.2f}×", flush=True)
-            del model
+            against_plain("fastfood blocked, torch path", "  same, torch path", d, torch_path=True, layout="blocked")
     # dense at d = 10^3 is D·d = 2.3e10 Gaussians per product: time one column block and extrapolate
     from rankscope.subspace.projections import DenseProjection
 
@@ -256,9 +242,9 @@ def main() -> None:
     fwht_rows = bench_fwht(args, device)
     projection_rows, step_rows = [], []
     if not args.skip_steps:
-        task, _ = minilm_batch(1, device)
+        task, batch = minilm_batch(args.batch, device)
         projection_rows = bench_projection(args, device, task.build(0))
-        step_rows = bench_steps(args, device)
+        step_rows = bench_steps(args, device, task, batch)
     print("targets (default layout, blocked):")
     for row in step_rows:
         if row["step"] == "fastfood blocked":

@@ -355,6 +355,8 @@ class FastfoodProjection(Projection):
         self.layout, self.block_bits = layout, block_bits
         self.blocks = fastfood_blocks(D, d, layout, tensor_sizes, block_bits)
         self.n = next_power_of_two(d)  # pad(x) is zero beyond n: H_L pad(x) is H_n x repeated L/n times
+        # one group of consecutive blocks: P x is the transformed rows read as one vector, cut to D
+        self.consecutive = layout != "per-tensor" and len({b.length for b in self.blocks}) == 1
         self._work: torch.Tensor | None = None  # see _scratch
         self.groups: list[dict] = []  # one per distinct block length
         for length in sorted({b.length for b in self.blocks}):
@@ -406,16 +408,14 @@ class FastfoodProjection(Projection):
         """``s G Π H B pad(x)`` needs no length-L transform: pad(x) is zero past n = 2^⌈log₂ d⌉, and
         ``H_L = H_{L/n} ⊗ H_n`` has a first column of ones, so ``(H_L pad(x))_i = (H_n x)_{i mod n}``."""
         pieces: list[torch.Tensor | None] = [None] * len(self.blocks)
-        x = torch.nn.functional.pad(theta_d, (0, self.n - self.d)).unsqueeze(0)
         for group in self.groups:
-            h = fwht(group["B"] * x)                                           # H_n B x, one row per block
-            consecutive = len(self.groups) == 1 and self.layout != "per-tensor"
+            h = self._short_transform(theta_d, group)
             if native.usable(h, group["G"]):                                   # H (s G) Π H_L B pad(x)
                 y = _NativeExpand.apply(h, group["index"], group["G"])
             else:
                 y = _TiledGather.apply(h, *self._torch_tables(group))          # Π H_L B pad(x)
                 y = fwht(y.mul_(group["G"]))  # H (s G) …; in place: the gather saved nothing of its output
-            if consecutive:
+            if self.consecutive:
                 return y.reshape(-1)[: self.D]  # consecutive blocks: one view, one slice (cheap backward)
             for i, row in zip(group["members"], y.unbind(0), strict=True):
                 pieces[i] = row[: self.blocks[i].rows]
@@ -426,11 +426,15 @@ class FastfoodProjection(Projection):
         """As :meth:`Projection.offset_pieces`; fused into the native expansion for consecutive blocks."""
         group = self.groups[0]
         tensors = (theta_d, group["G"]) if scales is None else (theta_d, group["G"], scales)
-        if len(self.groups) == 1 and self.layout != "per-tensor" and native.usable(*tensors):
-            x = torch.nn.functional.pad(theta_d, (0, self.n - self.d)).unsqueeze(0)
-            h = fwht(group["B"] * x)
+        if self.consecutive and native.usable(*tensors):
+            h = self._short_transform(theta_d, group)
             return _NativeOffsetPieces.apply(h, scales, group["index"], group["G"], list(bases), self._scratch)
         return super().offset_pieces(theta_d, bases, scales)
+
+    def _short_transform(self, theta_d: torch.Tensor, group: dict) -> torch.Tensor:
+        """``H_n B pad(x)``, one row per block of ``group`` (the only transform at length n, not L)."""
+        x = torch.nn.functional.pad(theta_d, (0, self.n - self.d)).unsqueeze(0)
+        return fwht(group["B"] * x)
 
     def kernel(self) -> str:
         return "native" if native.usable(self.groups[0]["G"]) else "torch"

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import RankscopeError
-from .projections import check_dimensions, make_projection
+from .projections import Projection, check_dimensions, make_projection
 
 MODES = ("did", "said")
 
@@ -106,9 +106,13 @@ class SubspaceModel(nn.Module):
         """``P θ_d`` (DID) or ``P θ_{d−m}`` before the λ scaling (SAID), as one flat D-vector."""
         if self.projection is None:
             return torch.zeros(self.D, device=self.theta_d.device, dtype=self.theta_d.dtype)
+        return self._projection()(self.theta_d)
+
+    def _projection(self) -> Projection:
+        """The projection, moved first to θ_d's device if the module was moved since."""
         if self.projection.device != self.theta_d.device:
             self.projection.to(self.theta_d.device)
-        return self.projection(self.theta_d)
+        return self.projection
 
     def current_parameters(self) -> dict[str, torch.Tensor]:
         """``{name: θ₀ + Δ}`` for every subspace parameter (differentiable in θ_d and λ)."""
@@ -116,9 +120,7 @@ class SubspaceModel(nn.Module):
         if self.projection is None:  # SAID with d = m: only the λ's, scaling a zero update
             return {name: base[name].detach() + self.lambdas[i] * torch.zeros_like(base[name])
                     for i, name in enumerate(self.names)}
-        if self.projection.device != self.theta_d.device:
-            self.projection.to(self.theta_d.device)
-        pieces = self.projection.offset_pieces(self.theta_d, [base[n] for n in self.names], self.lambdas)
+        pieces = self._projection().offset_pieces(self.theta_d, [base[n] for n in self.names], self.lambdas)
         return {name: piece.view(shape) for name, shape, piece in zip(self.names, self.shapes, pieces, strict=True)}
 
     def forward(self, *args, **kwargs):
