@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import os
 
+from .interrupts import install as _install_interrupts
+from .interrupts import is_cli_process as _is_cli_process
+
+if _is_cli_process():  # the `rankscope` command: Ctrl-C / SIGTERM end with one line, even while importing
+    _install_interrupts()
+
 __version__ = "0.1.0"
 
 # Idle OpenMP workers of torch sleep instead of spinning (must be set before torch loads libgomp).

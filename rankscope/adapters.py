@@ -22,6 +22,7 @@ with the adapter name kept (``...lora_A.default.weight``), and files without the
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RankscopeError
+from .options import compile_regex
 
 _FACTOR = re.compile(
     r"^(?P<module>.+?)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
@@ -96,6 +98,7 @@ class Adapter:
     config: dict[str, Any]
     modules: dict[str, LoraModule]
     modules_to_save: dict[str, np.ndarray] = field(default_factory=dict)  # tensor name -> values
+    skipped_tensors: list[dict[str, str]] = field(default_factory=list)  # non-float or empty tensors not analysed
 
     @property
     def use_dora(self) -> bool:
@@ -114,6 +117,66 @@ def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
         if re.match(rf"(.*\.)?({pattern})$", module):
             return value
     return default
+
+
+def compile_pattern_key(key: object, where: str) -> re.Pattern[str]:
+    """A ``rank_pattern`` / ``alpha_pattern`` key compiled as peft matches it (``(.*\\.)?(key)$``), or one error line.
+
+    The key must be a valid regular expression on its own and inside peft's wrapper (an inline flag such as
+    ``(?i)`` is valid alone but not once wrapped).
+    """
+    compile_regex(key, where)
+    try:
+        return re.compile(rf"(.*\.)?({key})$")
+    except (re.error, RecursionError, OverflowError, ValueError) as exc:
+        raise RankscopeError(f"{where}: invalid regular expression '{key}' once peft wraps it as "
+                             f"'(.*\\.)?({key})$' ({exc})") from exc
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def check_lora_fields(config: dict[str, Any], where: str, min_pattern_rank: int = 0) -> None:
+    """Type-check the LoRA fields of a peft config that are present (``None`` counts as absent).
+
+    ``r`` a positive integer; ``lora_alpha`` a positive number; ``use_rslora`` / ``use_dora`` /
+    ``fan_in_fan_out`` booleans; ``target_modules`` a string (a regular expression unless
+    ``all-linear``) or a list of strings; ``rank_pattern`` / ``alpha_pattern`` objects whose keys are
+    valid patterns and whose values are integers ``>= min_pattern_rank`` / positive numbers.  A
+    problem is one :class:`RankscopeError` naming ``where`` (the file) and the field.
+    """
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if r is not None and not (_is_int(r) and r > 0):
+        raise RankscopeError(f"{where}: 'r' must be a positive integer, got {r!r}")
+    if alpha is not None and not (_is_number(alpha) and alpha > 0):
+        raise RankscopeError(f"{where}: 'lora_alpha' must be a positive number, got {alpha!r}")
+    for key in ("use_rslora", "use_dora", "fan_in_fan_out"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            raise RankscopeError(f"{where}: '{key}' must be true or false, got {config[key]!r}")
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        if targets != "all-linear":
+            compile_regex(targets, f"{where}: target_modules")
+    elif targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise RankscopeError(f"{where}: 'target_modules' must be a string or a list of strings, got {targets!r}")
+    for key, ok, wanted in (
+        ("rank_pattern", lambda v: _is_int(v) and v >= min_pattern_rank, f"an integer >= {min_pattern_rank}"),
+        ("alpha_pattern", lambda v: _is_number(v) and v > 0, "a positive number"),
+    ):
+        patterns = config.get(key)
+        if patterns is None:
+            continue
+        if not isinstance(patterns, dict):
+            raise RankscopeError(f"{where}: '{key}' must be an object {{module pattern: value}}, got {patterns!r}")
+        for pattern, value in patterns.items():
+            compile_pattern_key(pattern, f"{where}: {key}")
+            if not ok(value):
+                raise RankscopeError(f"{where}: {key}['{pattern}'] must be {wanted}, got {value!r}")
 
 
 def lora_scale(alpha: float, r: int, use_rslora: bool) -> float:
@@ -135,27 +198,64 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if peft_type != "LORA":
         raise RankscopeError(f"{cfg}: peft_type {peft_type} is not supported (only LORA adapters)")
     for key in ("r", "lora_alpha"):
-        if not isinstance(config.get(key), (int, float)) or config[key] <= 0:
-            raise RankscopeError(f"{cfg}: '{key}' must be a positive number, got {config.get(key)!r}")
+        if config.get(key) is None:
+            raise RankscopeError(f"{cfg}: '{key}' is missing")
+    check_lora_fields(config, str(cfg))
     return config
 
 
-def _read_tensors(folder: Path) -> dict[str, np.ndarray]:
+def _keep(file: Path, name: str, dtype: str, is_float: bool, numel: int,
+          skipped: list[dict[str, str]]) -> bool:
+    """Whether a stored adapter tensor is read; the others go to ``skipped`` (an empty LoRA factor is an error)."""
+    from .align import dtype_reason, skipped_entry
+
+    if not is_float:
+        skipped.append(skipped_entry(name, "adapter", dtype, dtype_reason(dtype)))
+        return False
+    if numel == 0:
+        if _FACTOR.match(name.removeprefix(_PEFT_PREFIX)):
+            raise RankscopeError(f"{file}: LoRA factor '{name}' is empty (a zero dimension)")
+        skipped.append(skipped_entry(name, "adapter", dtype, "empty tensor, nothing to analyse"))
+        return False
+    return True
+
+
+def _finite(file: Path, name: str, values: np.ndarray) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise RankscopeError(f"{file}: tensor '{name}' contains NaN or Inf")
+    return values
+
+
+def _read_tensors(folder: Path) -> tuple[dict[str, np.ndarray], list[dict[str, str]]]:
+    """The floating tensors of the adapter weights (float64, all finite) and the tensors left out."""
     st, pt = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
+    skipped: list[dict[str, str]] = []
     if st.is_file():
         from .checkpoints import open_checkpoint
 
         with open_checkpoint(st) as ckpt:
-            return {n: ckpt.read_rows(n).reshape(info.shape).astype(np.float64)
-                    for n, info in ckpt.tensors.items() if info.is_float}
+            return {n: _finite(st, n, ckpt.read_rows(n).reshape(info.shape).astype(np.float64))
+                    for n, info in ckpt.tensors.items()
+                    if _keep(st, n, info.dtype, info.is_float, info.numel, skipped)}, sorted(skipped,
+                                                                                       key=lambda s: s["tensor"])
     if pt.is_file():
         import torch
 
-        try:
-            state = torch.load(pt, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise RankscopeError(f"{pt}: cannot load adapter weights ({type(exc).__name__})") from exc
-        return {n: t.detach().to(torch.float64).numpy() for n, t in state.items() if t.is_floating_point()}
+        from .checkpoints import load_torch_file, torch_dtype_name
+
+        state = load_torch_file(pt, "adapter weights")
+        if not isinstance(state, dict):
+            raise RankscopeError(f"{pt}: not a state dict")
+        tensors = {}
+        for n, t in state.items():
+            if not isinstance(t, torch.Tensor):
+                skipped.append({"tensor": str(n), "checkpoint": "adapter", "dtype": type(t).__name__,
+                                "reason": "not a tensor"})
+            elif _keep(pt, str(n), torch_dtype_name(t.dtype), t.dtype in (torch.float32, torch.float16,
+                                                                           torch.bfloat16, torch.float64),
+                       t.numel(), skipped):
+                tensors[str(n)] = _finite(pt, str(n), t.detach().to(torch.float64).numpy())
+        return tensors, sorted(skipped, key=lambda s: s["tensor"])
     raise RankscopeError(f"{folder}: no adapter_model.safetensors or adapter_model.bin")
 
 
@@ -167,7 +267,7 @@ def read_adapter(path: str | Path) -> Adapter:
     if folder.is_file():
         folder = folder.parent
     config = _read_config(folder)
-    tensors = _read_tensors(folder)
+    tensors, skipped = _read_tensors(folder)
     parts: dict[str, dict[str, np.ndarray]] = {}
     extra: dict[str, np.ndarray] = {}
     for key, value in tensors.items():
@@ -183,7 +283,7 @@ def read_adapter(path: str | Path) -> Adapter:
         modules[module] = _build_module(folder, config, module, p, use_rslora)
     if not modules:
         raise RankscopeError(f"{folder}: the adapter holds no LoRA factors")
-    return Adapter(folder, config, modules, extra)
+    return Adapter(folder, config, modules, extra, skipped)
 
 
 def _build_module(folder: Path, config: dict, module: str, p: dict[str, np.ndarray], use_rslora: bool) -> LoraModule:
@@ -209,5 +309,8 @@ def _build_module(folder: Path, config: dict, module: str, p: dict[str, np.ndarr
     magnitude = p.get("lora_magnitude_vector")
     if magnitude is not None:
         magnitude = magnitude.reshape(-1)
+        if not embedding and magnitude.size != b.shape[0]:
+            raise RankscopeError(f"{folder}: module '{module}': lora_magnitude_vector has {magnitude.size} entries "
+                                 f"but the update has {b.shape[0]} output rows")
     return LoraModule(module, np.ascontiguousarray(b), np.ascontiguousarray(a), lora_scale(alpha, r, use_rslora),
                       alpha, embedding, magnitude)

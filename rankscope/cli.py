@@ -7,8 +7,6 @@ Errors caused by the input print one line, ``Error: <message>``, and exit with s
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +20,16 @@ from . import __version__  # noqa: E402
 from .cli_extract import extract_cmd  # noqa: E402  (light: extract loads inside the command)
 from .cli_intrinsic import intrinsic_dim_cmd  # noqa: E402  (light: torch loads inside the command)
 from .cli_ranks import recommend_cmd  # noqa: E402  (light: ranks loads inside the command)
-from .cli_support import OneLineCommand, handle_errors, parse_taus  # noqa: E402
+from .cli_support import (  # noqa: E402
+    OneLineCommand,
+    argv_line,
+    echo_notes,
+    handle_errors,
+    overwrite_option,
+    parse_taus,
+)
 from .errors import RankscopeError  # noqa: E402
+from .options import compile_regex, compile_regexes  # noqa: E402
 from .tasks import BUILTINS  # noqa: E402
 from .train import METHODS  # noqa: E402  (light: torch loads only when training starts)
 
@@ -53,8 +59,9 @@ def main(debug: bool) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Matrices processed in parallel [default: CPU count].")
 @click.option("--no-plots", is_flag=True, help="Skip figures (render later with `rankscope plot OUT`).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
+@overwrite_option
 @handle_errors
-def spectrum_cmd(base, finetuned, out, include, exclude, taus, device, method, workers, no_plots, quiet):
+def spectrum_cmd(base, finetuned, out, include, exclude, taus, device, method, workers, no_plots, quiet, overwrite):
     """Exact singular-value spectrum of every ΔW = FINETUNED − BASE, with per-module ranks.
 
     Writes OUT/modules.csv, OUT/vectors.csv, OUT/spectra.npz, OUT/run.json and OUT/figures/.
@@ -65,13 +72,12 @@ def spectrum_cmd(base, finetuned, out, include, exclude, taus, device, method, w
     from .spectrum import spectrum
 
     t0 = time.perf_counter()
-    check_output_target(out)
+    check_output_target(out, "spectrum", overwrite)
     result = spectrum(base, finetuned, include=include, exclude=exclude, taus=taus, device=device, method=method,
                       workers=workers, progress=not quiet)
-    for warning in result.info["warnings"]:
-        click.echo(f"Warning: {warning}", err=True)
-    result.info["argv"] = shlex.join(["rankscope", *sys.argv[1:]])
-    result.save(out, plots=not no_plots)
+    echo_notes(result.info, quiet)
+    result.info["argv"] = argv_line()
+    result.save(out, plots=not no_plots, overwrite=overwrite)
     if not quiet:
         click.echo(result.summary())
         click.echo(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
@@ -85,8 +91,9 @@ def spectrum_cmd(base, finetuned, out, include, exclude, taus, device, method, w
               help="Energy thresholds for the rank_XX columns.")
 @click.option("--no-plots", is_flag=True, help="Skip figures.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
+@overwrite_option
 @handle_errors
-def lora_cmd(adapter, base, out, taus, no_plots, quiet):
+def lora_cmd(adapter, base, out, taus, no_plots, quiet, overwrite):
     """Exact spectra of a peft LoRA ADAPTER's updates ΔW = s·B·A, from the factors.
 
     Writes the same files as `spectrum` (modules.csv with r, alpha, scale and utilisation columns).
@@ -96,10 +103,11 @@ def lora_cmd(adapter, base, out, taus, no_plots, quiet):
     from .lora import lora_spectrum
     from .outputs import check_output_target
 
-    check_output_target(out)
+    check_output_target(out, "lora", overwrite)
     result = lora_spectrum(adapter, base, taus=taus, progress=not quiet)
-    result.info["argv"] = shlex.join(["rankscope", *sys.argv[1:]])
-    result.save(out, plots=not no_plots)
+    echo_notes(result.info, quiet)
+    result.info["argv"] = argv_line()
+    result.save(out, plots=not no_plots, overwrite=overwrite)
     if not quiet:
         cols = [c for c in ("r", "effective_rank", "stable_rank", "utilization_effective", "rank_90") if c in result.table]
         click.echo(result.table.groupby("kind", sort=False)[cols].median().to_string(float_format=lambda v: f"{v:.2f}"))
@@ -121,8 +129,9 @@ def lora_cmd(adapter, base, out, taus, no_plots, quiet):
 @click.option("--phi-modules", metavar="REGEX", default=None, help="Modules for φ(i, j) heatmaps [default: first/last layers].")
 @click.option("--no-plots", is_flag=True, help="Skip figures.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
+@overwrite_option
 @handle_errors
-def compare_cmd(base, finetuned, adapter, out, include, phi_max, k, epsilon, phi_modules, no_plots, quiet):
+def compare_cmd(base, finetuned, adapter, out, include, phi_max, k, epsilon, phi_modules, no_plots, quiet, overwrite):
     """Compare a LoRA ADAPTER with the full fine-tune FINETUNED of the same BASE, module by module.
 
     Writes OUT/compare.csv, amplification.csv, intruders.csv, phi.npz, run.json and figures/.
@@ -132,12 +141,16 @@ def compare_cmd(base, finetuned, adapter, out, include, phi_max, k, epsilon, phi
     from .compare import compare
     from .outputs import check_output_target
 
-    check_output_target(out)
+    check_output_target(out, "compare", overwrite)
+    if phi_modules is not None:
+        compile_regex(phi_modules, "--phi-modules")
+    compile_regexes(include, "--include")
     result = compare(base, finetuned, adapter, include=include, phi_max=phi_max, k=k, epsilon=epsilon,
                      progress=not quiet)
+    echo_notes(result.info, quiet)
     result.info["options"]["phi_modules"] = phi_modules
-    result.info["argv"] = shlex.join(["rankscope", *sys.argv[1:]])
-    result.save(out, plots=not no_plots)
+    result.info["argv"] = argv_line()
+    result.save(out, plots=not no_plots, overwrite=overwrite)
     if not quiet:
         cols = ["r", "energy_both", "energy_optimal", "phi_left_1", "phi_right_1", "cosine", "norm_ratio",
                 "intruders_full", "intruders_lora", "amp_full_r", "amp_lora_r"]
@@ -152,8 +165,9 @@ def compare_cmd(base, finetuned, adapter, out, include, phi_max, k, epsilon, phi
 @click.option("--phi-modules", metavar="REGEX", default=None, help="Modules for φ(i, j) heatmaps.")
 @click.option("--no-plots", is_flag=True, help="Skip figures.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary table.")
+@overwrite_option
 @handle_errors
-def compare_adapters_cmd(adapter_1, adapter_2, out, phi_modules, no_plots, quiet):
+def compare_adapters_cmd(adapter_1, adapter_2, out, phi_modules, no_plots, quiet, overwrite):
     """φ(i, j) between two LoRA adapters (different ranks or seeds), for A and B, per module.
 
     Writes OUT/compare.csv, phi.npz (keys "<module>:A", "<module>:B"), run.json and figures/.
@@ -163,11 +177,14 @@ def compare_adapters_cmd(adapter_1, adapter_2, out, phi_modules, no_plots, quiet
     from .compare import compare_adapters
     from .outputs import check_output_target
 
-    check_output_target(out)
+    check_output_target(out, "compare-adapters", overwrite)
+    if phi_modules is not None:
+        compile_regex(phi_modules, "--phi-modules")
     result = compare_adapters(adapter_1, adapter_2)
+    echo_notes(result.info, quiet)
     result.info["options"] = {"phi_modules": phi_modules}
-    result.info["argv"] = shlex.join(["rankscope", *sys.argv[1:]])
-    result.save(out, plots=not no_plots)
+    result.info["argv"] = argv_line()
+    result.save(out, plots=not no_plots, overwrite=overwrite)
     if not quiet:
         cols = ["r_1", "r_2", "phi_A_1", "phi_A_min_r", "phi_B_1", "phi_B_min_r", "phi_random_A"]
         click.echo(result.table.groupby("kind", sort=False)[cols].median().to_string(float_format=lambda v: f"{v:.3f}"))
@@ -228,10 +245,11 @@ def _lora_options_given() -> list[str]:
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="Output folder (created; replaced if it holds an earlier result).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@overwrite_option
 @handle_errors
 def train_cmd(model, task, data, text_column, label_column, method, r, alpha, target_modules, rank_pattern,
-                  alpha_pattern, use_rslora, lora_config, epochs, lr, batch_size, max_length, max_train, max_eval, seed, split_seed,
-                  device, eval_every, patience, threads, last, out, quiet):
+              alpha_pattern, use_rslora, lora_config, epochs, lr, batch_size, max_length, max_train, max_eval, seed,
+              split_seed, device, eval_every, patience, threads, last, out, quiet, overwrite):
     """Fine-tune MODEL on a classification task (full or LoRA) and save it with its metrics.
 
     Writes the model (full: HF checkpoint; lora: peft adapter), the tokenizer, OUT/metrics.json and
@@ -239,6 +257,9 @@ def train_cmd(model, task, data, text_column, label_column, method, r, alpha, ta
 
     Example: rankscope train --task rotten-tomatoes --method lora --max-train 2000 -o runs/lora
     """
+    from .outputs import check_output_target
+
+    check_output_target(out, "train", overwrite)
     if task is None:
         task = Path(data).stem if data is not None else "rotten-tomatoes"
     given = _lora_options_given()
@@ -261,7 +282,7 @@ def train_cmd(model, task, data, text_column, label_column, method, r, alpha, ta
                     batch_size=batch_size, max_length=max_length, device=device, eval_every=eval_every,
                     patience=patience, restore_best=not last, r=r, alpha=alpha, target_modules=target_modules,
                     rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_rslora=use_rslora, threads=threads,
-                    progress=not quiet, argv=shlex.join(["rankscope", *sys.argv[1:]]))
+                    progress=not quiet, argv=argv_line(), overwrite=overwrite)
     if not quiet:
         click.echo(summary_line(metrics))
         click.echo(f"wrote {out}/")
@@ -277,15 +298,24 @@ def plot_cmd(out):
 
     Example: rankscope plot reports/demo
     """
-    from .outputs import read_json, write_json
+    from .outputs import MARKER, read_json, read_marker, write_json
 
     if not out.is_dir():
         raise RankscopeError(f"no such result folder: {out}")
-    command = read_json(out / "run.json").get("command")
+    info = read_json(out / "run.json")
+    marker = read_marker(out)
+    legacy = isinstance(info.get("versions"), dict) and "rankscope" in info["versions"]  # before the marker
+    if marker is None and not legacy:
+        raise RankscopeError(f"{out / 'run.json'} was not written by rankscope: not a rankscope result folder")
+    command = marker["command"] if marker is not None else info.get("command")
+    if command in ("train", "extract"):
+        raise RankscopeError(f"{out} holds {'a trained model' if command == 'train' else 'an adapter'}: "
+                             "it has no figures to render")
     if command == "intrinsic-dim":
         from .subspace.intrinsic import rerender
 
         written = rerender(out)
+        _add_to_marker(out, [f"figures/{w}" for w in written])
         click.echo(f"wrote {', '.join(written)} to {out / 'figures'}/")
         return
     if command == "recommend":
@@ -308,8 +338,23 @@ def plot_cmd(out):
         result = SpectrumResult.load(out)
         written = render_spectrum_figures(result, out / "figures")
     result.info.setdefault("outputs", {})["figures"] = written
+    if marker is not None and marker.get("files") is not None:  # the new figures belong to the result
+        figures = [(out / "figures" / w).relative_to(out).as_posix() for w in written]
+        result.info[MARKER] = {**marker, "files": sorted({*marker["files"], *figures})}
     write_json(out / "run.json", result.info)
     click.echo(f"wrote {', '.join(written)} to {out / 'figures'}/")
+
+
+def _add_to_marker(out: Path, files: list[str]) -> None:
+    """Record files that `plot` added to a result folder in its run.json marker."""
+    from .outputs import MARKER, read_json, read_marker, write_json
+
+    marker = read_marker(out)
+    if marker is None or marker.get("files") is None:
+        return
+    info = read_json(out / "run.json")
+    info[MARKER] = {**marker, "files": sorted({*marker["files"], *files})}
+    write_json(out / "run.json", info)
 
 
 main.add_command(recommend_cmd)

@@ -8,8 +8,6 @@ Registered in the ``rankscope`` group by ``cli.py``; also runnable alone as
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cli.py: idle OpenMP wo
 
 import click  # noqa: E402
 
-from .cli_support import OneLineCommand, handle_errors  # noqa: E402
+from .cli_support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option  # noqa: E402
 
 
 def _targets(ctx, param, value: str | None) -> str | None:
@@ -65,9 +63,10 @@ def _targets(ctx, param, value: str | None) -> str | None:
               help="Cross-check module names and layer types with the model class built on the meta device "
                    "(imports transformers, ~2-3 s); auto: only when the checkpoint's names look unusual.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@overwrite_option
 @handle_errors
 def extract_cmd(base, finetuned, out, rank, config, alpha, use_rslora, targets, exclude, embeddings, save_modules, bias,
-                method, power_iterations, oversample, seed, no_optimum, device, workers, model_check, quiet):
+                method, power_iterations, oversample, seed, no_optimum, device, workers, model_check, quiet, overwrite):
     """Extract a LoRA adapter from a full fine-tune: rank-r truncated SVD of every ΔW = FINETUNED − BASE.
 
     Writes a peft adapter (OUT/adapter_config.json, OUT/adapter_model.safetensors) whose merge gives
@@ -85,16 +84,15 @@ def extract_cmd(base, finetuned, out, rank, config, alpha, use_rslora, targets, 
         raise RankscopeError("give exactly one of --rank R and --config FILE")
     if config is not None and (alpha is not None or use_rslora or targets is not None):
         raise RankscopeError("--alpha, --use-rslora and --targets only apply with --rank (--config sets them)")
-    check_output_target(out)
+    check_output_target(out, "extract", overwrite)
     result = extract(base, finetuned, rank=rank, alpha=alpha, config=config, targets=targets or "all-linear",
                      use_rslora=use_rslora, exclude=exclude, embeddings=embeddings, save_modules=save_modules,
                      bias=bias, method=method, power_iterations=power_iterations, oversample=oversample, seed=seed,
                      optimum=not no_optimum, device=device, workers=workers, check_model=model_check,
                      progress=not quiet)
-    for warning in result.info["warnings"]:
-        click.echo(f"Warning: {warning}", err=True)
-    result.info["argv"] = shlex.join(["rankscope", *sys.argv[1:]])
-    result.save(out)
+    echo_notes(result.info, quiet)
+    result.info["argv"] = argv_line()
+    result.save(out, overwrite=overwrite)
     if not quiet:
         click.echo(result.summary())
         click.echo(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import click
 
-from .cli_support import OneLineCommand, handle_errors
+from .cli_support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option
 
 TASK_HELP = ("toy (Li et al.'s D = 1000 problem), mnist-fc (FC 784-200-200-10 on 5k MNIST digits), digits "
              "(sklearn 8x8), rotten-tomatoes, bbc-news (text tasks on --model)")
@@ -76,10 +74,12 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="Output folder; finished runs are cached in OUT/runs/ and reused when the command is re-run.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines and no summary.")
+@overwrite_option
 @handle_errors
 def intrinsic_dim_cmd(task, model, data, text_column, label_column, mode, projection, layout, head, head_lr, include, exclude, threshold, target_absolute,
                       baseline, seeds, seed, grid, d_start, d_max, factor, tolerance, epochs, lr, baseline_lr,
-                      batch_size, max_train, max_eval, max_length, split_seed, device, threads, restart, out, quiet):
+                      batch_size, max_train, max_eval, max_length, split_seed, device, threads, restart, out, quiet,
+                      overwrite):
     """Intrinsic dimension: the smallest d whose random d-dimensional subspace reaches the target.
 
     Trains θ = θ₀ + P·θ_d (DID) or θ_i = θ₀,i + λ_i·(P·θ)_i (SAID) at each d, searched by a geometric
@@ -100,7 +100,9 @@ def intrinsic_dim_cmd(task, model, data, text_column, label_column, mode, projec
         max_train=max_train, max_eval=max_eval, max_length=max_length, text_column=text_column,
         label_column=label_column, device=device, threads=threads,
         restart=restart, progress=not quiet, log=None if quiet else (lambda msg: click.echo(msg, err=True)),
-        argv=shlex.join(["rankscope", *sys.argv[1:]]))
+        argv=argv_line(), overwrite=overwrite)
+    if quiet:  # otherwise the warnings were logged as they happened
+        echo_notes(result.info, quiet=True)
     if not quiet:
         click.echo(result.summary())
         click.echo(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import click
 
-from .cli_support import OneLineCommand, handle_errors
+from .cli_support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option
 
 
 @click.command("recommend", cls=OneLineCommand)
@@ -38,9 +36,10 @@ from .cli_support import OneLineCommand, handle_errors
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Spectra on the fly: matrices in parallel.")
 @click.option("--no-plots", is_flag=True, help="Skip the figure.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@overwrite_option
 @handle_errors
 def recommend_cmd(source, finetuned, out, rule, targets, min_rank, max_rank, snap, alpha, gain, exclude_embeddings,
-                  device, workers, no_plots, quiet):
+                  device, workers, no_plots, quiet, overwrite):
     """Recommend a LoRA rank per module from the ΔW spectra of SOURCE.
 
     SOURCE is a `rankscope spectrum` result folder, or give BASE FINETUNED to compute the spectra
@@ -54,15 +53,14 @@ def recommend_cmd(source, finetuned, out, rule, targets, min_rank, max_rank, sna
     from .ranks import recommend
 
     t0 = time.perf_counter()
-    check_output_target(out)
+    check_output_target(out, "recommend", overwrite)
     plan = recommend(source, finetuned, rule=rule, targets=targets, min_rank=min_rank, max_rank=max_rank, snap=snap,
                      alpha=alpha, gain=gain, exclude_embeddings=exclude_embeddings, device=device, workers=workers,
                      progress=not quiet)
     if plan.spectrum is not None:
-        for warning in plan.spectrum.info.get("warnings", []):
-            click.echo(f"Warning: {warning}", err=True)
-    plan.info["argv"] = shlex.join(["rankscope", *sys.argv[1:]])
-    plan.save(out, plots=not no_plots)
+        echo_notes(plan.spectrum.info, quiet)
+    plan.info["argv"] = argv_line()
+    plan.save(out, plots=not no_plots, overwrite=overwrite)
     if not quiet:
         click.echo(plan.summary())
         click.echo(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")

@@ -1,15 +1,19 @@
-"""Click plumbing shared by every command: one-line errors with exit status 2, ``--debug``, option parsing."""
+"""Click plumbing shared by every command: one-line errors with exit status 2, ``--debug``, shared options."""
 
 from __future__ import annotations
 
 import functools
 import sys
+import warnings
 
 import click
 
+from . import interrupts
 from .errors import RankscopeError
 
 EXIT_BAD_INPUT = 2
+OVERWRITE_HELP = ("Write into an OUT that holds other files or another command's result: rankscope's earlier "
+                  "files there are replaced, every other file is kept.")
 
 
 def handle_errors(func):
@@ -19,14 +23,21 @@ def handle_errors(func):
     def wrapper(*args, **kwargs):
         debug = kwargs.pop("debug", False) or click.get_current_context().find_root().params.get("debug", False)
         try:
-            return func(*args, **kwargs)
+            with interrupts.raising(), warnings.catch_warnings(record=True) as caught:
+                value = func(*args, **kwargs)
+            for w in caught:  # on success, the libraries' warnings are shown; on an error, only the error line
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            return value
         except RankscopeError as exc:
             if debug:
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {_one_line(str(exc))}", err=True)
             sys.exit(EXIT_BAD_INPUT)
+        except interrupts.Interrupted as exc:
+            click.echo(interrupts.message(exc.signum), err=True)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Error: interrupted; nothing was written", err=True)
+            click.echo("Error: interrupted (SIGINT); nothing was written", err=True)
             sys.exit(130)
         except Exception as exc:  # a bug, not bad input: still one line unless --debug
             if debug:
@@ -36,6 +47,32 @@ def handle_errors(func):
             sys.exit(1)
 
     return click.option("--debug", is_flag=True, help="Show the full traceback on errors.")(wrapper)
+
+
+def _one_line(text: str) -> str:
+    """Messages are one line whatever a library put into them."""
+    return " ".join(text.split()) if "\n" in text or "\r" in text else text
+
+
+def overwrite_option(func):
+    """``--overwrite``: the one way to write into a folder that is not empty and not this command's result."""
+    return click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)(func)
+
+
+def echo_notes(info: dict, quiet: bool = False) -> None:
+    """Print a result's warnings (``Warning: …``) and, unless quiet, its notes (``Note: …``) on stderr."""
+    for warning in info.get("warnings", []) or []:
+        click.echo(f"Warning: {warning}", err=True)
+    if not quiet:
+        for note in info.get("notes", []) or []:
+            click.echo(f"Note: {note}", err=True)
+
+
+def argv_line() -> str:
+    """The command line as typed, for ``run.json``."""
+    import shlex
+
+    return shlex.join(["rankscope", *sys.argv[1:]])
 
 
 class OneLineCommand(click.Command):

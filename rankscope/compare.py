@@ -35,13 +35,19 @@ import pandas as pd
 
 from . import similarity as sim
 from .adapters import read_adapter
-from .align import align, assign_kinds
+from .align import align, assign_kinds, common_prefixes, skipped_notes
 from .checkpoints import open_checkpoint, read_matrix
 from .errors import RankscopeError
 from .lora import BoundModule, bind_to_base
+from .options import compile_regex, compile_regexes
 from .outputs import read_arrays, read_json, read_table, result_folder, versions
 
 DEFAULT_EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+COMPARE_COLUMNS = ("module", "layer", "kind", "rows", "cols", "r", "energy_both", "energy_col", "energy_optimal",
+                   "intruders_full", "intruders_lora")
+"""Columns of a ``compare`` result's ``compare.csv`` that its figures need."""
+ADAPTER_COLUMNS = ("module", "layer", "kind", "rows", "cols", "r_1", "r_2")
+"""Columns of a ``compare-adapters`` result's ``compare.csv``."""
 AMPLIFICATION_RANKS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -61,9 +67,9 @@ class CompareResult:
     details: dict[str, pd.DataFrame] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, out: str | os.PathLike, plots: bool = True) -> Path:
+    def save(self, out: str | os.PathLike, plots: bool = True, overwrite: bool = False) -> Path:
         """Write ``compare.csv``, the detail CSVs, ``phi.npz``, ``run.json`` (and figures) atomically."""
-        with result_folder(out, self.info) as tmp:
+        with result_folder(out, self.info, overwrite) as tmp:
             self.table.to_csv(tmp / "compare.csv", index=False)
             for name, frame in self.details.items():
                 frame.to_csv(tmp / f"{name}.csv", index=False)
@@ -79,8 +85,17 @@ class CompareResult:
         """Read a result folder written by :meth:`save` (no recomputation)."""
         out = Path(out)
         info = read_json(out / "run.json")
+        adapters = info.get("command") == "compare-adapters"
+        columns = ADAPTER_COLUMNS if adapters else COMPARE_COLUMNS
+        table = read_table(out / "compare.csv", columns, columns[3:])  # after module, layer, kind: numbers
         details = {p.stem: read_table(p) for p in out.glob("*.csv") if p.name != "compare.csv"}
-        return cls(read_table(out / "compare.csv"), read_arrays(out / "phi.npz"), details, info)
+        sides = ("A", "B") if adapters else ("left", "right")
+        phi = read_arrays(out / "phi.npz", tuple(f"{m}:{side}" for m in table["module"] for side in sides), ndim=2)
+        options = info.get("options")
+        pattern = options.get("phi_modules") if isinstance(options, dict) else None
+        if pattern is not None:
+            compile_regex(pattern, f"{out / 'run.json'}: options.phi_modules")
+        return cls(table, phi, details, info)
 
 
 def _top_svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,10 +180,9 @@ def compare(
     progress: bool = False,
 ) -> CompareResult:
     """Compare a LoRA adapter with a full fine-tune of the same base (see module docstring)."""
-    import re
-
     from tqdm.auto import tqdm
 
+    include_re = compile_regexes(include, "--include")
     if k < 1:
         raise RankscopeError(f"--k: must be at least 1, got {k}")
     if not 0 < epsilon < 1:
@@ -177,9 +191,10 @@ def compare(
     ad = read_adapter(adapter)
     with open_checkpoint(base) as b_ckpt, open_checkpoint(finetuned) as f_ckpt:
         bound = bind_to_base(ad, b_ckpt)
-        pairs = {p.base.name: p for p in align(b_ckpt, f_ckpt).pairs if p.is_matrix}
-        selected = [b for b in bound if b.base_tensor in pairs and (not include or any(re.search(p, b.module)
-                                                                                      for p in include))]
+        alignment = align(b_ckpt, f_ckpt)
+        pairs = {p.base.name: p for p in alignment.pairs if p.is_matrix}
+        selected = [b for b in bound if b.base_tensor in pairs and (not include_re or any(p.search(b.module)
+                                                                                         for p in include_re))]
         if not selected:
             raise RankscopeError(f"no module of adapter {adapter} is also a 2-D tensor of both {base} and {finetuned}")
         kinds = assign_kinds([b.module for b in selected])
@@ -188,8 +203,9 @@ def compare(
             pair = pairs[b.base_tensor]
             w = read_matrix(b_ckpt, pair.base.name, pair.stored_rows, pair.transpose)
             delta_full = read_matrix(f_ckpt, pair.finetuned.name, pair.stored_rows, pair.transpose) - w
-            if not (np.isfinite(w).all() and np.isfinite(delta_full).all()):
-                raise RankscopeError(f"tensor '{pair.base.name}' contains NaN or Inf")
+            for stored, values in ((pair.base, w), (pair.finetuned, delta_full)):
+                if not np.isfinite(values).all():
+                    raise RankscopeError(f"{stored.file}: tensor '{stored.name}' contains NaN or Inf")
             row, grids, amp, intr = compare_module(w, delta_full, b, phi_max=phi_max, k=k, epsilon=epsilon)
             layer, kind = kinds[b.module]
             rows.append({"module": row.pop("module"), "layer": layer, "kind": kind, **row})
@@ -199,9 +215,11 @@ def compare(
         inputs = {"base": b_ckpt.describe(), "finetuned": f_ckpt.describe(), "adapter": ad.describe()}
     table = pd.DataFrame(rows)
     table["layer"] = table["layer"].astype("Int64")
+    skipped = alignment.skipped_tensors + ad.skipped_tensors
     info = {"command": "compare", "inputs": inputs, "seed": None, "device": "cpu",
             "options": {"include": list(include), "phi_max": phi_max, "k": k, "epsilon": epsilon,
                         "epsilons": list(DEFAULT_EPSILONS)},
+            "skipped_tensors": skipped, "notes": skipped_notes(skipped),
             "seconds": {"analysis": round(time.perf_counter() - t0, 3)}, "versions": versions()}
     return CompareResult(table, phi, {"amplification": pd.DataFrame(amps), "intruders": pd.DataFrame(intruders)}, info)
 
@@ -217,16 +235,25 @@ def _column_space(b: np.ndarray) -> np.ndarray:
 
 
 def compare_adapters(adapter_1: str | os.PathLike, adapter_2: str | os.PathLike) -> CompareResult:
-    """φ(i, j) between two adapters' ``A`` row spaces and ``B`` column spaces, per common module."""
+    """φ(i, j) between two adapters' ``A`` row spaces and ``B`` column spaces, per common module.
+
+    Module names are aligned as :func:`rankscope.spectrum.spectrum` aligns checkpoints
+    (:func:`rankscope.align.common_prefixes`): an adapter for ``BertForSequenceClassification``
+    (``bert.encoder…``) and one for ``BertModel`` (``encoder…``) share their modules, reported without
+    the prefix (``run.json`` ``alignment`` records both prefixes).
+    """
     t0 = time.perf_counter()
     a1, a2 = read_adapter(adapter_1), read_adapter(adapter_2)
-    common = sorted(set(a1.modules) & set(a2.modules))
+    p1, p2 = common_prefixes(list(a1.modules), list(a2.modules))
+    core_1 = {m[len(p1):] if p1 and m.startswith(p1) else m: m for m in a1.modules}
+    core_2 = {m[len(p2):] if p2 and m.startswith(p2) else m: m for m in a2.modules}
+    common = sorted(set(core_1) & set(core_2))
     if not common:
         raise RankscopeError(f"adapters {adapter_1} and {adapter_2} share no LoRA module")
     kinds = assign_kinds(common)
     rows, phi = [], {}
     for m in common:
-        l1, l2 = a1.modules[m], a2.modules[m]
+        l1, l2 = a1.modules[core_1[m]], a2.modules[core_2[m]]
         if l1.shape != l2.shape:
             raise RankscopeError(f"module '{m}' is {l1.shape} in {adapter_1} but {l2.shape} in {adapter_2}")
         phi_a = sim.phi_grid(_row_space(l1.A), _row_space(l2.A))
@@ -242,6 +269,11 @@ def compare_adapters(adapter_1: str | os.PathLike, adapter_2: str | os.PathLike)
                      "cosine_BA": sim.factored_cosine(l1.B, l1.A, l2.B, l2.A)})
     table = pd.DataFrame(rows)
     table["layer"] = table["layer"].astype("Int64")
+    skipped = ([{**s, "checkpoint": "adapter_1"} for s in a1.skipped_tensors]
+               + [{**s, "checkpoint": "adapter_2"} for s in a2.skipped_tensors])
     info = {"command": "compare-adapters", "inputs": {"adapter_1": a1.describe(), "adapter_2": a2.describe()},
+            "skipped_tensors": skipped, "notes": skipped_notes(skipped),
             "seed": None, "seconds": {"analysis": round(time.perf_counter() - t0, 3)}, "versions": versions()}
+    info["alignment"] = {"prefix_1": p1, "prefix_2": p2, "modules": len(common),
+                         "only_in_1": sorted(set(core_1) - set(core_2)), "only_in_2": sorted(set(core_2) - set(core_1))}
     return CompareResult(table, phi, {}, info)

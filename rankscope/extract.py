@@ -65,12 +65,15 @@ import pandas as pd
 import scipy.linalg  # eager: its OpenBLAS must be loaded before thread limits are applied (see linalg.py)
 
 from . import linalg
-from .adapters import lora_scale, pattern_value
-from .align import TensorPair, align, module_name
+from .adapters import compile_pattern_key, lora_scale, pattern_value
+from .align import TensorPair, align, module_name, skipped_notes
 from .checkpoints import Checkpoint, open_checkpoint
 from .errors import RankscopeError
+from .options import compile_regexes
 from .outputs import peak_rss_mb, result_folder, versions, write_json
-from .spectrum import _compile, _delta_blocks, _Norms, _run_parallel, resolve_device
+from .peft_tasks import OUTPUT_HEADS, WRAPPED_HEADS, choose_task, task_type  # noqa: F401 (task_type: API)
+from .peft_tasks import is_bare as _is_bare
+from .spectrum import _delta_blocks, _Norms, _run_parallel, resolve_device
 
 METHODS = ("auto", "exact", "randomized")
 EMBEDDINGS = ("auto", "skip", "lora", "save")
@@ -93,18 +96,6 @@ including their QR re-orthonormalisations.  Only the ratios matter.  Measured at
 1024 x 1024 exact 180 ms, randomized 85 ms; 2816 x 1024 exact 225 ms, randomized 215 ms; for square
 matrices the two cost the same at ``min(m, n) ≈ 6 (r + p)``."""
 
-# peft task types by architecture suffix (peft.TaskType); bare ``*Model`` encoders get FEATURE_EXTRACTION.
-_TASK_SUFFIXES = (
-    ("ForSequenceClassification", "SEQ_CLS"),
-    ("ForTokenClassification", "TOKEN_CLS"),
-    ("ForQuestionAnswering", "QUESTION_ANS"),
-    ("ForCausalLM", "CAUSAL_LM"),
-    ("LMHeadModel", "CAUSAL_LM"),
-    ("ForSeq2SeqLM", "SEQ_2_SEQ_LM"),
-)
-# Heads that peft itself puts in modules_to_save for these task types (PeftModelFor*.__init__).
-_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
-               "QUESTION_ANS": ("qa_outputs",)}
 _INPUT_EMBEDDING = re.compile(
     r"(?:^|\.)(?:embed_tokens|word_embeddings|position_embeddings|token_type_embeddings|wte|wpe|embed_positions|"
     r"embed_in|tok_embeddings|shared|relative_attention_bias|\w*embeddings?)$"
@@ -412,7 +403,7 @@ class LoraSpec:
             raise RankscopeError(f"{where}: 'target_modules' is missing or empty")
         if isinstance(targets, str):
             if targets != "all-linear":
-                _compile([targets], f"{where}: target_modules")
+                compile_regexes([targets], f"{where}: target_modules")
         elif not all(isinstance(t, str) for t in targets):
             raise RankscopeError(f"{where}: 'target_modules' must be a string or a list of strings")
         patterns = {}
@@ -421,7 +412,7 @@ class LoraSpec:
             if not isinstance(value, dict):
                 raise RankscopeError(f"{where}: '{key}' must be an object {{module pattern: value}}")
             for pattern, v in value.items():
-                _compile([pattern], f"{where}: {key}")
+                compile_pattern_key(pattern, f"{where}: {key}")
                 ok = isinstance(v, int) and v >= 0 if key == "rank_pattern" else isinstance(v, (int, float)) and v > 0
                 if isinstance(v, bool) or not ok:
                     raise RankscopeError(f"{where}: {key}['{pattern}'] = {v!r} is not a valid "
@@ -446,7 +437,7 @@ class LoraSpec:
 
     def __post_init__(self) -> None:
         if isinstance(self.exclude_modules, str):
-            _compile([self.exclude_modules], f"{self.source}: exclude_modules")
+            compile_regexes([self.exclude_modules], f"{self.source}: exclude_modules")
 
     def explicitly_targets(self, module: str) -> bool:
         """Whether ``target_modules`` names this module itself (not via ``all-linear``)."""
@@ -464,33 +455,6 @@ class LoraSpec:
 
 def _listed(names: Sequence[str], module: str) -> bool:
     return any(module == n or module.endswith("." + n) for n in names)
-
-
-def task_type(config: dict[str, Any] | None) -> str | None:
-    """peft ``task_type`` for the base's architecture (``config.json`` ``architectures[0]``), or ``None``.
-
-    ``*ForSequenceClassification`` → ``SEQ_CLS``, ``*ForTokenClassification`` → ``TOKEN_CLS``,
-    ``*ForQuestionAnswering`` → ``QUESTION_ANS``, ``*ForCausalLM`` / ``*LMHeadModel`` → ``CAUSAL_LM``,
-    ``*ForConditionalGeneration`` → ``SEQ_2_SEQ_LM`` if encoder–decoder else ``CAUSAL_LM``, a bare
-    ``*Model`` → ``FEATURE_EXTRACTION``; anything else (``*ForMaskedLM``, no config) → ``None``.
-    """
-    archs = (config or {}).get("architectures") or []
-    if not archs or not isinstance(archs[0], str):
-        return None
-    arch = archs[0]
-    for suffix, task in _TASK_SUFFIXES:
-        if arch.endswith(suffix):
-            return task
-    if arch.endswith("ForConditionalGeneration"):
-        return "SEQ_2_SEQ_LM" if (config or {}).get("is_encoder_decoder") else "CAUSAL_LM"
-    if _is_bare(arch):
-        return "FEATURE_EXTRACTION"
-    return None
-
-
-def _is_bare(arch: str) -> bool:
-    """A base model class without heads (``BertModel``, ``LlamaModel``; not ``GPT2LMHeadModel``)."""
-    return arch.endswith("Model") and "For" not in arch and "Head" not in arch
 
 
 def layer_type_guess(pair: TensorPair, name: str) -> str:
@@ -512,7 +476,8 @@ MODEL_CHECKS = ("auto", "always", "never")
 
 
 def naming_suspicion(config: dict[str, Any] | None, tensor_names: Sequence[str]) -> str | None:
-    """Why the base checkpoint's tensor names might not be the module names of its architecture, or ``None``.
+    """Why a checkpoint's tensor names (the task model's, :func:`rankscope.peft_tasks.choose_task`) might not be the
+    module names of its architecture, or ``None``.
 
     ``save_pretrained`` of a head class (``…ForCausalLM``, ``…ForSequenceClassification``, …) nests the
     base model under one prefix (``model.``, ``transformer.``, ``bert.``) next to the heads; a bare
@@ -537,8 +502,9 @@ def naming_suspicion(config: dict[str, Any] | None, tensor_names: Sequence[str])
 class ModelLayout:
     """Module names and layer types of the model peft will wrap, built on torch's meta device.
 
-    The class is ``transformers.<architectures[0]>`` of the base's ``config.json`` — what
-    ``AutoModelFor….from_pretrained(BASE)`` builds — instantiated without memory or weights.  Built
+    The class is ``transformers.<architectures[0]>`` of the task model's ``config.json`` (the fine-tune's
+    when it has heads, :func:`rankscope.peft_tasks.choose_task`) — what ``AutoModelFor<task>.from_pretrained(BASE)``
+    builds — instantiated without memory or weights.  Built
     in a background thread (importing transformers takes seconds) while the SVDs run; ``result()``
     returns ``{module name: 'linear' | 'conv1d' | 'embedding' | class name}`` or ``None`` with a reason.
     """
@@ -593,7 +559,7 @@ class ModulePlan:
     """What happens to one 2-D tensor: ``lora`` (rank ``r``), ``save`` (modules_to_save) or ``skip``."""
 
     pair: TensorPair
-    name: str  # module name in the model (base checkpoint naming, no ``.weight``)
+    name: str  # module name in the model peft wraps (the task model's checkpoint naming, no ``.weight``)
     role: str
     layer_type: str
     r: int = 0
@@ -651,6 +617,12 @@ def extract_module(plan: ModulePlan, base: Checkpoint, ft: Checkpoint, opts: Opt
         return row, None
     delta, norms = _read_delta(plan.pair, base, ft)
     row = _base_row(plan, norms)
+    if norms.delta_sq == 0:  # ΔW = 0 exactly: nothing to adapt, decided once ΔW is read (see _drop_zero_updates)
+        row.update(role="skip", rank=0, alpha=0.0, scale=0.0, lora_params=0, method="zero", rel_error=0.0)
+        if opts.optimum:
+            row.update(optimal_rel_error=0.0, ratio=1.0)
+        row["seconds"] = round(time.perf_counter() - t0, 4)
+        return row, None
     method = choose_method(*delta.shape, plan.r, opts.method, opts.optimum, opts.power_iterations, opts.oversample)
     if method == "randomized":
         trunc = randomized_truncation(delta, plan.r, module_rng(opts.seed, plan.name), opts.power_iterations,
@@ -695,12 +667,12 @@ class ExtractResult:
     adapter_config: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, out: str | os.PathLike) -> Path:
+    def save(self, out: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write ``adapter_config.json``, ``adapter_model.safetensors``, ``extract.csv`` and ``run.json`` atomically."""
         from safetensors.numpy import save_file
 
         t0 = time.perf_counter()
-        with result_folder(out, self.info) as tmp:
+        with result_folder(out, self.info, overwrite) as tmp:
             write_json(tmp / "adapter_config.json", self.adapter_config)
             save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()},
                       str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -729,25 +701,35 @@ class ExtractResult:
 # --------------------------------------------------------------------------------------------------
 
 
+def _model_tensor(pair: TensorPair, side: str) -> str:
+    """The tensor's name in the model peft wraps: the stored name on the task model's ``side``
+    (:func:`rankscope.peft_tasks.choose_task`; ``bert.encoder…`` for a ``BertModel`` → ``…ForSequenceClassification`` pair)."""
+    return pair.finetuned.name if side == "finetuned" else pair.base.name
+
+
 def _plan(pairs: list[TensorPair], spec: LoraSpec, embeddings: str, save_names: tuple[str, ...],
-          save_patterns: list[re.Pattern[str]], exclude: list[re.Pattern[str]]) -> tuple[list[ModulePlan], list[str]]:
+          save_patterns: list[re.Pattern[str]], exclude: list[re.Pattern[str]],
+          side: str = "base") -> tuple[list[ModulePlan], list[str]]:
     """Decide the role of every 2-D tensor; returns the plans and the modules_to_save names.
 
-    A tensor belongs to a saved module when one of its enclosing modules (outermost first) is named
-    by ``save_names`` (peft's rule: equal to the name or ending in ``"." + name``) or matched by a
-    ``save_patterns`` regex (``re.search``); all of that module's tensors are then copied whole.
+    Module names are those of the task model's checkpoint (``side``, :func:`_model_tensor`), so targets,
+    patterns and the adapter's keys follow the model peft wraps.  A tensor belongs to a saved module when
+    one of its enclosing modules (outermost first) is named by ``save_names`` (peft's rule: equal to the
+    name or ending in ``"." + name``) or matched by a ``save_patterns`` regex (``re.search``); all of that
+    module's tensors are then copied whole.
     """
     plans: list[ModulePlan] = []
     saved: set[str] = set()
     for p in pairs:
-        name = module_name(p.base.name)
-        owner = _saved_owner(p.base.name, save_names, save_patterns)
+        tensor = _model_tensor(p, side)
+        name = module_name(tensor)
+        owner = _saved_owner(tensor, save_names, save_patterns)
         if owner is not None:
             saved.add(owner)
             continue
         if not p.is_matrix:
             continue
-        if len(p.base.shape) != 2 or not p.base.name.endswith(".weight"):
+        if len(p.base.shape) != 2 or not tensor.endswith(".weight"):
             plans.append(ModulePlan(p, name, "skip", "other"))
             continue
         ltype = layer_type_guess(p, name)
@@ -782,22 +764,55 @@ def _saved_owner(tensor: str, names: tuple[str, ...], patterns: list[re.Pattern[
 
 
 def _fine_tune_only_saves(alignment, f_ckpt: Checkpoint, save_names: tuple[str, ...],
-                          save_patterns: list[re.Pattern[str]]) -> list[tuple[str, str, np.ndarray]]:
-    """(owner, name, fine-tuned values) of tensors the base lacks but ``save_names``/``--save-modules`` name.
+                          save_patterns: list[re.Pattern[str]], side: str = "base", task: str | None = None,
+                          warnings: list[str] | None = None) -> list[tuple[str, str, str, np.ndarray]]:
+    """(owner, model name, core name, fine-tuned values) of fine-tuned tensors that the base cannot give.
 
-    A classification head trained on top of a bare encoder (``BertModel`` base, ``...ForSequenceClassification``
-    fine-tune) exists only in the fine-tune; saved whole in ``modules_to_save`` it travels with the adapter.
+    Tensors the base lacks but ``save_names`` / ``--save-modules`` name: a classification head trained on top
+    of a bare encoder (``BertModel`` base, ``...ForSequenceClassification`` fine-tune), or a fresh ``lm_head``
+    on a bare ``LlamaModel``, exists only in the fine-tune; saved whole in ``modules_to_save`` it travels with
+    the adapter.  So does a peft task head (:data:`rankscope.peft_tasks.WRAPPED_HEADS`) whose shape differs
+    from the base's (another number of labels), with a note on how to load the base.
     """
-    out = []
-    for core in alignment.only_in_finetuned:
-        owner = _saved_owner(core, save_names, save_patterns)
-        if owner is None:
-            continue
+    heads = WRAPPED_HEADS.get(task or "", ())
+    changed = [c for c in alignment.skipped if _saved_owner(c, heads, []) is not None]
+    out, notes = [], {}
+    for core in [*alignment.only_in_finetuned, *changed]:
         stored = alignment.finetuned_prefix + core
         name = stored if stored in f_ckpt.tensors else core
+        model = name if side == "finetuned" else (alignment.base_prefix + core if name != core else core)
+        owner = _saved_owner(model, save_names, save_patterns)
+        if owner is None:
+            continue
         info = f_ckpt.tensors[name]
-        out.append((owner, core, f_ckpt.read_rows(name).reshape(info.shape)))
+        out.append((owner, model, core, f_ckpt.read_rows(name).reshape(info.shape)))
+        if owner.rsplit(".", 1)[-1] in heads and len(info.shape) == 2:
+            notes[owner] = (info.shape[0], core in changed or notes.get(owner, (0, False))[1])
+    labels = (f_ckpt.config or {}).get("id2label")
+    for owner, (rows, resized) in sorted(notes.items()):
+        n = len(labels) if isinstance(labels, dict) and labels else rows
+        how = f"num_labels={n}" + (", ignore_mismatched_sizes=True" if resized else "")
+        what = "has another shape in the base" if resized else "exists only in the fine-tune"
+        if warnings is not None and task != "QUESTION_ANS":
+            warnings.append(f"the task head '{owner}' {what}: the fine-tune's travels whole in modules_to_save; "
+                            f"load the base with {how}")
     return out
+
+
+def _drop_zero_updates(plans: list[ModulePlan], results: dict[str, Any], warnings: list[str]) -> None:
+    """Targeted modules whose ``ΔW`` is exactly zero become ``skip`` (rank 0: not in ``target_modules`` nor the
+    tensors, a LoRA of rank ``r`` would only add zero factors); raises when no targeted module is left."""
+    zero = [p for p in plans if p.role == "lora" and results[p.pair.module][1] is None]
+    for plan in zero:
+        plan.role, plan.r, plan.alpha, plan.scale = "skip", 0, 0.0, 0.0
+    if not zero:
+        return
+    listed = ", ".join(p.name for p in zero[:4]) + (" …" if len(zero) > 4 else "")
+    if not any(p.role == "lora" for p in plans):
+        raise RankscopeError(f"ΔW = 0 exactly in every targeted module ({listed}): the fine-tune did not change "
+                             "them, nothing to extract (choose other --targets)")
+    warnings.append(f"ΔW = 0 exactly in {len(zero)} targeted module(s), not adapted (rank 0, left out of "
+                    f"target_modules): {listed}")
 
 
 def _check_ranks(plans: list[ModulePlan]) -> None:
@@ -825,8 +840,8 @@ def _apply_layout(plans: list[ModulePlan], saved: list[str], layout: dict[str, s
         warnings.append(f"module names renamed to the model's: checkpoint prefix '{ckpt_prefix}' -> '{model_prefix}'")
     missing = [n for n in names if mapping[n] not in layout]
     if missing:
-        raise RankscopeError(f"module '{missing[0]}' of the base checkpoint does not exist in the model built from its "
-                             f"config.json ({len(missing)} such modules): cannot name the adapter's keys")
+        raise RankscopeError(f"module '{missing[0]}' of the checkpoints does not exist in the model built from the task "
+                             f"model's config.json ({len(missing)} such modules): cannot name the adapter's keys")
     for plan in plans:
         if plan.role != "lora":
             continue
@@ -840,13 +855,14 @@ def _apply_layout(plans: list[ModulePlan], saved: list[str], layout: dict[str, s
     return mapping
 
 
-def _vector_tensors(pairs: list[TensorPair], bias: str, lora_names: set[str], saved: list[str]) -> tuple[list, list]:
+def _vector_tensors(pairs: list[TensorPair], bias: str, lora_names: set[str], saved: list[str],
+                    side: str = "base") -> tuple[list, list]:
     """1-D tensors: (those written because of ``bias``, the rest); tensors under modules_to_save are excluded."""
     written, rest = [], []
     for p in pairs:
         if p.is_matrix and len(p.base.shape) == 2:
             continue
-        name = p.base.name
+        name = _model_tensor(p, side)
         if any(name.startswith(s + ".") for s in saved):
             continue
         owner = name.rsplit(".", 1)[0]
@@ -977,7 +993,15 @@ def extract(
             (LoRA if the targets name them explicitly, else skip).
         save_modules: regular expressions of further modules to copy whole into ``modules_to_save``
             (e.g. ``"LayerNorm"``); the task heads of ``SEQ_CLS`` / ``TOKEN_CLS`` / ``QUESTION_ANS``
-            always are, as peft requires.
+            always are, as peft requires, and so is a head that only the fine-tune has (a classifier
+            trained on a bare backbone, an ``lm_head`` on a bare ``LlamaModel``).
+
+    The task type and the module names come from the task model of the pair
+    (:func:`rankscope.peft_tasks.choose_task`): for a bare ``BertModel`` base and a
+    ``BertForSequenceClassification`` fine-tune, ``SEQ_CLS`` and ``bert.encoder…``, so that
+    ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N), OUT)``
+    loads it.  A targeted module whose ``ΔW`` is exactly zero is left out (rank 0, with a note); when
+    every targeted module is, :class:`RankscopeError`.
         bias: peft's ``bias``: ``none``, ``lora_only`` (fine-tuned biases of the LoRA layers) or ``all``.
         method: ``auto``, ``exact`` or ``randomized`` (module docstring); ``power_iterations``,
             ``oversample`` and ``seed`` drive the randomized solver.
@@ -1007,22 +1031,25 @@ def extract(
     _check_choice(check_model, MODEL_CHECKS, "--model-check")
     if power_iterations < 0 or oversample < 0:
         raise RankscopeError("--power-iterations and --oversample must be >= 0")
-    exclude_re = _compile(list(exclude), "--exclude")
-    save_re = _compile(list(save_modules), "--save-modules")
+    exclude_re = compile_regexes(list(exclude), "--exclude")
+    save_re = compile_regexes(list(save_modules), "--save-modules")
     device = resolve_device(device)
     opts = Options(method, power_iterations, oversample, seed, optimum, device)
     warnings: list[str] = []
     with open_checkpoint(base) as b_ckpt, open_checkpoint(finetuned) as f_ckpt:
-        task = task_type(b_ckpt.config)
-        suspicion = naming_suspicion(b_ckpt.config, list(b_ckpt.tensors))
+        choice = choose_task(b_ckpt.config, f_ckpt.config, str(base), str(finetuned))
+        task, side = choice.task, choice.side  # names follow the task model's checkpoint (peft_tasks.choose_task)
+        model_ckpt = f_ckpt if side == "finetuned" else b_ckpt
+        warnings += choice.notes
+        suspicion = naming_suspicion(model_ckpt.config, list(model_ckpt.tensors))
         checking = check_model == "always" or (check_model == "auto" and suspicion is not None)
-        layout_probe = ModelLayout(b_ckpt.config) if checking else None
+        layout_probe = ModelLayout(model_ckpt.config) if checking else None
         alignment = align(b_ckpt, f_ckpt)
         if not any(p.is_matrix for p in alignment.pairs):
             raise RankscopeError(f"{base} and {finetuned} share no 2-D tensor: are they the same architecture?")
         warnings += alignment.warnings
-        save_names = _TASK_HEADS.get(task, ()) + tuple(spec.modules_to_save)
-        plans, saved = _plan(alignment.pairs, spec, embeddings, save_names, save_re, exclude_re)
+        save_names = WRAPPED_HEADS.get(task, ()) + tuple(spec.modules_to_save)
+        plans, saved = _plan(alignment.pairs, spec, embeddings, save_names, save_re, exclude_re, side)
         lora_plans = [p for p in plans if p.role == "lora"]
         if not lora_plans:
             raise RankscopeError(f"{spec.source}: the targets select no 2-D module of {base} "
@@ -1031,20 +1058,24 @@ def extract(
         _check_vocab(plans, warnings)
         t_open = time.perf_counter()
         results, n_workers = _compute(plans, b_ckpt, f_ckpt, opts, workers, progress)
+        _drop_zero_updates(plans, results, warnings)
         t_done = time.perf_counter()
         layout = layout_probe.result() if layout_probe else None
-        if not ((b_ckpt.config or {}).get("architectures")):
-            warnings.append("the base has no config.json with 'architectures': task_type is null and module names "
+        if not choice.architecture:
+            warnings.append("no config.json with 'architectures' on either side: task_type is null and module names "
                             "are used as stored (not cross-checked)")
         elif checking and layout is None:
             warnings.append(f"module names and layer types not cross-checked: {layout_probe.reason}"
                             + (f" (and {suspicion})" if suspicion else ""))
-        ft_only = _fine_tune_only_saves(alignment, f_ckpt, save_names, save_re)
-        saved = sorted(set(saved) | {owner for owner, _, _ in ft_only})
+        ft_only = _fine_tune_only_saves(alignment, f_ckpt, save_names + OUTPUT_HEADS.get(task, ()), save_re, side,
+                                        task, warnings)
+        saved = sorted(set(saved) | {owner for owner, _, _, _ in ft_only})
         names = _apply_layout(plans, saved, layout, warnings)
-        tensors, vec_summary = _collect_tensors(plans, results, names, saved, bias, alignment.pairs, b_ckpt, f_ckpt)
-        tensors.update({f"base_model.model.{core}": value for _, core, value in ft_only})
-        taken = {core for _, core, _ in ft_only}
+        tensors, vec_summary = _collect_tensors(plans, results, names, saved, bias, alignment.pairs, b_ckpt, f_ckpt,
+                                                side)
+        tensors.update({f"base_model.model.{names.get(owner, owner)}{name[len(owner):]}": value
+                        for owner, name, _, value in ft_only})
+        taken = {core for _, _, core, _ in ft_only}
         _note_uncaptured(plans, results, vec_summary, [n for n in alignment.only_in_finetuned if n not in taken],
                          warnings)
         adapter_config = build_adapter_config(plans, names, saved, spec, task, _base_model_path(b_ckpt), bias)
@@ -1056,6 +1087,7 @@ def extract(
     table = pd.DataFrame([results[p.pair.module][0] for p in plans])
     table["layer"] = table["layer"].astype("Int64")
     lora_table = table[table["role"] == "lora"]
+    skipped = [s for s in alignment.skipped_tensors if not (s["checkpoint"] == "finetuned" and s["tensor"] in taken)]
     info = {
         "command": "extract",
         "inputs": inputs,
@@ -1076,6 +1108,8 @@ def extract(
                       "only_in_base": alignment.only_in_base, "only_in_finetuned": alignment.only_in_finetuned,
                       "skipped": alignment.skipped, "transposed_conv1d": [p.name for p in plans if p.pair.transpose]},
         "uncaptured_vectors": vec_summary["uncaptured"],
+        "skipped_tensors": skipped,  # tensors only in the fine-tune that travel in modules_to_save are not skipped
+        "notes": skipped_notes(skipped),
         "warnings": warnings,
         "seconds": {"open": round(t_open - t_start, 3), "compute": round(t_done - t_open, 3),
                     "analysis": round(time.perf_counter() - t_start, 3)},
@@ -1124,8 +1158,9 @@ def _compute(plans: list[ModulePlan], b_ckpt: Checkpoint, f_ckpt: Checkpoint, op
     return results, n_workers
 
 
-def _collect_tensors(plans, results, names, saved, bias, pairs, b_ckpt, f_ckpt) -> tuple[dict, dict]:
-    """The adapter's tensors: LoRA factors, modules_to_save copies and biases (fine-tuned values)."""
+def _collect_tensors(plans, results, names, saved, bias, pairs, b_ckpt, f_ckpt, side: str = "base") -> tuple[dict, dict]:
+    """The adapter's tensors: LoRA factors, modules_to_save copies and biases (fine-tuned values), named
+    as in the task model's checkpoint (``side``, :func:`_model_tensor`)."""
     tensors: dict[str, np.ndarray] = {}
     for plan in plans:
         factors = results[plan.pair.module][1]
@@ -1133,24 +1168,26 @@ def _collect_tensors(plans, results, names, saved, bias, pairs, b_ckpt, f_ckpt) 
             tensors.update(_lora_keys(plan, names[plan.name], *factors))
     saved_set = set(saved)
     for p in pairs:
-        owner = next((s for s in saved_set if p.base.name.startswith(s + ".")), None)
+        tensor = _model_tensor(p, side)
+        owner = next((s for s in saved_set if tensor.startswith(s + ".")), None)
         if owner is not None:
-            core = p.base.name[len(owner):]
+            core = tensor[len(owner):]
             tensors[f"base_model.model.{names.get(owner, owner)}{core}"] = _read_ft(p, f_ckpt)
     lora_names = {p.name for p in plans if p.role == "lora"}
-    written, rest = _vector_tensors(pairs, bias, lora_names, saved)
+    written, rest = _vector_tensors(pairs, bias, lora_names, saved, side)
     for p in written:
-        owner = p.base.name.rsplit(".", 1)[0]
+        tensor = _model_tensor(p, side)
+        owner = tensor.rsplit(".", 1)[0]
         model_owner = names.get(owner, owner)
-        key = f"{model_owner}.base_layer.bias" if owner in lora_names else p.base.name
+        key = f"{model_owner}.base_layer.bias" if owner in lora_names else tensor
         tensors[f"base_model.model.{key}"] = _read_ft(p, f_ckpt)
     uncaptured = []
     for p in rest:
         base_norm, delta_norm = _delta_norm(p, b_ckpt, f_ckpt)
         if delta_norm > 0:
-            uncaptured.append({"tensor": p.base.name, "delta_norm": delta_norm,
+            uncaptured.append({"tensor": _model_tensor(p, side), "delta_norm": delta_norm,
                                "rel_delta": delta_norm / base_norm if base_norm else float("inf")})
-    return tensors, {"written": [p.base.name for p in written], "uncaptured": uncaptured}
+    return tensors, {"written": [_model_tensor(p, side) for p in written], "uncaptured": uncaptured}
 
 
 def _note_uncaptured(plans, results, vec_summary, only_in_ft, warnings) -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import linalg, metrics
 from .adapters import Adapter, LoraModule, read_adapter
-from .align import _is_conv1d, assign_kinds, common_prefixes, module_name
+from .align import _is_conv1d, assign_kinds, common_prefixes, module_name, skipped_notes
 from .checkpoints import Checkpoint, open_checkpoint, read_matrix
 from .errors import RankscopeError
 from .outputs import peak_rss_mb, versions
@@ -56,6 +56,9 @@ def bind_to_base(adapter: Adapter, base: Checkpoint | None) -> list[BoundModule]
             raise RankscopeError(f"adapter module '{m}' has no weight in the base checkpoint {base.path} "
                                  f"(looked for '{tensor}'): is this the adapter's base model?")
         info = base.tensors[tensor]
+        if not info.is_float:
+            raise RankscopeError(f"{info.file}: base tensor '{tensor}' of adapter module '{m}' has dtype {info.dtype}, "
+                                 f"which rankscope does not read (float32, float16, bfloat16 or float64 only)")
         transpose = len(info.shape) == 2 and _is_conv1d(base, module_name(tensor))
         shape = (info.shape[1], info.shape[0]) if transpose else tuple(info.shape[:2])
         if shape != lm.shape:
@@ -89,7 +92,7 @@ def modules_to_save_rows(ad: Adapter, base: Checkpoint | None, taus: Sequence[fl
         value = ad.modules_to_save[name]
         tensor = base_prefix + (name[len(saved_prefix):] if name.startswith(saved_prefix) else name)
         info = base.tensors.get(tensor)
-        if value.ndim != 2 or info is None or tuple(info.shape) != value.shape:
+        if value.ndim != 2 or info is None or not info.is_float or tuple(info.shape) != value.shape:
             continue
         w = read_matrix(base, tensor)
         delta = value - w
@@ -155,6 +158,8 @@ def lora_spectrum(
         "seed": None,
         "device": "cpu",
         "modules_to_save": sorted(ad.modules_to_save),
+        "skipped_tensors": ad.skipped_tensors,
+        "notes": skipped_notes(ad.skipped_tensors),
         "seconds": {"analysis": round(time.perf_counter() - t0, 3)},
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "versions": versions(),

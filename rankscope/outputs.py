@@ -1,9 +1,23 @@
-"""Result folders that are either complete or absent, and the ``run.json`` that describes them.
+"""Result folders that are either complete or absent, never touching what rankscope did not write.
 
-A result is written into a hidden sibling ``.NAME.partial-XXXX`` and renamed onto ``OUT`` only
-when everything is in place, so an interrupted or failed run never leaves a folder that looks
-complete.  An existing ``OUT`` is replaced only if it is empty or a previous rankscope result
-(it holds a ``run.json``).
+A result is written into a hidden sibling ``.NAME.partial-<pid>-XXXX`` (with a marker file naming its
+owner process) and renamed onto ``OUT`` only when everything is in place, so an interrupted or
+failed run never leaves a folder that looks complete.  Every ``run.json`` rankscope writes carries a
+marker, ``"rankscope": {"tool": "rankscope", "command": …, "version": …, "files": [...]}``, listing
+the files of that result.  The output-folder rule (:func:`check_output_target`):
+
+* ``OUT`` that does not exist, or is an empty folder, is created;
+* ``OUT`` holding a complete result that rankscope wrote **for the same command**, and nothing else,
+  is replaced in one rename;
+* anything else — files rankscope did not write, a result of another command (a trained model, an
+  extracted adapter), a ``run.json`` without the marker — is refused before any work, unless
+  ``overwrite`` is given: then the files of the earlier rankscope result listed in its marker are
+  replaced and every other file is kept (a new file whose name is taken by a foreign file is refused);
+* ``OUT`` may be a symlink to a folder (the folder is used); a dangling symlink or a loop is refused.
+
+Stale work folders (``.OUT.partial-*``, ``.OUT.old-*``) left by a rankscope process that no longer
+runs on this host are removed (an ``.old`` folder is restored if ``OUT`` itself went missing).
+Created folders get the permissions of the user's umask.
 """
 
 from __future__ import annotations
@@ -13,11 +27,13 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +41,12 @@ from typing import Any
 from .errors import RankscopeError
 
 PACKAGES = ("rankscope", "numpy", "scipy", "pandas", "torch", "safetensors", "transformers", "peft", "matplotlib", "seaborn")
+TOOL = "rankscope"
+MARKER = "rankscope"
+"""Key of the marker in every ``run.json`` rankscope writes."""
+PARTIAL_MARKER = ".rankscope-partial.json"
+"""File inside a work folder naming its owner process (removed before the folder becomes ``OUT``)."""
+DESCRIPTIONS = {"train": "a model trained by `rankscope train`", "extract": "an adapter written by `rankscope extract`"}
 
 
 def versions() -> dict[str, str | None]:
@@ -44,79 +66,355 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def check_output_target(out: Path) -> None:
-    """Fail early (before any computation) if ``out`` cannot become a result folder."""
-    if out.exists() and not out.is_dir():
-        raise RankscopeError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "run.json").is_file():
-        raise RankscopeError(f"output folder {out} is not empty and is not a rankscope result; choose another -o")
-    ancestor = out.absolute().parent
+# --------------------------------------------------------------------------------------------------
+# the marker
+# --------------------------------------------------------------------------------------------------
+
+
+def tool_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def make_marker(command: str, files: list[str] | None = None) -> dict[str, Any]:
+    """The marker rankscope writes into its ``run.json`` (``files``: the result's files, relative paths)."""
+    marker: dict[str, Any] = {"tool": TOOL, "command": command, "version": tool_version()}
+    if files is not None:
+        marker["files"] = files
+    return marker
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    """The rankscope marker of ``folder/run.json``, or ``None`` when there is none (or it is not rankscope's)."""
+    try:
+        info = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    marker = info.get(MARKER) if isinstance(info, dict) else None
+    if not isinstance(marker, dict) or marker.get("tool") != TOOL or not isinstance(marker.get("command"), str):
+        return None
+    files = marker.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        marker = {**marker, "files": None}
+    return marker
+
+
+def _relative_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` (symlinks count as files), as sorted POSIX relative paths."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        base = Path(root)
+        found += [(base / f).relative_to(folder).as_posix() for f in files]
+        found += [(base / d).relative_to(folder).as_posix() for d in dirs if (base / d).is_symlink()]
+    return sorted(found)
+
+
+def _is_safe_relative(name: str) -> bool:
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts
+
+
+# --------------------------------------------------------------------------------------------------
+# the output-folder rule
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where a result goes and what is there now (see the module docstring)."""
+
+    path: Path  # the folder to write (symlinks resolved)
+    given: Path  # as the user typed it
+    state: str  # "new", "empty", "replace" (a complete result of this command) or "merge" (--overwrite)
+    previous: tuple[str, ...] = ()  # files of the earlier rankscope result that may be replaced
+
+
+def _describe_other(marker: dict[str, Any]) -> str:
+    command = marker["command"]
+    return DESCRIPTIONS.get(command, f"a result of `rankscope {command}`")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def resolve_output(out: str | os.PathLike) -> Path:
+    """``out`` with symlinks resolved; a dangling symlink or a symlink loop is refused."""
+    given = Path(out)
+    if given.is_symlink():
+        target = Path(os.path.realpath(given))
+        if target.is_symlink() or not target.exists():
+            where = os.readlink(given)
+            raise RankscopeError(f"output {given} is a symlink to {where}, which does not exist (or loops); "
+                                 "create that folder or give another -o")
+        return target
+    return Path(os.path.abspath(given))
+
+
+def check_output_target(out: str | os.PathLike, command: str | None = None, overwrite: bool = False) -> OutputTarget:
+    """Decide, before any work, whether ``out`` may receive a ``command`` result (module docstring).
+
+    Raises :class:`RankscopeError` (one line: what is there and how to proceed) when it may not.
+    Also removes stale work folders of earlier rankscope runs on this ``out``.
+    """
+    given = Path(out)
+    path = resolve_output(given)
+    if path.exists() and not path.is_dir():
+        raise RankscopeError(f"output {given} exists and is not a folder")
+    ancestor = path.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise RankscopeError(f"cannot write output folder {out}: {ancestor} is not a writable folder")
+        raise RankscopeError(f"cannot write output folder {given}: {ancestor} is not a writable folder")
+    remove_stale_work_folders(path)
+    if not path.exists():
+        return OutputTarget(path, given, "new")
+    try:
+        entries = list(path.iterdir())
+    except OSError as exc:
+        raise RankscopeError(f"cannot read output folder {given}: {exc.strerror or exc}") from exc
+    if not entries:
+        return OutputTarget(path, given, "empty")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RankscopeError(f"cannot write output folder {given}: it is not writable")
+    marker = read_marker(path)
+    previous = tuple(f for f in (marker or {}).get("files") or () if _is_safe_relative(f))
+    present = _relative_files(path)
+    foreign = sorted(set(present) - set(previous))
+    same = marker is not None and (command is None or marker["command"] == command)
+    if same and marker.get("files") is not None and not foreign:
+        return OutputTarget(path, given, "replace", previous)
+    if overwrite:
+        return OutputTarget(path, given, "merge", previous if marker is not None else ())
+    hint = "give another -o, or --overwrite to replace rankscope's files there and keep the others"
+    if marker is None:
+        what = ("a run.json that rankscope did not write" if (path / "run.json").exists()
+                else f"{len(present)} file(s) rankscope did not write (e.g. {present[0] if present else entries[0].name})")
+        raise RankscopeError(f"output folder {given} is not empty and is not a rankscope result: it holds {what}; {hint}")
+    if not same:
+        raise RankscopeError(f"output folder {given} holds {_describe_other(marker)}; this `rankscope {command}` "
+                             f"result would replace it: {hint}")
+    example = foreign[0] if foreign else "run.json"
+    raise RankscopeError(f"output folder {given} holds an earlier `rankscope {command}` result plus {len(foreign)} "
+                         f"file(s) rankscope did not write (e.g. {example}); move them, or {hint}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def _stale(folder: Path) -> bool:
+    """A work folder whose marker names a process of this host that no longer runs."""
+    try:
+        owner = json.loads((folder / PARTIAL_MARKER).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(owner, dict) or owner.get("tool") != TOOL or owner.get("host") != socket.gethostname():
+        return False
+    pid = owner.get("pid")
+    return isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid)
+
+
+def remove_stale_work_folders(path: Path) -> list[Path]:
+    """Remove ``.NAME.partial-*`` / ``.NAME.old-*`` siblings of ``path`` left by dead rankscope processes."""
+    parent = path.parent
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    try:
+        candidates = sorted(parent.glob(f".{path.name}.partial-*")) + sorted(parent.glob(f".{path.name}.old-*"))
+    except OSError:
+        return removed
+    for folder in candidates:
+        if folder.is_symlink() or not folder.is_dir() or not _stale(folder):
+            continue
+        if ".old-" in folder.name[len(path.name) + 1:] and not path.exists():
+            (folder / PARTIAL_MARKER).unlink(missing_ok=True)
+            folder.rename(path)  # the run died between its two renames: put the earlier result back
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _owner_marker(folder: Path) -> None:
+    data = {"tool": TOOL, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    (folder / PARTIAL_MARKER).write_text(json.dumps(data) + "\n")
+
+
+def _make_work_folder(target: OutputTarget) -> Path:
+    parent = target.path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.path.name}.partial-{os.getpid()}-", dir=parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+        _owner_marker(tmp)
+    except OSError as exc:
+        raise RankscopeError(f"cannot write output folder {target.given}: {exc.strerror or exc}") from exc
+    return tmp
+
+
+def _install(tmp: Path, target: OutputTarget) -> None:
+    """Move the finished work folder onto ``OUT`` according to ``target.state``."""
+    (tmp / PARTIAL_MARKER).unlink(missing_ok=True)
+    out = target.path
+    if target.state == "merge":
+        _merge(tmp, target)
+        return
+    if target.state == "replace":
+        if read_marker(out) is None or set(_relative_files(out)) - set(target.previous):
+            raise RankscopeError(f"output folder {target.given} changed while rankscope was running; "
+                                 "nothing was replaced")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        _owner_marker_at(old, out)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        tmp.rename(out)  # also replaces an empty folder
+    except OSError as exc:
+        raise RankscopeError(f"output folder {target.given} appeared or filled while rankscope was running "
+                             f"({exc.strerror or exc}); nothing was replaced") from exc
+
+
+def _owner_marker_at(old: Path, out: Path) -> None:
+    """Rename ``out`` to ``old`` and mark it as ours, so a crash between the two renames can be undone."""
+    out.rename(old)
+    _owner_marker(old)
+
+
+def _merge(tmp: Path, target: OutputTarget) -> None:
+    """``--overwrite``: replace the earlier result's files, keep every other file, ``run.json`` last."""
+    out = target.path
+    new_files = _relative_files(tmp)
+    previous = set(target.previous)
+    clash = [f for f in new_files if (out / f).exists() or (out / f).is_symlink()]
+    clash = [f for f in clash if f not in previous or (out / f).is_dir()]
+    if clash:
+        raise RankscopeError(f"output folder {target.given}: '{clash[0]}' exists and was not written by rankscope; "
+                             "refusing to replace it (give another -o)")
+    if (out / "run.json").is_file() and "run.json" in previous:
+        (out / "run.json").unlink()  # the folder must not look complete while files move
+    for name in sorted(previous - {"run.json"}):
+        victim = out / name
+        if victim.is_file() or victim.is_symlink():
+            victim.unlink()
+    for name in sorted(set(new_files) - {"run.json"}) + (["run.json"] if "run.json" in new_files else []):
+        dest = out / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / name, dest)
+    for name in sorted(previous, reverse=True):  # folders the earlier result left empty
+        folder = (out / name).parent
+        while folder != out and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
-def atomic_output(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``out`` in one rename, on error it vanishes."""
-    out = Path(out)
-    check_output_target(out)
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    except OSError as exc:
-        raise RankscopeError(f"cannot write output folder {out}: {exc.strerror or exc}") from exc
+def atomic_output(out: str | os.PathLike, command: str | None = None, overwrite: bool = False,
+                  info: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Yield a work folder; on success it becomes ``out`` (module docstring), on error it vanishes.
+
+    With ``info``, the marker (``info["rankscope"]``, listing every file written) is added and
+    ``info`` is written as ``run.json`` last.
+    """
+    target = check_output_target(out, command, overwrite)
+    tmp = _make_work_folder(target)
     try:
         yield tmp
+        if info is not None:
+            files = sorted({*(f for f in _relative_files(tmp) if f != PARTIAL_MARKER), "run.json"})
+            info[MARKER] = make_marker(command or str(info.get("command")), files)
+            write_json(tmp / "run.json", info)
+        _install(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
-def result_folder(out: str | os.PathLike, info: dict[str, Any]) -> Iterator[Path]:
-    """:func:`atomic_output` that also finishes ``info`` and writes it as ``run.json`` on success.
+def result_folder(out: str | os.PathLike, info: dict[str, Any], overwrite: bool = False) -> Iterator[Path]:
+    """:func:`atomic_output` that also finishes ``info`` and writes it as ``run.json`` (with the marker).
 
     ``info["seconds"]["total"]`` becomes the analysis time plus the time spent writing (figures
     included); ``info["peak_rss_mb"]`` the peak resident memory of the process.
     """
     t0 = time.perf_counter()
-    with atomic_output(out) as tmp:
+    seconds = info.setdefault("seconds", {})
+    with atomic_output(out, str(info.get("command")), overwrite, info) as tmp:
         yield tmp
-        seconds = info.setdefault("seconds", {})
         seconds["total"] = round(seconds.get("analysis", 0.0) + time.perf_counter() - t0, 3)
         info["peak_rss_mb"] = round(peak_rss_mb(), 1)
-        write_json(tmp / "run.json", info)
 
 
-def read_table(path: Path):
-    """A result CSV with ``module``/``kind`` as text and ``layer`` as nullable integers."""
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def read_table(path: Path, required: tuple[str, ...] = (), numeric: tuple[str, ...] = ()):
+    """A result CSV with ``module``/``kind`` as text and ``layer`` as nullable integers.
+
+    ``required``: columns that must be there; ``numeric``: columns that, where present, must hold a
+    number in every row.  Either problem is a :class:`RankscopeError` naming the file and the column.
+    """
     import pandas as pd
 
     try:
-        return pd.read_csv(path, dtype={"layer": "Int64", "module": str, "kind": str})
-    except (OSError, ValueError) as exc:
-        raise RankscopeError(f"{path}: missing or unreadable ({exc})") from exc
+        table = pd.read_csv(path, dtype={"layer": "Int64", "module": str, "kind": str})
+    except (OSError, ValueError, TypeError) as exc:  # ValueError covers parser, empty-file and decoding errors
+        raise RankscopeError(f"{path}: missing or unreadable ({_reason(exc)})") from exc
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise RankscopeError(f"{path}: no column {', '.join(repr(c) for c in missing)} "
+                             f"(not a complete rankscope result table)")
+    for col in numeric:
+        if col not in table.columns:
+            continue
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = table[col][values.isna()]
+        if len(bad):
+            raise RankscopeError(f"{path}: column '{col}' holds {bad.iloc[0]!r} (row {int(bad.index[0]) + 2}), "
+                                 f"not a number")
+        table[col] = values
+    return table
 
 
-def read_arrays(path: Path) -> dict[str, Any]:
-    """Every array of an ``.npz`` file, by key."""
+def read_arrays(path: Path, required: tuple[str, ...] = (), ndim: int | None = None) -> dict[str, Any]:
+    """Every array of an ``.npz`` file, by key; each must hold real numbers (with ``ndim`` dimensions if given).
+
+    ``required``: keys that must be there.  Problems are a :class:`RankscopeError` naming the file and the key.
+    """
+    import zipfile
+
     import numpy as np
 
     try:
         with np.load(path) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise RankscopeError(f"{path}: missing or unreadable ({exc})") from exc
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise RankscopeError(f"{path}: missing or unreadable ({_reason(exc)})") from exc
+    except (AttributeError, TypeError) as exc:  # np.load of a single .npy array (not an archive)
+        raise RankscopeError(f"{path}: not an .npz archive of named arrays") from exc
+    for key in required:
+        if key not in arrays:
+            raise RankscopeError(f"{path}: no array '{key}'")
+    for key, value in arrays.items():
+        if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+            raise RankscopeError(f"{path}: array '{key}' is not numeric (dtype {value.dtype})")
+        if ndim is not None and value.ndim != ndim:
+            raise RankscopeError(f"{path}: array '{key}' has {value.ndim} dimensions, expected {ndim}")
+    return arrays
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -124,9 +422,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path`` (a list, a number or broken JSON is one :class:`RankscopeError`)."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError as exc:
         raise RankscopeError(f"{path} not found: is this a rankscope result folder?") from exc
-    except (OSError, ValueError) as exc:
-        raise RankscopeError(f"{path}: unreadable ({exc})") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise RankscopeError(f"{path}: unreadable ({_reason(exc)})") from exc
+    if not isinstance(data, dict):
+        raise RankscopeError(f"{path}: not a JSON object (got {type(data).__name__})")
+    return data

@@ -32,10 +32,13 @@ def _number_json(x: float) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
 
-def lora_config_dict(modules: Sequence[str], ranks: Sequence[int], alphas: Sequence[float]) -> dict[str, Any]:
+def lora_config_dict(modules: Sequence[str], ranks: Sequence[int], alphas: Sequence[float],
+                     task_type: str | None = None, modules_to_save: Sequence[str] | None = None) -> dict[str, Any]:
     """A ``LoraConfig`` as JSON: ``target_modules`` = the modules with a positive rank, ``r`` = their most
     common rank (so ``rank_pattern`` is short), ``lora_alpha`` = the most common alpha at that rank, and
-    ``rank_pattern`` / ``alpha_pattern`` for every module that differs (keys from :func:`pattern_key`).
+    ``rank_pattern`` / ``alpha_pattern`` for every module that differs (keys from :func:`pattern_key`);
+    ``task_type`` (peft picks its ``PeftModelFor*`` wrapper by it) and ``modules_to_save`` (task heads,
+    trained whole; ``None`` when empty) as given.
     """
     active = [(m, int(r), float(a)) for m, r, a in zip(modules, ranks, alphas, strict=True) if r > 0]
     if not active:
@@ -46,11 +49,13 @@ def lora_config_dict(modules: Sequence[str], ranks: Sequence[int], alphas: Seque
     a0 = min(alpha_counts, key=lambda a: (-alpha_counts[a], a))
     return {
         "peft_type": "LORA",
+        "task_type": task_type,
         "r": r0,
         "lora_alpha": _number_json(a0),
         "target_modules": [m for m, _, _ in active],
         "rank_pattern": {pattern_key(m): r for m, r, _ in active if r != r0},
         "alpha_pattern": {pattern_key(m): _number_json(a) for m, _, a in active if a != a0},
+        "modules_to_save": list(modules_to_save or []) or None,
     }
 
 
@@ -82,20 +87,24 @@ def check_lora_config(config: dict[str, Any], intended: dict[str, tuple[int, flo
 
     ``intended``: ``module -> (rank, alpha)`` for the modules to adapt.  Checks that ``target_modules``
     selects exactly them (peft's ``check_target_module_exists``: a list entry matches a name equal to
-    it or ending with ``"." + entry``), that each resolves to its rank and alpha (the first matching
-    pattern key wins, as in peft), and that every ``rank_pattern`` / ``alpha_pattern`` key matches
-    exactly one module.
+    it or ending with ``"." + entry``; nothing in or under a ``modules_to_save`` module, including the
+    heads that peft adds for the ``task_type``, :data:`rankscope.peft_tasks.WRAPPED_HEADS`), that each
+    resolves to its rank and alpha (the first matching pattern key wins, as in peft), and that every
+    ``rank_pattern`` / ``alpha_pattern`` key matches exactly one module.
     """
+    from .peft_tasks import WRAPPED_HEADS, peft_excludes
+
     universe = sorted(module_universe([*names, *intended]))
     targets = config["target_modules"]
     targets = targets if isinstance(targets, str) else set(targets)
+    saved = [*(config.get("modules_to_save") or []), *WRAPPED_HEADS.get(config.get("task_type") or "", ())]
     fields = (("rank_pattern", "r", 0), ("alpha_pattern", "lora_alpha", 1))
     compiled = {f: [(k, v, _peft_pattern(k)) for k, v in (config.get(f) or {}).items()] for f, _, _ in fields}
     for prefix in dict.fromkeys(prefixes):
         matched: Counter[tuple[str, str]] = Counter()
         for name in universe:
             key = prefix + name
-            hit = _peft_targets(targets, key)
+            hit = _peft_targets(targets, key) and not peft_excludes(saved, key)
             if hit != (name in intended):
                 what = "would also adapt" if hit else "would not adapt"
                 raise RankscopeError(f"cannot express the plan for peft: target_modules {what} module '{key}' "

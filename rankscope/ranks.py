@@ -6,8 +6,8 @@
 ``rank_pattern`` / ``alpha_pattern`` give each module exactly its recommended rank under peft's
 matching rules.
 
-Rules (``σ`` sorted descending, ``e_k = σ_k² / Σσ²``; a zero ``ΔW`` has rank 0 under every rule
-except the kohya modes, which give it 1 as kohya does):
+Rules (``σ`` sorted descending, ``e_k = σ_k² / Σσ²``; a zero ``ΔW`` has rule rank 0 under every rule
+except the kohya modes, which give it 1 as kohya does — the plan gives it rank 0 whatever the rule):
 
 * ``energy:τ`` — smallest ``k`` with ``Σ_{i≤k} e_i ≥ τ`` (:func:`rankscope.metrics.energy_rank`);
 * ``gd`` — Gavish & Donoho (2014) optimal hard threshold for unknown noise:
@@ -21,6 +21,18 @@ except the kohya modes, which give it 1 as kohya does):
 Every rank is then kept inside ``[min_rank, min(max_rank, min(m, n))]`` and, with ``snap``, moved
 to an allowed value (threshold rules round *up* so the criterion still holds; the global rules
 allocate directly over the allowed values).
+
+A module whose ``ΔW`` is exactly zero (an untouched pooler) is never adapted: rank 0, left out of
+``target_modules`` and of the budget rules' allocation (and of the uniform alternative), whatever
+``min_rank`` and ``snap`` say, with a note.
+
+peft task (:mod:`rankscope.peft_tasks`): ``task_type`` comes from the ``architectures`` recorded for
+the inputs, the fine-tune's when it is a task model (a bare ``BertModel`` fine-tuned into
+``BertForSequenceClassification`` gives ``SEQ_CLS``).  Modules that peft treats as heads under that
+task type — ``classifier``/``score`` (``SEQ_CLS``, ``TOKEN_CLS``), ``qa_outputs`` (``QUESTION_ANS``),
+``lm_head`` (``CAUSAL_LM``) — are never planned; the wrapped heads, and a head that only the fine-tune
+has, go to ``modules_to_save`` (trained whole), so ``get_peft_model(AutoModelFor<task>.from_pretrained(BASE),
+LoraConfig.from_pretrained(OUT))`` builds exactly the planned ranks.
 """
 
 from __future__ import annotations
@@ -50,6 +62,16 @@ from .allocation import (
 from .errors import RankscopeError
 from .outputs import read_json, result_folder, versions, write_json
 from .peft_config import check_lora_config, lora_config_dict
+from .peft_tasks import (
+    OUTPUT_HEADS,
+    WRAPPED_HEADS,
+    TaskChoice,
+    choose_task,
+    describe_config,
+    head_modules,
+    head_names,
+    head_owner,
+)
 
 RULES = ("energy", "gd", "budget", "avg-rank", "kohya-fro", "kohya-ratio", "kohya-cumulative")
 RULE_FORMS = "energy:TAU, gd, budget:N, avg-rank:R, kohya-fro:T, kohya-ratio:T, kohya-cumulative:T"
@@ -306,15 +328,16 @@ class RankPlan:
         cfg = self.lora_config
         lines.append(f"lora_config: r={cfg['r']}, lora_alpha={cfg['lora_alpha']}, "
                      f"{len(cfg['rank_pattern'])} rank_pattern and {len(cfg['alpha_pattern'])} alpha_pattern entries")
+        lines.append(_peft_line(cfg, self.info.get("peft") or {}))
         for w in self.info.get("warnings", []):
             lines.append(f"note: {w}")
         return "\n".join(lines)
 
-    def save(self, out: str | os.PathLike, plots: bool = True) -> Path:
+    def save(self, out: str | os.PathLike, plots: bool = True, overwrite: bool = False) -> Path:
         """Write ``ranks.csv``, ``lora_config.json``, ``adapter_config.json`` (the same config, the file name
         ``LoraConfig.from_pretrained(OUT)`` reads), ``run.json``, ``figures/ranks.png`` and, for spectra
         computed on the fly, ``spectrum/`` (a spectrum result folder, reusable as SOURCE) — atomically."""
-        with result_folder(out, self.info) as tmp:
+        with result_folder(out, self.info, overwrite) as tmp:
             self.table.to_csv(tmp / "ranks.csv", index=False)
             write_json(tmp / "lora_config.json", self.lora_config)
             write_json(tmp / "adapter_config.json", self.lora_config)
@@ -334,21 +357,42 @@ class RankPlan:
     @classmethod
     def load(cls, out: str | os.PathLike) -> RankPlan:
         """Read a folder written by :meth:`save` (no recomputation)."""
+        from .outputs import read_table
+
+        columns = ("module", "layer", "kind", "rows", "cols", "rank", "alpha", "params", "captured_energy",
+                   "delta_energy", "uniform_rank", "uniform_params", "uniform_captured_energy")  # what plot/summary use
         out = Path(out)
         info = read_json(out / "run.json")
-        try:
-            table = pd.read_csv(out / "ranks.csv", dtype={"layer": "Int64", "rule_rank": "Int64", "module": str,
-                                                          "kind": str})
-        except (OSError, ValueError) as exc:
-            raise RankscopeError(f"{out}: incomplete or unreadable rank plan ({exc})") from exc
+        table = read_table(out / "ranks.csv", columns, columns[3:])
+        if "rule_rank" in table:
+            try:
+                table["rule_rank"] = table["rule_rank"].astype("Int64")
+            except (TypeError, ValueError) as exc:
+                raise RankscopeError(f"{out / 'ranks.csv'}: column 'rule_rank' must hold whole numbers") from exc
         return cls(table, read_json(out / "lora_config.json"), info)
+
+
+def _peft_line(cfg: dict[str, Any], peft: dict[str, Any]) -> str:
+    """The summary line on ``task_type`` and ``modules_to_save``."""
+    task, saves = cfg.get("task_type"), cfg.get("modules_to_save") or []
+    arch = peft.get("architecture")
+    where = f" (the {'fine-tune' if peft.get('from') == 'finetuned' else 'base'}'s {arch})" if arch else ""
+    line = f"peft: task_type {task}{where}" if task else "peft: task_type null (no architectures recorded for the inputs)"
+    if saves:
+        line += f"; modules_to_save {', '.join(saves)} (task heads, trained whole, not with LoRA)"
+    if task == "FEATURE_EXTRACTION":
+        line += "; for a task model set task_type (e.g. SEQ_CLS) so that peft trains its head"
+    return line
 
 
 def _save_spectrum(spec, folder: Path) -> None:
     """The spectra computed on the fly, as a spectrum result folder (reusable as SOURCE)."""
+    from .outputs import MARKER, make_marker
+
     folder.mkdir()
     spec.write_data(folder)
-    write_json(folder / "run.json", spec.info)
+    files = sorted([*(p.name for p in folder.iterdir()), "run.json"])
+    write_json(folder / "run.json", {**spec.info, MARKER: make_marker("spectrum", files)})
 
 
 def _load_source(source, finetuned, targets: tuple[str, ...], exclude_embeddings: bool, device: str,
@@ -413,6 +457,31 @@ def _validate(min_rank: int, max_rank: int | None, gain: str) -> None:
         raise RankscopeError(f"--gain {gain}: choose from {', '.join(GAINS)}")
 
 
+def plan_task(info: dict[str, Any]) -> TaskChoice:
+    """The peft task of a spectrum result: :func:`rankscope.peft_tasks.choose_task` on the ``architectures`` that
+    its ``run.json`` records for both inputs (:meth:`rankscope.checkpoints.Checkpoint.describe`); the fine-tune's
+    when it has heads.  Unknown (no ``architectures``, a spectrum built in memory): ``task_type`` null."""
+    inputs = info.get("inputs") if isinstance(info.get("inputs"), dict) else {}
+    base, ft = inputs.get("base"), inputs.get("finetuned")
+    name = lambda d, default: d.get("given", default) if isinstance(d, dict) else default  # noqa: E731
+    return choose_task(describe_config(base), describe_config(ft), name(base, "the base"), name(ft, "the fine-tune"))
+
+
+def heads_to_save(spec, task: str | None) -> list[str]:
+    """Task heads for ``modules_to_save``: every head peft wraps under ``task`` (``classifier``/``score``,
+    ``qa_outputs``; :data:`rankscope.peft_tasks.WRAPPED_HEADS`) found in the pair, including one that only the
+    fine-tune has (a fresh classifier), and an output head that only the fine-tune has (a fresh ``lm_head`` on a
+    bare ``LlamaModel`` base, which ``AutoModelForCausalLM.from_pretrained(BASE)`` would initialise at random)."""
+    align_info = spec.info.get("alignment", {}) or {}
+    only_ft = list(align_info.get("only_in_finetuned") or [])
+    vectors = list(spec.vectors["module"]) if len(getattr(spec, "vectors", [])) else []
+    present = [*spec.table["module"], *vectors, *only_ft, *(align_info.get("only_in_base") or []),
+               *(align_info.get("skipped") or {})]
+    wrapped = head_modules(map(str, present), WRAPPED_HEADS.get(task or "", ()))
+    fresh = head_modules(only_ft, OUTPUT_HEADS.get(task or "", ()))
+    return sorted(set(wrapped) | set(fresh))
+
+
 def recommend(
     source: Any,
     finetuned: str | os.PathLike | None = None,
@@ -458,50 +527,78 @@ def recommend(
     spec, inputs, on_the_fly = _load_source(source, finetuned, tokens, exclude_embeddings, device, workers, progress)
     t_loaded = time.perf_counter()
     table = spec.table
+    warnings: list[str] = []
+    task = plan_task(spec.info)
+    warnings += task.notes
+    heads = head_names(task.task)
     mask = select_targets(table, tokens, exclude_embeddings)
+    is_head = table["module"].astype(str).map(lambda m: head_owner(m, heads) is not None).to_numpy(dtype=bool)
+    dropped = list(table["module"][mask & is_head])
+    mask &= ~is_head
+    if not mask.any():
+        raise RankscopeError(f"--targets {','.join(tokens)}: selects only the {task.task} task head(s) "
+                             f"{', '.join(dropped)}, which peft trains whole (modules_to_save), not with LoRA")
     rows = table[mask].reset_index(drop=True)
     _check_spectra(rows, spec.spectra)
-    levels = [_levels_or_error(r, min_rank, max_rank, snap_) for r in rows.itertuples()]
     spectra = [spec.spectra[m] for m in rows["module"]]
+    live = np.array([bool(np.any(s)) for s in spectra], dtype=bool)  # ΔW = 0 exactly: never adapted
+    if not live.any():
+        listed = ", ".join(rows["module"][:4]) + (" …" if len(rows) > 4 else "")
+        raise RankscopeError(f"ΔW = 0 exactly in every target module ({listed}): the fine-tune did not change them, "
+                             "nothing to adapt (choose other --targets)")
+    idx = np.flatnonzero(live)
+    levels = [_levels_or_error(r, min_rank, max_rank, snap_) if ok else np.zeros(1, dtype=np.int64)
+              for r, ok in zip(rows.itertuples(), live, strict=True)]
     shapes = [(int(r), int(c)) for r, c in zip(rows["rows"], rows["cols"], strict=True)]
     costs = np.array([m + n for m, n in shapes], dtype=np.int64)
-    warnings: list[str] = []
+    live_shapes = [shapes[i] for i in idx]
+    ranks = np.zeros(len(rows), dtype=np.int64)
     allocation, budget, rule_ranks = None, None, None
     if rule_.is_global:
         if rule_.name == "avg-rank":
-            for r in rows.itertuples():
-                if rule_.value > min(int(r.rows), int(r.cols)):
+            for (m, n), module in zip(live_shapes, rows["module"][idx], strict=True):
+                if rule_.value > min(m, n):
                     raise RankscopeError(f"--rule {rule_}: rank {rule_.value:g} exceeds min(m, n) = "
-                                         f"{min(int(r.rows), int(r.cols))} of module '{r.module}'")
-            budget = int(math.floor(rule_.value * int(costs.sum()) + 1e-9))
+                                         f"{min(m, n)} of module '{module}'")
+            budget = int(math.floor(rule_.value * int(costs[idx].sum()) + 1e-9))
         else:
             budget = int(rule_.value)
-        minimum = int(sum(int(lv[0]) * c for lv, c in zip(levels, costs, strict=True)))
+        minimum = int(sum(int(levels[i][0]) * int(costs[i]) for i in idx))
         if budget < minimum:
             raise RankscopeError(f"--rule {rule_}: a budget of {budget:,} parameters is below the minimum {minimum:,} "
-                                 f"(the smallest allowed rank in each of the {len(rows)} target modules)")
-        allocation = greedy_allocation(spectra, shapes, budget, min_rank=min_rank, max_rank=max_rank, snap=snap_,
-                                       gain=gain)
-        ranks = allocation.ranks
+                                 f"(the smallest allowed rank in each of the {len(idx)} target modules with ΔW ≠ 0)")
+        allocation = greedy_allocation([spectra[i] for i in idx], live_shapes, budget, min_rank=min_rank,
+                                       max_rank=max_rank, snap=snap_, gain=gain)
+        ranks[idx] = allocation.ranks
     else:
         rule_ranks = np.array([rule_rank(rule_, s, m, n) for s, (m, n) in zip(spectra, shapes, strict=True)])
-        ranks = np.array([snap_up(int(k), lv) for k, lv in zip(rule_ranks, levels, strict=True)], dtype=np.int64)
-        short = [m for m, k, r in zip(rows["module"], rule_ranks, ranks, strict=True) if r < k]
+        ranks[idx] = [snap_up(int(rule_ranks[i]), levels[i]) for i in idx]
+        short = [rows["module"][i] for i in idx if ranks[i] < rule_ranks[i]]
         if short:
             warnings.append(f"{len(short)} module(s) capped below the rule's rank by --max-rank/--snap "
                             f"(e.g. {short[0]})")
     params = int(np.dot(costs, ranks))
-    u, uniform = uniform_rank_for_budget(shapes, budget if budget is not None else params, min_rank=min_rank,
-                                         max_rank=max_rank, snap=snap_)
-    zero = [m for m, s, r in zip(rows["module"], spectra, ranks, strict=True) if r > 0 and not np.any(s)]
+    u, live_uniform = uniform_rank_for_budget(live_shapes, budget if budget is not None else params,
+                                              min_rank=min_rank, max_rank=max_rank, snap=snap_)
+    uniform = np.zeros(len(rows), dtype=np.int64)
+    uniform[idx] = live_uniform
+    zero = list(rows["module"][~live])
     if zero:
-        warnings.append(f"ΔW = 0 in {len(zero)} target module(s) given rank > 0 by --min-rank: {', '.join(zero[:4])}"
+        warnings.append(f"ΔW = 0 exactly in {len(zero)} target module(s): not adapted (rank 0, left out of "
+                        f"target_modules, whatever --min-rank/--snap): {', '.join(zero[:4])}"
                         + (" …" if len(zero) > 4 else ""))
+    saves = heads_to_save(spec, task.task)
+    if dropped:
+        warnings.append(f"task head(s) {', '.join(dropped)} not planned: under task_type {task.task} peft "
+                        + ("trains them whole (modules_to_save)" if set(dropped) <= set(saves) else
+                           "leaves them out of all-linear") + ", not with LoRA")
     out = _plan_table(rows, spectra, ranks, rule_ranks, uniform, alpha_)
     intended = {m: (int(r), float(a)) for m, r, a in zip(out["module"], out["rank"], out["alpha"], strict=True)
                 if r > 0}
-    config = lora_config_dict(list(out["module"]), list(out["rank"]), list(out["alpha"]))
+    config = lora_config_dict(list(out["module"]), list(out["rank"]), list(out["alpha"]), task_type=task.task,
+                              modules_to_save=saves)
     names = list(table["module"]) + (list(spec.vectors["module"]) if len(getattr(spec, "vectors", [])) else [])
+    names += saves
     align_info = spec.info.get("alignment", {})
     prefixes = ["", *(p for p in (align_info.get("base_prefix"), align_info.get("finetuned_prefix")) if p)]
     check_lora_config(config, intended, names, prefixes)
@@ -513,6 +610,8 @@ def recommend(
         "options": {"rule": str(rule_), "targets": ",".join(tokens), "min_rank": min_rank, "max_rank": max_rank,
                     "snap": list(snap_) if snap_ else None, "alpha": str(alpha_), "gain": gain,
                     "exclude_embeddings": exclude_embeddings, "device": device},
+        "peft": {**task.describe(), "modules_to_save": saves},
+        "skipped_tensors": list(spec.info.get("skipped_tensors", [])),
         "results": results,
         "warnings": warnings,
         "seconds": {"spectrum": round(t_loaded - t_start, 3), "allocation": round(t_done - t_loaded, 3),

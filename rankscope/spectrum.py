@@ -23,14 +23,21 @@ import numpy as np
 import pandas as pd
 
 from . import linalg, metrics
-from .align import Alignment, TensorPair, align
+from .align import Alignment, TensorPair, align, skipped_notes
 from .checkpoints import Checkpoint, open_checkpoint
 from .errors import RankscopeError
+from .options import compile_regexes
 from .outputs import peak_rss_mb, read_arrays, read_json, read_table, result_folder, versions
 
 DEFAULT_TAUS = (0.5, 0.9, 0.99)
 BLOCK_BYTES = 32 * 1024 * 1024
 """Row blocks are sized so one float64 block of ΔW takes at most this much memory."""
+TABLE_COLUMNS = ("module", "layer", "kind", "rows", "cols")
+"""Columns every ``modules.csv`` (spectrum and lora results) must have."""
+TABLE_NUMBERS = ("rows", "cols", "params", "base_norm", "delta_norm", "rel_delta", "effective_rank", "stable_rank",
+                 "rank_90")
+"""Columns of ``modules.csv`` that, where present, hold a number in every row."""
+VECTOR_NUMBERS = ("numel", "base_norm", "delta_norm", "rel_delta")
 
 
 @dataclass
@@ -49,9 +56,9 @@ class SpectrumResult:
     vectors: pd.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, out: str | os.PathLike, plots: bool = True) -> Path:
+    def save(self, out: str | os.PathLike, plots: bool = True, overwrite: bool = False) -> Path:
         """Write ``modules.csv``, ``vectors.csv``, ``spectra.npz``, ``run.json`` (and figures) atomically."""
-        with result_folder(out, self.info) as tmp:
+        with result_folder(out, self.info, overwrite) as tmp:
             self.write_data(tmp)
             if plots:
                 from .plots import render_spectrum_figures
@@ -69,11 +76,25 @@ class SpectrumResult:
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> SpectrumResult:
-        """Read a result folder written by :meth:`save` (no recomputation)."""
+        """Read a result folder written by :meth:`save` (no recomputation).
+
+        A missing column, a value that is not a number, or a module without a 1-D numeric spectrum of
+        ``min(rows, cols)`` values in ``spectra.npz`` is a :class:`RankscopeError` naming the file.
+        """
         out = Path(out)
         info = read_json(out / "run.json")
-        vectors = read_table(out / "vectors.csv") if (out / "vectors.csv").is_file() else pd.DataFrame()
-        return cls(read_table(out / "modules.csv"), read_arrays(out / "spectra.npz"), vectors, info)
+        vectors = (read_table(out / "vectors.csv", ("module",), VECTOR_NUMBERS) if (out / "vectors.csv").is_file()
+                   else pd.DataFrame())
+        table = read_table(out / "modules.csv", TABLE_COLUMNS, TABLE_NUMBERS)
+        spectra = read_arrays(out / "spectra.npz", ndim=1)
+        for row in table.itertuples():
+            if row.module not in spectra:
+                raise RankscopeError(f"{out / 'spectra.npz'}: no spectrum for module '{row.module}' of modules.csv")
+            size, expected = spectra[row.module].size, min(int(row.rows), int(row.cols))
+            if size != expected:
+                raise RankscopeError(f"{out / 'spectra.npz'}: spectrum of '{row.module}' has {size} values, "
+                                     f"expected min(rows, cols) = {expected}")
+        return cls(table, spectra, vectors, info)
 
     def summary(self) -> str:
         """A concise console summary: one line per module kind."""
@@ -178,19 +199,9 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den)
 
 
-def _compile(patterns: Sequence[str], option: str) -> list[re.Pattern[str]]:
-    compiled = []
-    for p in patterns:
-        try:
-            compiled.append(re.compile(p))
-        except re.error as exc:
-            raise RankscopeError(f"{option}: invalid regular expression '{p}' ({exc})") from exc
-    return compiled
-
-
 def select_pairs(alignment: Alignment, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[TensorPair]:
     """Pairs whose module name matches any ``include`` regex (all if none) and no ``exclude`` regex."""
-    inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
+    inc, exc = compile_regexes(include, "--include"), compile_regexes(exclude, "--exclude")
     return [
         p for p in alignment.pairs
         if (not inc or any(r.search(p.module) for r in inc)) and not any(r.search(p.module) for r in exc)
@@ -277,6 +288,7 @@ def spectrum(
         raise RankscopeError(f"--method: unknown method '{method}' (choose from {', '.join(linalg.METHODS)})")
     device = resolve_device(device)
     include, exclude = tuple(include), tuple(exclude)
+    compile_regexes(include, "--include"), compile_regexes(exclude, "--exclude")  # bad patterns fail before any work
     with open_checkpoint(base) as b_ckpt, open_checkpoint(finetuned) as f_ckpt:
         alignment = align(b_ckpt, f_ckpt)
         selected = select_pairs(alignment, include, exclude)
@@ -322,6 +334,8 @@ def spectrum(
             "transposed_conv1d": [p.module for p in matrices if p.transpose],
         },
         "warnings": alignment.warnings,
+        "skipped_tensors": alignment.skipped_tensors,
+        "notes": skipped_notes(alignment.skipped_tensors),
         "seconds": {"open": round(t_open - t_start, 3), "compute": round(t_done - t_open, 3),
                     "analysis": round(t_done - t_start, 3)},
         "peak_rss_mb": round(peak_rss_mb(), 1),

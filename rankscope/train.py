@@ -199,18 +199,32 @@ def load_tokenizer(path: Path):
 
 
 def load_classifier(path: Path, label_names: Sequence[str], pad_token_id: int | None, seed: int) -> torch.nn.Module:
-    """``AutoModelForSequenceClassification`` in float32 with a seeded head for ``label_names``."""
+    """``AutoModelForSequenceClassification`` in float32 with a seeded head for ``label_names``.
+
+    ``.bin`` weights are unpickled by transformers with ``weights_only=True``: a pickle holding code is
+    refused before any of it runs, reported as one line naming the file.
+    """
+    import pickle
+    import warnings
+
     import torch
     from transformers import AutoModelForSequenceClassification
 
     seed_everything(seed)
     id2label = dict(enumerate(label_names))
     try:
-        with _quiet_transformers():
+        with _quiet_transformers(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle warnings must not add lines to stderr
             model = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=len(label_names), id2label=id2label,
                 label2id={v: k for k, v in id2label.items()}, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as exc:
+    except pickle.UnpicklingError as exc:  # transformers loads .bin weights with weights_only=True
+        from .checkpoints import load_torch_file
+
+        for weights in sorted(path.glob("*.bin")):
+            load_torch_file(weights)  # raises the error naming the refused or corrupt file
+        raise RankscopeError(f"{path}: cannot load a sequence-classification model ({_first_line(exc)})") from exc
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:
         raise RankscopeError(f"{path}: cannot load a sequence-classification model ({_first_line(exc)})") from exc
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id  # decoders pick the last non-pad token
@@ -222,10 +236,19 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
+class TargetModulesRegex(str):
+    """A ``target_modules`` regular expression from a config file (peft: ``re.fullmatch``), not a list of names."""
+
+
 def parse_target_modules(value: str | Sequence[str] | None) -> list[str] | str | None:
-    """``"query,value"`` -> ``["query", "value"]``; ``"all-linear"`` and None pass through."""
+    """``"query,value"`` -> ``["query", "value"]``; ``"all-linear"``, None and a config's regex pass through."""
     if value is None:
         return None
+    if isinstance(value, TargetModulesRegex):
+        from .options import compile_regex
+
+        compile_regex(value, "target_modules")  # validated with the file named by lora_options_from_config
+        return str(value)
     if isinstance(value, str):
         if value.strip().lower() == "all-linear":
             return "all-linear"
@@ -238,34 +261,67 @@ def parse_target_modules(value: str | Sequence[str] | None) -> list[str] | str |
 
 def lora_options_from_config(path: str | os.PathLike) -> dict[str, Any]:
     """``r``, ``alpha``, ``target_modules``, ``rank_pattern``, ``alpha_pattern``, ``use_rslora`` of a peft
-    ``lora_config.json`` / ``adapter_config.json`` (e.g. written by ``rankscope recommend``)."""
+    ``lora_config.json`` / ``adapter_config.json`` (e.g. written by ``rankscope recommend``).
+
+    Every field is type-checked (:func:`rankscope.adapters.check_lora_fields`) and every pattern compiled
+    before any work: a problem is one :class:`RankscopeError` naming the file and the field.
+    """
+    from .adapters import check_lora_fields
+
+    where = f"--lora-config {path}"
     try:
         config = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise RankscopeError(f"--lora-config: cannot read {path} ({exc})") from exc
-    if not isinstance(config, dict) or "r" not in config:
+    except (OSError, ValueError, RecursionError) as exc:
+        raise RankscopeError(f"--lora-config: cannot read {path} ({_first_line(exc)})") from exc
+    if not isinstance(config, dict) or config.get("r") is None:
         raise RankscopeError(f"--lora-config: {path} is not a LoRA config (no 'r')")
-    return {"r": int(config["r"]), "alpha": float(config.get("lora_alpha", config["r"])),
-            "target_modules": config.get("target_modules"), "rank_pattern": config.get("rank_pattern") or None,
-            "alpha_pattern": config.get("alpha_pattern") or None, "use_rslora": bool(config.get("use_rslora"))}
+    if str(config.get("peft_type") or "LORA").upper() != "LORA":
+        raise RankscopeError(f"{where}: peft_type {config['peft_type']!r} is not LORA")
+    check_lora_fields(config, where, min_pattern_rank=1)
+    if config.get("use_dora"):
+        raise RankscopeError(f"{where}: use_dora is not supported by rankscope train (plain LoRA only)")
+    targets = config.get("target_modules")
+    if isinstance(targets, list) and not targets:
+        raise RankscopeError(f"{where}: 'target_modules' is empty")
+    if isinstance(targets, str) and targets.strip().lower() != "all-linear":
+        targets = TargetModulesRegex(targets)
+    alpha = config.get("lora_alpha")
+    return {"r": config["r"], "alpha": float(config["r"] if alpha is None else alpha), "target_modules": targets,
+            "rank_pattern": config.get("rank_pattern") or None, "alpha_pattern": config.get("alpha_pattern") or None,
+            "use_rslora": bool(config.get("use_rslora"))}
 
 
 def load_pattern(value: dict | str | os.PathLike | None, option: str) -> dict[str, Any] | None:
-    """A rank/alpha pattern given as a dict, a JSON string or the path of a JSON file."""
-    if value is None or isinstance(value, dict):
+    """A rank/alpha pattern given as a dict, a JSON string or the path of a JSON file, checked before use.
+
+    Keys must be valid patterns (as peft wraps them); values integers >= 1 for ``--rank-pattern``,
+    positive numbers for ``--alpha-pattern``.  A problem is one :class:`RankscopeError` naming the
+    option and the file.
+    """
+    from .adapters import check_lora_fields
+
+    if value is None:
+        return None
+    key = "rank_pattern" if "rank" in option else "alpha_pattern"
+    if isinstance(value, dict):
+        check_lora_fields({key: value}, option, min_pattern_rank=1)
         return value
     text = str(value)
     path = Path(text).expanduser()
-    if path.is_file():
-        text = path.read_text()
-    elif not text.lstrip().startswith("{"):
-        raise RankscopeError(f"{option}: file not found: {value}")
+    try:
+        if path.is_file():
+            text = path.read_text()
+        elif not text.lstrip().startswith("{"):
+            raise RankscopeError(f"{option}: file not found: {value}")
+    except OSError as exc:
+        raise RankscopeError(f"{option}: cannot read {value} ({exc.strerror or exc})") from exc
     try:
         pattern = json.loads(text)
-    except ValueError as exc:
-        raise RankscopeError(f"{option}: {value} is not valid JSON ({exc})") from exc
-    if not isinstance(pattern, dict) or not all(isinstance(v, (int, float)) for v in pattern.values()):
+    except (ValueError, RecursionError) as exc:
+        raise RankscopeError(f"{option}: {value} is not valid JSON ({_first_line(exc)})") from exc
+    if not isinstance(pattern, dict):
         raise RankscopeError(f"{option}: {value} must be a JSON object of module pattern -> number")
+    check_lora_fields({key: pattern}, f"{option} {value}", min_pattern_rank=1)
     return pattern
 
 
@@ -671,12 +727,87 @@ def lora_summary(model: torch.nn.Module) -> dict[str, Any] | None:
             "modules_to_save": sorted(config.modules_to_save or [])}
 
 
-def save_model(model: torch.nn.Module, tokenizer, folder: Path) -> list[str]:
-    """``save_pretrained`` of the model (HF safetensors checkpoint, or the peft adapter) and the tokenizer."""
+BASE_VIEW = "base_model"
+"""Sub-folder of a LoRA run's output: the base checkpoint seen as the trained task model (:func:`write_base_view`)."""
+
+
+def save_model(model: torch.nn.Module, tokenizer, folder: Path, final: Path | None = None) -> list[str]:
+    """``save_pretrained`` of the model (HF safetensors checkpoint, or the peft adapter) and the tokenizer.
+
+    A peft adapter also gets :func:`write_base_view`, so that ``AutoPeftModelForSequenceClassification
+    .from_pretrained(OUT)`` builds the base with the task's labels.  ``final`` is the folder ``folder`` becomes
+    (the output folder when ``folder`` is the work folder of :func:`rankscope.outputs.atomic_output`); by
+    default it is derived from the work folder's name (``.NAME.partial-PID-XXXX`` → ``NAME``), else ``folder``.
+    """
     with _quiet_transformers():
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+    if getattr(model, "peft_config", None):
+        write_base_view(model, Path(folder), Path(final) if final is not None else _final_folder(Path(folder)))
     return sorted(p.name for p in folder.iterdir())
+
+
+def _final_folder(folder: Path) -> Path:
+    """Where a work folder of :func:`rankscope.outputs.atomic_output` (``.NAME.partial-PID-XXXX``, made next to the
+    output folder) ends up: its sibling ``NAME``; any other folder is final already.  Absolute either way."""
+    import re
+
+    match = re.fullmatch(r"\.(.+)\.partial-\d+-[^/]+", folder.name)
+    return Path(os.path.abspath(folder.parent / match.group(1) if match else folder))
+
+
+def write_base_view(model: torch.nn.Module, folder: Path, final: Path) -> Path | None:
+    """Make a saved LoRA adapter name its base *as the task model*, labels included; returns the view folder.
+
+    The rule (peft 0.21 ``auto.py``): ``AutoPeftModelForSequenceClassification.from_pretrained(ADAPTER)`` builds the
+    base with ``AutoModelForSequenceClassification.from_pretrained(base_model_name_or_path, **kwargs)`` and never
+    reads a ``config.json`` next to the adapter, so from a bare base it gets transformers' default two
+    ``LABEL_i`` labels (and cannot load a head with another number of labels).  A ``config.json`` in the
+    adapter folder itself would break transformers' own PEFT route (``AutoModelFor….from_pretrained(ADAPTER)``
+    then takes the folder for a complete model and looks for its weights there).  So ``folder/base_model/``
+    gets the trained model's ``config.json`` (its class in ``architectures``, ``num_labels``, ``id2label`` /
+    ``label2id``, ``pad_token_id``) and a weight index whose entries are the base checkpoint's own files by
+    absolute path (transformers joins an index entry to the folder with ``os.path.join``, which keeps an
+    absolute path; nothing is copied), and ``adapter_config.json``'s ``base_model_name_or_path`` becomes
+    ``final/base_model``.  The base must stay where it is, as before (the path was absolute already); a moved
+    adapter still loads with ``PeftModel.from_pretrained(AutoModelFor….from_pretrained(BASE, num_labels=N), ADAPTER)``.
+
+    Nothing changes (``None``) when the base is not a local folder with ``model.safetensors`` (or its sharded index).
+    """
+    import copy
+
+    from .checkpoints import read_safetensors_header
+
+    peft_config = model.peft_config.get("default")
+    base = Path(getattr(peft_config, "base_model_name_or_path", None) or "")
+    adapter_config = folder / "adapter_config.json"
+    if not (str(base) and base.is_dir() and adapter_config.is_file()):
+        return None
+    base = Path(os.path.abspath(base))
+    index = base / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            shards = json.loads(index.read_text())["weight_map"]
+            weight_map = {name: os.path.join(base, file) for name, file in shards.items()}
+        elif (base / "model.safetensors").is_file():
+            weight_map = dict.fromkeys(read_safetensors_header(base / "model.safetensors"),
+                                       os.path.join(base, "model.safetensors"))
+        else:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RankscopeError):
+        return None  # an unreadable index: keep the adapter as peft wrote it
+    task_model = model.get_base_model()
+    config = copy.deepcopy(task_model.config)
+    config.architectures = [type(task_model).__name__]
+    view = folder / BASE_VIEW
+    view.mkdir()
+    config.save_pretrained(view)
+    (view / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map},
+                                                                  indent=2) + "\n")
+    data = json.loads(adapter_config.read_text())
+    data["base_model_name_or_path"] = str(final / BASE_VIEW)
+    adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return view
 
 
 def _run_info(inputs: dict[str, Any], task_data: TaskData, config: TrainConfig, model: torch.nn.Module,
@@ -708,7 +839,7 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
           r: int = 8, alpha: float = 16, target_modules: str | Sequence[str] | None = None,
           rank_pattern: dict | str | None = None, alpha_pattern: dict | str | None = None, use_rslora: bool = False,
           lora_dropout: float = 0.0, threads: int | None = None, progress: bool = True,
-          argv: str | None = None) -> dict[str, Any]:
+          argv: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune ``model`` on ``task`` with ``method`` (``full`` or ``lora``); return the metrics.
 
     With ``out``, writes (atomically) the trained model at the top of ``out`` (``full``: a Hugging Face
@@ -722,18 +853,21 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
         metrics = train("bundled:minilm-base", "rotten-tomatoes", "lora", "runs/lora-r8", max_train=2000)
         metrics["test_accuracy"]
     """
-    from .outputs import atomic_output, check_output_target, peak_rss_mb, write_json
+    from .outputs import atomic_output, check_output_target, peak_rss_mb, resolve_output, write_json
 
     t_start = time.perf_counter()
     if method not in METHODS:
         raise RankscopeError(f"--method: unknown method '{method}' (choose from {', '.join(METHODS)})")
     if out is not None:
-        check_output_target(Path(out))
+        check_output_target(Path(out), "train", overwrite)
     config = TrainConfig(epochs=epochs, lr=lr, method=method, batch_size=batch_size, max_length=max_length,
                          warmup_ratio=warmup_ratio, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
                          device=device, eval_every=eval_every, patience=patience, restore_best=restore_best,
                          progress=progress, threads=threads)
     torch_device(device)  # fail on a bad device before loading anything
+    if method == "lora":  # and on a bad pattern file
+        load_pattern(rank_pattern, "--rank-pattern")
+        load_pattern(alpha_pattern, "--alpha-pattern")
     task_data = load_task(task, data, text_column=text_column, label_column=label_column, split_seed=split_seed,
                           max_train=max_train, max_eval=max_eval)
     lora = LoraSpec(r, alpha, parse_target_modules(target_modules), rank_pattern, alpha_pattern, use_rslora,
@@ -746,16 +880,15 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
         return metrics
     inputs = {"model": str(model), "model_resolved": str(path), "task": task, "data": None if data is None else str(data)}
     info = _run_info(inputs, task_data, config, net, metrics, argv)
-    with atomic_output(out) as tmp:
+    with atomic_output(out, "train", overwrite, info) as tmp:
         t_save = time.perf_counter()
-        files = save_model(net, tokenizer, tmp)
+        files = save_model(net, tokenizer, tmp, final=resolve_output(out))
         write_json(tmp / "metrics.json", metrics)
         info["outputs"] = sorted([*files, "metrics.json", "run.json"])
         info["seconds"] = {"load": round(t_built - t_start, 3), "train": metrics["train_seconds"],
                            "eval": metrics["eval_seconds"], "save": round(time.perf_counter() - t_save, 3),
                            "total": round(time.perf_counter() - t_start, 3)}
         info["peak_rss_mb"] = round(peak_rss_mb(), 1)
-        write_json(tmp / "run.json", info)
     return metrics
 
 

@@ -234,15 +234,15 @@ def test_bert_rank_r_loads_and_merges_to_truncation(pairs, tmp_path):
     assert cfg["task_type"] == "SEQ_CLS" and cfg["peft_type"] == "LORA"
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 4 and cfg["fan_in_fan_out"] is False
     assert cfg["modules_to_save"] == ["classifier"]  # peft's SEQ_CLS head, saved from the fine-tune
-    modules = linear_modules(root, "bert")
-    assert sorted(cfg["target_modules"]) == sorted(modules) and len(modules) == 13  # 2 x 6 + pooler
+    modules = [m for m in linear_modules(root, "bert") if m != ZERO_MODULE["bert"]]  # ΔW = 0: not adapted
+    assert sorted(cfg["target_modules"]) == sorted(modules) and len(modules) == 12  # 2 x 6 + pooler - the zero one
     model = load_peft("bert", root, out)
     merged = merged_state(model)
     check_merge("bert", root, merged, dict.fromkeys(modules, 4), exact={"classifier"})
 
     table = np.genfromtxt(out / "extract.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
     lora = table[table["role"] == "lora"]
-    assert len(lora) == 13 and set(lora["rank"]) == {4}
+    assert len(lora) == 12 and set(lora["rank"]) == {4}
     _, delta = deltas(root)
     for row in lora:
         d = delta[row["module"] + ".weight"]
@@ -253,7 +253,8 @@ def test_bert_rank_r_loads_and_merges_to_truncation(pairs, tmp_path):
         assert 1.0 <= row["ratio"] <= 1.00001
     zero = table[table["module"] == ZERO_MODULE["bert"]][0]
     assert zero["delta_norm"] == 0 and zero["rel_error"] == 0 and zero["ratio"] == 1  # no NaN for ΔW = 0
-    skipped = table[table["role"] == "skip"]
+    assert zero["role"] == "skip" and zero["rank"] == 0 and zero["lora_params"] == 0
+    skipped = table[(table["role"] == "skip") & (table["module"] != ZERO_MODULE["bert"])]
     assert set(skipped["module"]) == {"bert.embeddings.word_embeddings", "bert.embeddings.position_embeddings",
                                       "bert.embeddings.token_type_embeddings"}
     assert set(skipped["rel_error"]) == {1.0}
@@ -261,6 +262,7 @@ def test_bert_rank_r_loads_and_merges_to_truncation(pairs, tmp_path):
     assert run["command"] == "extract" and run["seed"] == 0 and run["model_layout_checked"] is True
     assert run["peak_rss_mb"] > 0 and run["seconds"]["total"] > 0 and run["versions"]["numpy"]
     assert any("1-D tensor" in w for w in run["warnings"])
+    assert any("ΔW = 0 exactly" in w and ZERO_MODULE["bert"] in w for w in run["warnings"])
 
 
 def test_bert_full_rank_outputs_match_finetuned(pairs, tmp_path):
@@ -527,7 +529,7 @@ def test_extract_randomized_method_end_to_end(pairs):
     rough = extract(root / "base", root / "ft", rank=2, method="randomized", power_iterations=0, oversample=1,
                     check_model=False)
     lora = rough.table[rough.table["role"] == "lora"]
-    assert set(lora["method"]) == {"randomized"} and rough.info["adapter"]["methods"] == {"randomized": 14}
+    assert set(lora["method"]) == {"randomized"} and rough.info["adapter"]["methods"] == {"randomized": 13}  # 14 - ΔW = 0
     assert (lora["rel_error"] >= lora["optimal_rel_error"] * (1 - 1e-6)).all() and (lora["ratio"] > 1.001).any()
     assert rough.info["model_layout_checked"] is False
 

@@ -83,10 +83,10 @@ def four() -> SpectrumResult:
 
 
 @pytest.mark.parametrize("rule, expected", [
-    ("energy:0.9", {Q0: 2, V0: 2, V1: 1}),      # V1 (ΔW = 0) has rank 0, lifted to --min-rank 1
+    ("energy:0.9", {Q0: 2, V0: 2, V1: 0}),      # V1 (ΔW = 0): rank 0, never lifted to --min-rank 1
     ("energy:0.95", {Q0: 3, V0: 3, Q1: 4}),
     ("energy:0.5", {Q0: 1, V0: 1}),
-    ("gd", {Q1: 2, V1: 1}),
+    ("gd", {Q1: 2, V1: 0}),
     ("kohya-fro:0.95", {Q0: 2, V0: 2}),         # energy ≥ 0.9025 (not 0.95)
     ("kohya-fro:0.97", {Q0: 3, V0: 3}),         # energy ≥ 0.9409
     ("kohya-ratio:2", {Q0: 1, V0: 2}),          # σ > σ1/2 strictly: 4 (not 2 = 4/2); 3 and 2 (> 1.5)
@@ -94,7 +94,7 @@ def four() -> SpectrumResult:
     ("kohya-ratio:4.5", {Q0: 4, V0: 3}),
     ("kohya-cumulative:0.75", {Q0: 2}),         # Σσ fraction reaches exactly 0.75 at k = 2
     ("kohya-cumulative:0.8", {Q0: 3}),
-    ("kohya-fro:0.5", {V1: 1}),                 # kohya: σ1 ≤ 1e-6 → rank 1
+    ("kohya-fro:0.5", {V1: 0}),                 # kohya: σ1 ≤ 1e-6 → rule rank 1, but ΔW = 0 is not adapted
 ])
 def test_per_module_rules_hand_answers(four, rule, expected):
     plan = recommend(four, rule=rule, targets="query,value")
@@ -108,8 +108,10 @@ def test_zero_update_rank_zero_with_min_rank_zero(four):
     assert ranks_of(plan)[V1] == 0
     assert V1 not in plan.lora_config["target_modules"]
     assert plan.lora_config["target_modules"] == [Q0, V0, Q1]
-    # kohya keeps rank 1 for a zero matrix even then
-    assert ranks_of(recommend(four, rule="kohya-ratio:2", targets="query,value", min_rank=0))[V1] == 1
+    # kohya's own answer for a zero matrix is 1 (rule_rank); the plan still leaves it out
+    kohya = recommend(four, rule="kohya-ratio:2", targets="query,value", min_rank=0)
+    assert ranks_of(kohya)[V1] == 0 and kohya.table.set_index("module").loc[V1, "rule_rank"] == 1
+    assert V1 not in kohya.lora_config["target_modules"]
 
 
 def test_energy_rule_table_and_uniform(four):
@@ -125,17 +127,17 @@ def test_energy_rule_table_and_uniform(four):
 def test_min_max_snap(four):
     # energy:0.95 gives Q0 3 (0.955), V0 3 (0.929 < 0.95 → 1), Q1 4 (126/133 = 0.947, 127/133 = 0.955)
     base = ranks_of(recommend(four, rule="energy:0.95", targets="query,value"))
-    assert base == {Q0: 3, V0: 3, Q1: 4, V1: 1}
+    assert base == {Q0: 3, V0: 3, Q1: 4, V1: 0}  # V1: ΔW = 0, whatever --min-rank / --snap say
     assert ranks_of(recommend(four, rule="energy:0.95", targets="query,value", min_rank=3)) == {Q0: 3, V0: 3, Q1: 4,
-                                                                                               V1: 3}
+                                                                                               V1: 0}
     capped = recommend(four, rule="energy:0.95", targets="query,value", max_rank=2)
-    assert ranks_of(capped) == {Q0: 2, V0: 2, Q1: 2, V1: 1}
+    assert ranks_of(capped) == {Q0: 2, V0: 2, Q1: 2, V1: 0}
     assert any("capped" in w for w in capped.info["warnings"])
     # snap rounds up to an allowed rank, within min(m, n) and max_rank
     assert ranks_of(recommend(four, rule="energy:0.95", targets="query,value", snap="2,4")) == {Q0: 4, V0: 4, Q1: 4,
-                                                                                               V1: 2}
+                                                                                               V1: 0}
     assert ranks_of(recommend(four, rule="energy:0.95", targets="query,value", snap="2,4,8", max_rank=3)) == {
-        Q0: 2, V0: 2, Q1: 2, V1: 2}
+        Q0: 2, V0: 2, Q1: 2, V1: 0}
 
 
 def test_levels_and_snap_up():
@@ -280,19 +282,19 @@ def test_budget_hand_answers():
 
 
 def test_budget_and_avg_rank_rules(four):
-    # query,value modules: Q0 6x6, V0 6x6, Q1 10x20, V1 6x6 (cost 12, 12, 30, 12; minimum 66)
-    plan = recommend(four, rule="budget:90", targets="query,value")
-    # start 1 each (66), remaining 24: σ²/cost: Q0 4/12, V0 4/12, Q1 25/30 = 0.83 → Q1 (30) does not fit,
-    # Q0 2 (0.33) then V0 2 (0.33) → 90 exactly
-    assert ranks_of(plan) == {Q0: 2, V0: 2, Q1: 1, V1: 1}
-    assert plan.info["results"]["params"] == 90
-    plan = recommend(four, rule="budget:96", targets="query,value")
-    assert ranks_of(plan) == {Q0: 1, V0: 1, Q1: 2, V1: 1}
+    # query,value modules: Q0 6x6, V0 6x6, Q1 10x20 (cost 12, 12, 30; minimum 54); V1 (ΔW = 0) is left out
+    plan = recommend(four, rule="budget:78", targets="query,value")
+    # start 1 each (54), remaining 24: σ²/cost: Q0 4/12, V0 4/12, Q1 25/30 = 0.83 → Q1 (30) does not fit,
+    # Q0 2 (0.33) then V0 2 (0.33) → 78 exactly
+    assert ranks_of(plan) == {Q0: 2, V0: 2, Q1: 1, V1: 0}
+    assert plan.info["results"]["params"] == 78
+    plan = recommend(four, rule="budget:84", targets="query,value")
+    assert ranks_of(plan) == {Q0: 1, V0: 1, Q1: 2, V1: 0}
     assert plan.info["results"]["exact"]
-    # avg-rank:2 = budget 2 · 66 = 132
+    # avg-rank:2 = budget 2 · 54 = 108 (rank 2 on the modules that changed)
     plan = recommend(four, rule="avg-rank:2", targets="query,value")
-    assert plan.info["results"]["budget"] == 132 and plan.info["results"]["uniform"]["rank"] == 2
-    assert plan.info["results"]["params"] <= 132
+    assert plan.info["results"]["budget"] == 108 and plan.info["results"]["uniform"]["rank"] == 2
+    assert plan.info["results"]["uniform"]["params"] == 108 and plan.info["results"]["params"] <= 108
     assert plan.info["results"]["captured_energy"] >= plan.info["results"]["uniform"]["captured_energy"]
 
 
@@ -506,10 +508,10 @@ def test_on_the_fly_pair_to_peft(bert_pair, tmp_path):
     result = _invoke(base, ft, "-o", out, "--rule", "energy:0.9", "--alpha", "2r", "-q", "--workers", "1")
     assert result.exit_code == 0, result.output + result.stderr
     plan = RankPlan.load(out)
-    # hand rule on the planted spectra: smallest k with cumulative energy ≥ 0.9 (ΔW = 0 → rank 0 → min_rank 1)
+    # hand rule on the planted spectra: smallest k with cumulative energy ≥ 0.9 (ΔW = 0 → rank 0, not adapted)
     for module, rank in zip(plan.table["module"], plan.table["rank"], strict=True):
         e = planted_s[module] ** 2
-        k = int(np.argmax(np.cumsum(e) / e.sum() >= 0.9)) + 1 if e.sum() > 0 else 1
+        k = int(np.argmax(np.cumsum(e) / e.sum() >= 0.9)) + 1 if e.sum() > 0 else 0
         assert rank == k, module
     assert set(plan.table["rank"]) >= {1, 3, 11}  # ρ = 0.3, 0.6, 0.9
     assert not any("embeddings" in m for m in plan.table["module"])
@@ -573,8 +575,8 @@ def _leftovers(out: Path) -> list[Path]:
 @pytest.mark.parametrize("args, needles", [
     (["--rule", "magic:3"], ["--rule", "unknown rule"]),
     (["--rule", "energy:2"], ["--rule"]),
-    (["--rule", "budget:50"], ["--rule budget:50", "minimum 66"]),  # rank 1 everywhere: 3 × 12 + 30
-    (["--rule", "budget:100", "--min-rank", "2"], ["minimum 132"]),
+    (["--rule", "budget:50"], ["--rule budget:50", "minimum 54"]),  # rank 1 where ΔW ≠ 0: 2 × 12 + 30
+    (["--rule", "budget:100", "--min-rank", "2"], ["minimum 108"]),
     (["--targets", "nope"], ["--targets", "'nope'"]),
     (["--min-rank", "7"], ["--min-rank 7", "min(m, n) = 6"]),
     (["--rule", "avg-rank:7"], ["avg-rank:7", "min(m, n) = 6"]),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -105,33 +105,90 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_folder(out: Path, config: SearchConfig, restart: bool) -> None:
-    """Create ``out`` or check that it holds a search with the same settings (``restart``: clear its cache)."""
-    from ..outputs import check_output_target
+CACHE_NAME = re.compile(r"^(?:baseline-s-?\d+|(?:did|said)-d\d+-s-?\d+)\.json$")
+"""Names of the run-cache files in ``OUT/runs/`` (the only files ``--restart`` removes)."""
+OUTPUT_NAMES = ("search.json", "runs.csv", "result.json", "run.json", "figures/intrinsic-dim.png")
 
-    settings = {"key": config.key(), "config": asdict(config)}
-    marker = out / "search.json"
-    if out.is_dir() and any(out.iterdir()) and not marker.is_file():
-        check_output_target(out)  # an unrelated folder is refused; an earlier rankscope result is replaced
-        shutil.rmtree(out)
-    if marker.is_file():
-        try:
-            previous = json.loads(marker.read_text())
-        except ValueError as exc:
-            raise RankscopeError(f"{marker}: unreadable ({exc}); remove it or use --restart") from exc
+
+def _search_marker(marker: Path) -> dict[str, Any] | None:
+    """``search.json`` as rankscope wrote it (with its marker, or the earlier marker-less layout), else ``None``."""
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or not isinstance(data.get("key"), str):
+        return None
+    tag = data.get("rankscope")
+    if tag is not None and (not isinstance(tag, dict) or tag.get("tool") != "rankscope"
+                            or tag.get("command") != "intrinsic-dim"):
+        return None
+    return data
+
+
+def prepare_folder(out: Path, config: SearchConfig, restart: bool, overwrite: bool = False, write: bool = True) -> Path:
+    """Create ``out`` or check that it holds a search with the same settings (``restart``: clear its cache).
+
+    The output-folder rule of :func:`rankscope.outputs.check_output_target` holds for everything but a
+    folder holding this command's own search: that one is resumed (its cached runs are reused).
+    Returns the folder to write (symlinks resolved).  ``write=False`` only checks (nothing is changed).
+    """
+    from ..outputs import check_output_target, make_marker, resolve_output
+
+    settings = {"rankscope": make_marker("intrinsic-dim"), "key": config.key(), "config": asdict(config)}
+    folder = resolve_output(out)
+    marker = folder / "search.json"
+    previous = _search_marker(marker) if marker.is_file() else None
+    if previous is None:
+        target = check_output_target(out, "intrinsic-dim", overwrite)
+        if not write:
+            return folder
+        for name in target.previous if target.state == "replace" else ():
+            (folder / name).unlink(missing_ok=True)  # a finished result of this command whose cache is gone
+        if target.state == "merge":
+            ours = set(target.previous)
+            taken = [n for n in OUTPUT_NAMES if (folder / n).exists() and n not in ours]
+            taken += [f"runs/{p.name}" for p in (folder / "runs").glob("*.json") if CACHE_NAME.match(p.name)
+                      and f"runs/{p.name}" not in ours]
+            if taken:
+                raise RankscopeError(f"output folder {out}: '{taken[0]}' exists and was not written by this search; "
+                                     "refusing to replace it (give another -o)")
+    else:
         # settings a marker does not mention (added in a later version) had their default value
-        before = {**asdict(SearchConfig()), **previous.get("config", {})}
+        before = {**asdict(SearchConfig()), **previous["config"]}
         if restart:
-            shutil.rmtree(out / "runs", ignore_errors=True)
+            for cached in (folder / "runs").glob("*.json") if write else ():
+                if CACHE_NAME.match(cached.name):
+                    cached.unlink()
         elif before != settings["config"]:
             changed = sorted(k for k, v in settings["config"].items() if before.get(k) != v)
             raise RankscopeError(f"{out} holds runs of a different search (changed: {', '.join(changed)}); "
                                  "use another -o, or --restart to discard them")
+    if not write:
+        return folder
     try:
-        (out / "runs").mkdir(parents=True, exist_ok=True)
+        (folder / "runs").mkdir(parents=True, exist_ok=True)
+        write_atomic(marker, json.dumps(settings, indent=2) + "\n")
     except OSError as exc:
         raise RankscopeError(f"cannot write output folder {out}: {exc.strerror or exc}") from exc
-    write_atomic(marker, json.dumps(settings, indent=2) + "\n")
+    return folder
+
+
+def read_cached_run(path: Path) -> dict[str, Any] | None:
+    """A cached run record, or ``None`` when the file is unreadable or its fields have the wrong types."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    metric = record.get("metric")
+    if isinstance(metric, bool) or not isinstance(metric, (int, float)) or not np.isfinite(metric):
+        return None
+    if not isinstance(record.get("mode"), str) or not isinstance(record.get("seed"), int):
+        return None
+    if record.get("d") is not None and (isinstance(record["d"], bool) or not isinstance(record["d"], int)):
+        return None
+    return record
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,6 +204,7 @@ class Runner:
         self.task, self.config, self.out, self.log = task, config, out, log
         self.device, self.threads, self.progress = device, threads, progress
         self.records: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
         probe = task.build(0)
         self.head = task.head(probe)
         self.D_model = sum(p.numel() for p in probe.parameters())
@@ -174,10 +232,14 @@ class Runner:
         name = f"baseline-s{seed}" if mode == "full" else f"{mode}-d{d}-s{seed}"
         path = self._cache_path(name)
         if path is not None and path.is_file():
-            record = json.loads(path.read_text())
-            self.records.append(record)
-            self.log(f"{name}: {self.task.metric} {record['metric']:.4f} (cached)")
-            return record
+            record = read_cached_run(path)
+            if record is not None and (record["mode"], record.get("d"), record["seed"]) == (mode, d, seed):
+                self.records.append(record)
+                self.log(f"{name}: {self.task.metric} {record['metric']:.4f} (cached)")
+                return record
+            warning = f"{path}: corrupt run-cache entry (unreadable or wrongly typed 'metric'/'mode'/'d'/'seed'); recomputing it"
+            self.warnings.append(warning)
+            self.log(f"Warning: {warning}")
         c = self.config
         kind = "full" if mode == "full" else "subspace"
         lr = (c.baseline_lr if kind == "full" else c.lr) or self.task.default_lr(kind, self.D, d or self.D)
@@ -292,7 +354,8 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
                         baseline_lr: float | None = None, batch_size: int | None = None, split_seed: int = 0,
                         max_train: int | None = None, max_eval: int | None = None, max_length: int = 128,
                         text_column: str = "text", label_column: str = "label", device: str = "cpu", threads: int | None = None, restart: bool = False, progress: bool = False,
-                        log: Callable[[str], None] | None = None, argv: str | None = None) -> IntrinsicDimResult:
+                        log: Callable[[str], None] | None = None, argv: str | None = None,
+                        overwrite: bool = False) -> IntrinsicDimResult:
     """Intrinsic dimension of ``task``: d90 for each of ``modes`` (``did``, ``said``).
 
     ``baseline``: the metric of ordinary training, measured with the same loop when None (one run per
@@ -314,10 +377,15 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
     for mode in modes:
         if mode not in MODES:
             raise RankscopeError(f"--mode: unknown mode '{mode}' (choose from did, said, both)")
+    from ..options import compile_regexes
+
+    compile_regexes(include, "--include"), compile_regexes(exclude, "--exclude")  # before the task or model loads
     config = SearchConfig(task, str(model), None if data is None else str(data), projection, layout, head, head_lr,
                           list(include), list(exclude), epochs, lr, baseline_lr, batch_size, split_seed, max_train,
                           max_eval, max_length, text_column, label_column)
     _check_options(threshold, target_absolute, seeds, factor, tolerance, d_start, d_max, grid, config)
+    if out is not None:
+        prepare_folder(Path(out), config, restart, overwrite, write=False)  # refuse a foreign folder before any work
     device = str(torch_device(device))
     task_obj = load_subspace_task(task, model=model, data=data, split_seed=split_seed, max_train=max_train,
                                   max_eval=max_eval, max_length=max_length, text_column=text_column,
@@ -327,7 +395,7 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
     D = runner.D  # noqa: N806
     upper, m_tensors = _check_against_model(runner, modes, d_max, grid)
     if out_path is not None:
-        prepare_folder(out_path, config, restart)
+        out_path = prepare_folder(out_path, config, restart, overwrite)
         runner.out = out_path
     seed_list = [seed + i for i in range(seeds)]
     t_search = time.perf_counter()
@@ -357,7 +425,7 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
                         "seeds": seeds, "seed": seed, "d_start": d_start, "d_max": d_max, "factor": factor,
                         "tolerance": tolerance, "grid": list(grid) if grid else None},
             "seed": seed, "seeds": seed_list, "device": device, "threads": threads, "versions": versions(),
-            "native_kernels": native.available(),
+            "native_kernels": native.available(), "warnings": runner.warnings,
             "seconds": {"load": task_obj.load_seconds, "search": round(time.perf_counter() - t_search, 3),
                         "training_runs": round(float(runs["seconds"].sum()), 3)}}
     outcome_obj = IntrinsicDimResult(runs, result, info)
@@ -380,6 +448,11 @@ def save(result: IntrinsicDimResult, out: Path, t_start: float | None = None) ->
         result.info["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
     result.info["peak_rss_mb"] = round(peak_rss_mb(), 1)
     result.info["outputs"] = ["runs/", "search.json", "runs.csv", "result.json", "figures/intrinsic-dim.png", "run.json"]
+    from ..outputs import MARKER, make_marker
+
+    cached = sorted(f"runs/{p.name}" for p in (out / "runs").glob("*.json") if CACHE_NAME.match(p.name))
+    files = sorted([*cached, "search.json", "runs.csv", "result.json", "figures/intrinsic-dim.png", "run.json"])
+    result.info[MARKER] = make_marker("intrinsic-dim", files)
     write_atomic(out / "run.json", json.dumps(result.info, indent=2, default=str) + "\n")
 
 

@@ -18,13 +18,13 @@ with its own learning rate ``direct_lr`` when given).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import RankscopeError
+from ..options import compile_regexes
 from .projections import Projection, check_dimensions, make_projection
 
 MODES = ("did", "said")
@@ -36,14 +36,8 @@ def select_parameters(module: nn.Module, include: Sequence[str] = (), exclude: S
     names = [n for n, _ in module.named_parameters()]
     if not names:
         raise RankscopeError("the model has no parameters to train in a subspace")
-    for option, patterns in (("--include", include), ("--exclude", exclude)):
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise RankscopeError(f"{option}: '{pattern}' is not a valid regex ({exc})") from exc
-    chosen = [n for n in names if (not include or any(re.search(p, n) for p in include))
-              and not any(re.search(p, n) for p in exclude)]
+    inc, exc = compile_regexes(include, "--include"), compile_regexes(exclude, "--exclude")
+    chosen = [n for n in names if (not inc or any(p.search(n) for p in inc)) and not any(p.search(n) for p in exc)]
     if not chosen:
         raise RankscopeError("no parameter of the model is left in the subspace (check --include/--exclude)")
     return chosen
