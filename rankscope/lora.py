@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import linalg, metrics
 from .adapters import Adapter, LoraModule, read_adapter
-from .align import _is_conv1d, assign_kinds, common_prefixes, module_name, skipped_notes
+from .align import _is_conv1d, assign_kinds, common_prefixes, dtype_reason, module_name, skipped_entry, skipped_notes
 from .checkpoints import Checkpoint, open_checkpoint, read_matrix
 from .errors import RankscopeError
 from .outputs import peak_rss_mb, versions
@@ -93,6 +93,11 @@ def modules_to_save_rows(ad: Adapter, base: Checkpoint | None, taus: Sequence[fl
         tensor = base_prefix + (name[len(saved_prefix):] if name.startswith(saved_prefix) else name)
         info = base.tensors.get(tensor)
         if value.ndim != 2 or info is None or not info.is_float or tuple(info.shape) != value.shape:
+            why = ("not a matrix (only 2-D modules_to_save tensors are diffed)" if value.ndim != 2
+                   else "modules_to_save tensor not in the base" if info is None
+                   else dtype_reason(info.dtype) if not info.is_float
+                   else f"modules_to_save shape {value.shape} vs {tuple(info.shape)} in the base")
+            ad.skipped_tensors.append(skipped_entry(name, "adapter", info.dtype if info else "", why))
             continue
         w = read_matrix(base, tensor)
         delta = value - w

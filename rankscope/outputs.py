@@ -263,9 +263,25 @@ def _make_work_folder(target: OutputTarget) -> Path:
     return tmp
 
 
+def apply_umask(folder: Path) -> None:
+    """Give every folder and file under ``folder`` the permissions the user's umask asks for.
+
+    Some writers (safetensors' ``save_file``, :func:`tempfile.mkdtemp`) create 0600 / 0700 entries
+    whatever the umask; results are meant to be shared like any file the user creates.
+    """
+    mask = _umask()
+    for root, _dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 def _install(tmp: Path, target: OutputTarget) -> None:
     """Move the finished work folder onto ``OUT`` according to ``target.state``."""
     (tmp / PARTIAL_MARKER).unlink(missing_ok=True)
+    apply_umask(tmp)
     out = target.path
     if target.state == "merge":
         _merge(tmp, target)

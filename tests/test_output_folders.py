@@ -316,18 +316,34 @@ def test_dangling_or_looping_symlink_is_refused_before_any_work(tmp_path, inputs
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027])
-def test_created_folders_and_files_follow_the_umask(tmp_path, inputs, umask):
-    out = tmp_path / "out"
-    old = os.umask(umask)
-    try:
-        assert invoke(command_args("spectrum", inputs, out)[:-2] + ["-o", str(out)]).exit_code == 0
-    finally:
-        os.umask(old)
+def _assert_modes(out: Path, umask: int) -> None:
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask
     for f in out.rglob("*"):
         expected = (0o777 if f.is_dir() else 0o666) & ~umask
         assert f.stat().st_mode & 0o777 == expected, (f, oct(f.stat().st_mode))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("command", ["spectrum", "extract", "intrinsic-dim"])
+def test_created_folders_and_files_follow_the_umask(tmp_path, inputs, umask, command):
+    out = tmp_path / "out"
+    args = command_args(command, inputs, out)
+    if command == "spectrum":
+        args = [a for a in args if a != "--no-plots"]  # figures too
+    old = os.umask(umask)
+    try:
+        assert invoke(args).exit_code == 0
+    finally:
+        os.umask(old)
+    _assert_modes(out, umask)
+    if command == "extract":
+        assert (out / "adapter_model.safetensors").is_file()  # safetensors writes 0600 on its own
+
+
+def test_a_trained_model_follows_the_umask(trained_model):
+    mask = os.umask(0)
+    os.umask(mask)  # the process umask, under which the fixture trained (safetensors and torch write 0600)
+    _assert_modes(trained_model, mask)
 
 
 # --------------------------------------------------------------------------------------------
