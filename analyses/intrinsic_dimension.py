@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rankscope.outputs import versions
+from rankscope.io.results import versions
 from rankscope.subspace import intrinsic_dimension
 
 HERE = Path(__file__).resolve().parents[1]

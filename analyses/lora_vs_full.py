@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from rankscope.compare import CompareResult, compare, compare_adapters
-from rankscope.outputs import versions
+from rankscope.io.results import versions
 from rankscope.spectrum import SpectrumResult, spectrum
 from rankscope.train import train
 

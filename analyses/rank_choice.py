@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rankscope.outputs import versions
+from rankscope.io.results import versions
 from rankscope.ranks import RankPlan, recommend
 from rankscope.spectrum import SpectrumResult, spectrum
 from rankscope.train import evaluate_checkpoint, train
@@ -52,7 +52,7 @@ def planned(out: Path, spectra: Path, r: int) -> RankPlan:
 def classification_base(folder: Path) -> Path:
     """The base as a sequence classifier (``bert.`` names, a seeded head): the layout the adapters apply to."""
     if not (folder / "config.json").is_file():
-        from rankscope.checkpoints import resolve
+        from rankscope.io.checkpoints import resolve
         from rankscope.train import load_classifier, load_tokenizer
 
         tokenizer = load_tokenizer(resolve(BASE))

@@ -137,12 +137,12 @@ def csv_agreement(out: Path, errors: dict[str, Any]) -> float:
 
 
 def rankscope_prefix(exe: Path, python: Path) -> list[str]:
-    """``rankscope extract`` when the console script has the command, else ``python -m rankscope.cli_extract``."""
+    """``rankscope extract`` when the console script has the command, else ``python -m rankscope.cli.extract``."""
     if exe.is_file():
         probe = subprocess.run([str(exe), "extract", "--help"], capture_output=True, text=True)
         if probe.returncode == 0:
             return [str(exe), "extract"]
-    return [str(python), "-m", "rankscope.cli_extract"]
+    return [str(python), "-m", "rankscope.cli.extract"]
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:

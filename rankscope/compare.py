@@ -2,7 +2,7 @@
 
 ``compare(base, finetuned, adapter)`` takes, for every module adapted by the LoRA adapter and
 changed by the full fine-tune, ``ΔW_full = W_ft − W_base`` and ``ΔW_lora = s·B·A`` (or the DoRA
-update) and reports (formulas in :mod:`rankscope.similarity`):
+update) and reports (formulas in :mod:`rankscope.numerics.similarity`):
 
 * captured energy: the share of ``||ΔW_full||²`` inside LoRA's column space, row space and both,
   next to the Eckart–Young optimum for the same rank (top-``r`` energy of ``ΔW_full``);
@@ -33,14 +33,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import similarity as sim
-from .adapters import read_adapter
-from .align import align, assign_kinds, common_prefixes, skipped_notes
-from .checkpoints import open_checkpoint, read_matrix
 from .errors import RankscopeError
+from .io.adapters import read_adapter
+from .io.checkpoints import open_checkpoint, read_matrix
+from .io.results import read_arrays, read_json, read_table, result_folder, versions
 from .lora import BoundModule, bind_to_base
+from .numerics import similarity as sim
 from .options import compile_regex, compile_regexes
-from .outputs import read_arrays, read_json, read_table, result_folder, versions
+from .pairing.align import align, assign_kinds, common_prefixes, skipped_notes
 
 DEFAULT_EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 COMPARE_COLUMNS = ("module", "layer", "kind", "rows", "cols", "r", "energy_both", "energy_col", "energy_optimal",
@@ -75,7 +75,7 @@ class CompareResult:
                 frame.to_csv(tmp / f"{name}.csv", index=False)
             np.savez(tmp / "phi.npz", **self.phi)
             if plots:
-                from .compare_plots import render_compare_figures
+                from .figures.compare import render_compare_figures
 
                 self.info.setdefault("outputs", {})["figures"] = render_compare_figures(self, tmp / "figures")
         return Path(out)
@@ -238,7 +238,7 @@ def compare_adapters(adapter_1: str | os.PathLike, adapter_2: str | os.PathLike)
     """φ(i, j) between two adapters' ``A`` row spaces and ``B`` column spaces, per common module.
 
     Module names are aligned as :func:`rankscope.spectrum.spectrum` aligns checkpoints
-    (:func:`rankscope.align.common_prefixes`): an adapter for ``BertForSequenceClassification``
+    (:func:`rankscope.pairing.align.common_prefixes`): an adapter for ``BertForSequenceClassification``
     (``bert.encoder…``) and one for ``BertModel`` (``encoder…``) share their modules, reported without
     the prefix (``run.json`` ``alignment`` records both prefixes).
     """

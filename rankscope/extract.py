@@ -9,7 +9,7 @@ approximation in the Frobenius and spectral norms — and written as a peft LoRA
 so that peft's merge ``W_base + s·B·A`` equals ``W_base + ΔW_r`` exactly: nothing is clamped, and
 ``√Σ`` is split evenly between the factors (as in LoRD and mergekit's ``extract_lora``).  ``r`` and
 ``α`` come from ``--rank``/``--alpha`` or, per module, from a peft ``lora_config.json`` with peft's
-``rank_pattern``/``alpha_pattern`` rule (:func:`rankscope.adapters.pattern_value`).
+``rank_pattern``/``alpha_pattern`` rule (:func:`rankscope.io.adapters.pattern_value`).
 
 How the top-``r`` singular subspace is computed (``method=``, per module, on the "tall" orientation
 ``T`` of ``ΔW``: ``m x n`` with ``m >= n``):
@@ -64,15 +64,15 @@ import numpy as np
 import pandas as pd
 import scipy.linalg  # eager: its OpenBLAS must be loaded before thread limits are applied (see linalg.py)
 
-from . import linalg
-from .adapters import compile_pattern_key, lora_scale, pattern_value
-from .align import TensorPair, align, module_name, skipped_notes
-from .checkpoints import Checkpoint, open_checkpoint
 from .errors import RankscopeError
+from .io.adapters import compile_pattern_key, lora_scale, pattern_value
+from .io.checkpoints import Checkpoint, open_checkpoint
+from .io.results import peak_rss_mb, result_folder, versions, write_json
+from .numerics import linalg
 from .options import compile_regexes
-from .outputs import peak_rss_mb, result_folder, versions, write_json
-from .peft_tasks import OUTPUT_HEADS, WRAPPED_HEADS, choose_task, task_type  # noqa: F401 (task_type: API)
-from .peft_tasks import is_bare as _is_bare
+from .pairing.align import TensorPair, align, module_name, skipped_notes
+from .pairing.model_layout import OUTPUT_HEADS, WRAPPED_HEADS, choose_task, task_type  # noqa: F401 (task_type: API)
+from .pairing.model_layout import is_bare as _is_bare
 from .spectrum import _delta_blocks, _Norms, _run_parallel, resolve_device
 
 METHODS = ("auto", "exact", "randomized")
@@ -476,7 +476,7 @@ MODEL_CHECKS = ("auto", "always", "never")
 
 
 def naming_suspicion(config: dict[str, Any] | None, tensor_names: Sequence[str]) -> str | None:
-    """Why a checkpoint's tensor names (the task model's, :func:`rankscope.peft_tasks.choose_task`) might not be the
+    """Why a checkpoint's tensor names (the task model's, :func:`rankscope.pairing.model_layout.choose_task`) might not be the
     module names of its architecture, or ``None``.
 
     ``save_pretrained`` of a head class (``…ForCausalLM``, ``…ForSequenceClassification``, …) nests the
@@ -503,7 +503,7 @@ class ModelLayout:
     """Module names and layer types of the model peft will wrap, built on torch's meta device.
 
     The class is ``transformers.<architectures[0]>`` of the task model's ``config.json`` (the fine-tune's
-    when it has heads, :func:`rankscope.peft_tasks.choose_task`) — what ``AutoModelFor<task>.from_pretrained(BASE)``
+    when it has heads, :func:`rankscope.pairing.model_layout.choose_task`) — what ``AutoModelFor<task>.from_pretrained(BASE)``
     builds — instantiated without memory or weights.  Built
     in a background thread (importing transformers takes seconds) while the SVDs run; ``result()``
     returns ``{module name: 'linear' | 'conv1d' | 'embedding' | class name}`` or ``None`` with a reason.
@@ -703,7 +703,7 @@ class ExtractResult:
 
 def _model_tensor(pair: TensorPair, side: str) -> str:
     """The tensor's name in the model peft wraps: the stored name on the task model's ``side``
-    (:func:`rankscope.peft_tasks.choose_task`; ``bert.encoder…`` for a ``BertModel`` → ``…ForSequenceClassification`` pair)."""
+    (:func:`rankscope.pairing.model_layout.choose_task`; ``bert.encoder…`` for a ``BertModel`` → ``…ForSequenceClassification`` pair)."""
     return pair.finetuned.name if side == "finetuned" else pair.base.name
 
 
@@ -771,7 +771,7 @@ def _fine_tune_only_saves(alignment, f_ckpt: Checkpoint, save_names: tuple[str, 
     Tensors the base lacks but ``save_names`` / ``--save-modules`` name: a classification head trained on top
     of a bare encoder (``BertModel`` base, ``...ForSequenceClassification`` fine-tune), or a fresh ``lm_head``
     on a bare ``LlamaModel``, exists only in the fine-tune; saved whole in ``modules_to_save`` it travels with
-    the adapter.  So does a peft task head (:data:`rankscope.peft_tasks.WRAPPED_HEADS`) whose shape differs
+    the adapter.  So does a peft task head (:data:`rankscope.pairing.model_layout.WRAPPED_HEADS`) whose shape differs
     from the base's (another number of labels), with a note on how to load the base.
     """
     heads = WRAPPED_HEADS.get(task or "", ())
@@ -829,7 +829,7 @@ def _apply_layout(plans: list[ModulePlan], saved: list[str], layout: dict[str, s
     names = [p.name for p in plans if p.role == "lora"] + saved
     if layout is None:
         return {n: n for n in names}
-    from .align import common_prefixes
+    from .pairing.align import common_prefixes
 
     model_prefix, ckpt_prefix = common_prefixes(list(layout), names)
     mapping = {}
@@ -889,8 +889,8 @@ def _read_ft(pair: TensorPair, ft: Checkpoint) -> np.ndarray:
 
 def _compact_patterns(values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The most common value as the default and the exceptions as a pattern dict keyed by the escaped full
-    module name (:func:`rankscope.peft_config.pattern_key`: matches that module and nothing else)."""
-    from .peft_config import pattern_key
+    module name (:func:`rankscope.io.peft.pattern_key`: matches that module and nothing else)."""
+    from .io.peft import pattern_key
 
     if not values:
         return None, {}
@@ -997,7 +997,7 @@ def extract(
             trained on a bare backbone, an ``lm_head`` on a bare ``LlamaModel``).
 
     The task type and the module names come from the task model of the pair
-    (:func:`rankscope.peft_tasks.choose_task`): for a bare ``BertModel`` base and a
+    (:func:`rankscope.pairing.model_layout.choose_task`): for a bare ``BertModel`` base and a
     ``BertForSequenceClassification`` fine-tune, ``SEQ_CLS`` and ``bert.encoder…``, so that
     ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N), OUT)``
     loads it.  A targeted module whose ``ΔW`` is exactly zero is left out (rank 0, with a note); when

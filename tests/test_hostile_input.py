@@ -226,7 +226,7 @@ def test_tensors_listed_out_of_order_are_valid(tmp_path):
 
 def test_empty_tensors_are_valid_but_never_reach_the_linear_algebra(tmp_path, monkeypatch):
     """Zero-sized dimensions (even next to 10**12) are valid files; they are listed as skipped, never solved."""
-    import rankscope.linalg as linalg
+    import rankscope.numerics.linalg as linalg
 
     solved: list[tuple[int, int]] = []
     real = linalg.spectrum_of_blocks
@@ -328,7 +328,7 @@ def test_spectrum_lists_every_skipped_tensor_in_run_json(tmp_path):
 
 
 def test_notes_line_for_one_skipped_tensor():
-    from rankscope.align import skipped_entry, skipped_notes
+    from rankscope.pairing.align import skipped_entry, skipped_notes
 
     assert skipped_notes([]) == []
     assert skipped_notes([skipped_entry(POSITION_IDS, "base", "I64", "only in base")]) == [

@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from rankscope import checkpoints
-from rankscope.adapters import read_adapter
-from rankscope.checkpoints import open_checkpoint, resolve
 from rankscope.errors import RankscopeError
+from rankscope.io import checkpoints
+from rankscope.io.adapters import read_adapter
+from rankscope.io.checkpoints import open_checkpoint, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 16

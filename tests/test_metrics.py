@@ -1,4 +1,4 @@
-"""rankscope.metrics against closed forms and explicit numpy constructions."""
+"""rankscope.numerics.metrics against closed forms and explicit numpy constructions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rankscope import metrics
+from rankscope.numerics import metrics
 
 # --------------------------------------------------------------------------------------------------
 # stable rank

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from safetensors.numpy import save_file
 
 from rankscope.cli import main
-from rankscope.outputs import PARTIAL_MARKER, read_marker
+from rankscope.io.results import PARTIAL_MARKER, read_marker
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 16
@@ -441,7 +441,7 @@ def test_crash_between_the_two_renames_restores_the_earlier_result(tmp_path, inp
     (old / PARTIAL_MARKER).write_text(json.dumps({"tool": "rankscope", "pid": dead.pid,
                                                   "host": socket.gethostname(), "started": 0}))
     earlier = snapshot(old)
-    from rankscope.outputs import check_output_target
+    from rankscope.io.results import check_output_target
 
     check_output_target(out, "spectrum")
     assert out.is_dir() and not old.exists()

@@ -26,13 +26,13 @@ from safetensors.numpy import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rankscope.cli_extract import extract_cmd  # noqa: E402
-from rankscope.cli_ranks import recommend_cmd  # noqa: E402
+from rankscope.cli.extract import extract_cmd  # noqa: E402
+from rankscope.cli.recommend import recommend_cmd  # noqa: E402
 from rankscope.compare import compare_adapters  # noqa: E402
 from rankscope.errors import RankscopeError  # noqa: E402
 from rankscope.extract import extract  # noqa: E402
-from rankscope.peft_config import check_lora_config, lora_config_dict  # noqa: E402
-from rankscope.peft_tasks import choose_task, head_owner  # noqa: E402
+from rankscope.io.peft import check_lora_config, lora_config_dict  # noqa: E402
+from rankscope.pairing.model_layout import choose_task, head_owner  # noqa: E402
 from rankscope.ranks import RankPlan, recommend  # noqa: E402
 from rankscope.spectrum import SpectrumResult  # noqa: E402
 
@@ -344,7 +344,7 @@ def test_check_lora_config_knows_peft_skips_task_heads():
 def _spectra(mods: dict[str, tuple[int, int, list[float]]]) -> SpectrumResult:
     import pandas as pd
 
-    from rankscope.align import assign_kinds
+    from rankscope.pairing.align import assign_kinds
 
     kinds = assign_kinds(list(mods))
     rows, spectra = [], {}
@@ -460,7 +460,7 @@ def test_lora_adapter_keeps_label_names(tmp_path):
     train(base, "reviews", "lora", out, data=tmp_path / "reviews.csv", text_column="review", label_column="verdict",
           epochs=1, batch_size=8, max_length=16, progress=False, r=2, target_modules="query,value")
     assert not (out / "config.json").exists()  # transformers would take the folder for a full model
-    id2label = {0: "fresh", 1: "meh", 2: "rotten"}  # sorted label values (rankscope.tasks)
+    id2label = {0: "fresh", 1: "meh", 2: "rotten"}  # sorted label values (rankscope.training.data)
     auto = _quiet_load(AutoPeftModelForSequenceClassification.from_pretrained, out).eval()
     assert auto.config.id2label == id2label and auto.config.num_labels == 3
     assert auto.config.label2id == {v: k for k, v in id2label.items()}

@@ -19,11 +19,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rankscope.align import assign_kinds
-from rankscope.allocation import greedy_allocation, kohya_rank, rank_levels, snap_up, uniform_rank_for_budget
-from rankscope.cli_ranks import recommend_cmd
+from rankscope.cli.recommend import recommend_cmd
 from rankscope.errors import RankscopeError
-from rankscope.peft_config import check_lora_config, lora_config_dict
+from rankscope.io.peft import check_lora_config, lora_config_dict
+from rankscope.numerics.allocation import greedy_allocation, kohya_rank, rank_levels, snap_up, uniform_rank_for_budget
+from rankscope.pairing.align import assign_kinds
 from rankscope.ranks import RankPlan, parse_alpha, parse_rule, recommend
 from rankscope.spectrum import SpectrumResult
 

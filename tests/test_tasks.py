@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rankscope.errors import RankscopeError  # noqa: E402
-from rankscope.tasks import BUILTINS, encode_labels, load_task, stratified_split  # noqa: E402
+from rankscope.training.data import BUILTINS, encode_labels, load_task, stratified_split  # noqa: E402
 
 CLASS_SIZES = {"cat": 50, "dog": 30, "eel": 20}
 

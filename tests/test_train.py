@@ -24,8 +24,8 @@ from tiny_text import HIDDEN, bert_folder, gpt2_folder, write_easy_csv  # noqa: 
 
 from rankscope.cli import main  # noqa: E402
 from rankscope.errors import RankscopeError  # noqa: E402
-from rankscope.tasks import load_task  # noqa: E402
 from rankscope.train import TrainConfig, count_parameters, train, train_model  # noqa: E402
+from rankscope.training.data import load_task  # noqa: E402
 
 FAST = {"epochs": 1, "batch_size": 8, "max_length": 16, "progress": False}
 
@@ -312,7 +312,7 @@ def test_lora_config_file_sets_every_lora_option(bert, easy_csv, tmp_path):
                                     str(tmp_path / "lora_config.json"), "--epochs", "1", "--max-length", "16",
                                     "-q", "-o", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
-    from rankscope.adapters import read_adapter
+    from rankscope.io.adapters import read_adapter
 
     adapter = read_adapter(tmp_path / "run")
     ranks = {m.split("bert.")[-1]: lm.r for m, lm in adapter.modules.items()}

@@ -128,11 +128,11 @@ def _search_marker(marker: Path) -> dict[str, Any] | None:
 def prepare_folder(out: Path, config: SearchConfig, restart: bool, overwrite: bool = False, write: bool = True) -> Path:
     """Create ``out`` or check that it holds a search with the same settings (``restart``: clear its cache).
 
-    The output-folder rule of :func:`rankscope.outputs.check_output_target` holds for everything but a
+    The output-folder rule of :func:`rankscope.io.results.check_output_target` holds for everything but a
     folder holding this command's own search: that one is resumed (its cached runs are reused).
     Returns the folder to write (symlinks resolved).  ``write=False`` only checks (nothing is changed).
     """
-    from ..outputs import check_output_target, make_marker, resolve_output
+    from ..io.results import check_output_target, make_marker, resolve_output
 
     settings = {"rankscope": make_marker("intrinsic-dim"), "key": config.key(), "config": asdict(config)}
     folder = resolve_output(out)
@@ -418,7 +418,7 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
               "target_absolute": target_absolute, "target": target, "baseline": base, "D": D,
               "D_model": runner.D_model, "m": m_tensors or None, "projection": projection,
               "layout": layout if projection == "fastfood" else None, "head": head, "seeds": seed_list, "modes": results}
-    from ..outputs import versions
+    from ..io.results import versions
 
     info = {"command": "intrinsic-dim", "argv": argv, "task": task_obj.describe(), "config": asdict(config),
             "options": {"modes": modes, "threshold": threshold, "target_absolute": target_absolute, "baseline": baseline,
@@ -436,8 +436,8 @@ def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None,
 
 def save(result: IntrinsicDimResult, out: Path, t_start: float | None = None) -> None:
     """Write runs.csv, result.json, the figure and, last, run.json (each atomically)."""
-    from ..outputs import peak_rss_mb
-    from .figures import plot_intrinsic_dim
+    from ..figures.intrinsic import plot_intrinsic_dim
+    from ..io.results import peak_rss_mb
 
     write_atomic(out / "runs.csv", result.runs.to_csv(index=False))
     write_atomic(out / "result.json", json.dumps(result.result, indent=2) + "\n")
@@ -448,7 +448,7 @@ def save(result: IntrinsicDimResult, out: Path, t_start: float | None = None) ->
         result.info["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
     result.info["peak_rss_mb"] = round(peak_rss_mb(), 1)
     result.info["outputs"] = ["runs/", "search.json", "runs.csv", "result.json", "figures/intrinsic-dim.png", "run.json"]
-    from ..outputs import MARKER, make_marker
+    from ..io.results import MARKER, make_marker
 
     cached = sorted(f"runs/{p.name}" for p in (out / "runs").glob("*.json") if CACHE_NAME.match(p.name))
     files = sorted([*cached, "search.json", "runs.csv", "result.json", "figures/intrinsic-dim.png", "run.json"])
@@ -460,8 +460,8 @@ def rerender(out: Path) -> list[str]:
     """Redraw ``figures/intrinsic-dim.png`` of a finished study from its runs.csv and result.json."""
     import pandas as pd
 
-    from ..outputs import read_json
-    from .figures import plot_intrinsic_dim
+    from ..figures.intrinsic import plot_intrinsic_dim
+    from ..io.results import read_json
 
     result = read_json(out / "result.json")
     try:

@@ -17,7 +17,7 @@
     A Hugging Face checkpoint (default ``bundled:minilm-base``) with a fresh, seeded classification head,
     trained by :func:`rankscope.train.train_model` (AdamW, warm-up, best-on-validation); metric: test accuracy.
 
-Every task splits its data 80/10/10, stratified by label, with ``split_seed`` (:func:`rankscope.tasks.stratified_split`).
+Every task splits its data 80/10/10, stratified by label, with ``split_seed`` (:func:`rankscope.training.data.stratified_split`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from ..errors import RankscopeError
-from ..tasks import BUILTINS, stratified_split
 from ..train import seed_everything
+from ..training.data import BUILTINS, stratified_split
 
 TENSOR_TASKS = ("toy", "mnist-fc", "digits")
 TEXT_TASKS = tuple(BUILTINS)
@@ -259,9 +259,9 @@ class TextTask:
     def __init__(self, name: str, model: str = "bundled:minilm-base", data: str | None = None, split_seed: int = 0,
                  max_train: int | None = None, max_eval: int | None = None, max_length: int = 128,
                  text_column: str = "text", label_column: str = "label") -> None:
-        from ..checkpoints import resolve
-        from ..tasks import load_task
+        from ..io.checkpoints import resolve
         from ..train import load_tokenizer
+        from ..training.data import load_task
 
         self.name, self.checkpoint, self.max_length = name, str(model), max_length
         self.data = load_task(name, data, text_column=text_column, label_column=label_column, split_seed=split_seed,

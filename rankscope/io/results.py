@@ -38,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import RankscopeError
+from ..errors import RankscopeError
 
 PACKAGES = ("rankscope", "numpy", "scipy", "pandas", "torch", "safetensors", "transformers", "peft", "matplotlib", "seaborn")
 TOOL = "rankscope"
@@ -72,7 +72,7 @@ def peak_rss_mb() -> float:
 
 
 def tool_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .cli_support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option
+from .support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option
 
 
 @click.command("recommend", cls=OneLineCommand)
@@ -49,8 +49,8 @@ def recommend_cmd(source, finetuned, out, rule, targets, min_rank, max_rank, sna
 
     Example: rankscope recommend bundled:minilm-base bundled:minilm-finetuned --rule budget:500k -o out/ranks
     """
-    from .outputs import check_output_target
-    from .ranks import recommend
+    from ..io.results import check_output_target
+    from ..ranks import recommend
 
     t0 = time.perf_counter()
     check_output_target(out, "recommend", overwrite)

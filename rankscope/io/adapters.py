@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RankscopeError
-from .options import compile_regex
+from ..errors import RankscopeError
+from ..options import compile_regex
 
 _FACTOR = re.compile(
     r"^(?P<module>.+?)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
@@ -207,7 +207,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
 def _keep(file: Path, name: str, dtype: str, is_float: bool, numel: int,
           skipped: list[dict[str, str]]) -> bool:
     """Whether a stored adapter tensor is read; the others go to ``skipped`` (an empty LoRA factor is an error)."""
-    from .align import dtype_reason, skipped_entry
+    from ..pairing.align import dtype_reason, skipped_entry
 
     if not is_float:
         skipped.append(skipped_entry(name, "adapter", dtype, dtype_reason(dtype)))

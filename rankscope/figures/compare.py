@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .plots import _depth_colours, _grid, _layered, _pyplot, _save
+from .spectrum import _depth_colours, _grid, _layered, _pyplot, _save
 
 if TYPE_CHECKING:
-    from .compare import CompareResult
+    from ..compare import CompareResult
 
 
 def plot_energy(result: CompareResult, path: Path, plt) -> str | None:

@@ -19,7 +19,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from .checkpoints import Checkpoint, TensorInfo
+from ..io.checkpoints import Checkpoint, TensorInfo
 
 CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
 CONV1D_LEAVES = {"c_attn", "c_proj", "c_fc", "q_attn"}

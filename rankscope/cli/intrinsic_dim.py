@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .cli_support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option
+from .support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option
 
 TASK_HELP = ("toy (Li et al.'s D = 1000 problem), mnist-fc (FC 784-200-200-10 on 5k MNIST digits), digits "
              "(sklearn 8x8), rotten-tomatoes, bbc-news (text tasks on --model)")
@@ -88,7 +88,7 @@ def intrinsic_dim_cmd(task, model, data, text_column, label_column, mode, projec
 
     Example: rankscope intrinsic-dim --task toy --seeds 3 --d-start 1 --tolerance 0 -o runs/toy
     """
-    from .subspace.intrinsic import intrinsic_dimension
+    from ..subspace.intrinsic import intrinsic_dimension
 
     t0 = time.perf_counter()
     modes = ("did", "said") if mode == "both" else (mode,)

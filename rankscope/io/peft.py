@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .errors import RankscopeError
+from ..errors import RankscopeError
 
 # --------------------------------------------------------------------------------------------------
 # the peft config
@@ -88,11 +88,11 @@ def check_lora_config(config: dict[str, Any], intended: dict[str, tuple[int, flo
     ``intended``: ``module -> (rank, alpha)`` for the modules to adapt.  Checks that ``target_modules``
     selects exactly them (peft's ``check_target_module_exists``: a list entry matches a name equal to
     it or ending with ``"." + entry``; nothing in or under a ``modules_to_save`` module, including the
-    heads that peft adds for the ``task_type``, :data:`rankscope.peft_tasks.WRAPPED_HEADS`), that each
+    heads that peft adds for the ``task_type``, :data:`rankscope.pairing.model_layout.WRAPPED_HEADS`), that each
     resolves to its rank and alpha (the first matching pattern key wins, as in peft), and that every
     ``rank_pattern`` / ``alpha_pattern`` key matches exactly one module.
     """
-    from .peft_tasks import WRAPPED_HEADS, peft_excludes
+    from ..pairing.model_layout import WRAPPED_HEADS, peft_excludes
 
     universe = sorted(module_universe([*names, *intended]))
     targets = config["target_modules"]

@@ -16,22 +16,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
 
-from . import __version__  # noqa: E402
-from .cli_extract import extract_cmd  # noqa: E402  (light: extract loads inside the command)
-from .cli_intrinsic import intrinsic_dim_cmd  # noqa: E402  (light: torch loads inside the command)
-from .cli_ranks import recommend_cmd  # noqa: E402  (light: ranks loads inside the command)
-from .cli_support import (  # noqa: E402
-    OneLineCommand,
-    argv_line,
-    echo_notes,
-    handle_errors,
-    overwrite_option,
-    parse_taus,
-)
-from .errors import RankscopeError  # noqa: E402
-from .options import compile_regex, compile_regexes  # noqa: E402
-from .tasks import BUILTINS  # noqa: E402
-from .train import METHODS  # noqa: E402  (light: torch loads only when training starts)
+from .. import __version__  # noqa: E402
+from ..errors import RankscopeError  # noqa: E402
+from ..options import compile_regex, compile_regexes  # noqa: E402
+from ..train import METHODS  # noqa: E402  (light: torch loads only when training starts)
+from ..training.data import BUILTINS  # noqa: E402
+from .extract import extract_cmd  # noqa: E402  (light: extract loads inside the command)
+from .intrinsic_dim import intrinsic_dim_cmd  # noqa: E402  (light: torch loads inside the command)
+from .recommend import recommend_cmd  # noqa: E402  (light: ranks loads inside the command)
+from .support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option, parse_taus
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -68,8 +61,8 @@ def spectrum_cmd(base, finetuned, out, include, exclude, taus, device, method, w
 
     Example: rankscope spectrum bundled:minilm-base bundled:minilm-finetuned -o reports/demo
     """
-    from .outputs import check_output_target
-    from .spectrum import spectrum
+    from ..io.results import check_output_target
+    from ..spectrum import spectrum
 
     t0 = time.perf_counter()
     check_output_target(out, "spectrum", overwrite)
@@ -100,8 +93,8 @@ def lora_cmd(adapter, base, out, taus, no_plots, quiet, overwrite):
 
     Example: rankscope lora runs/lora-r8 --base bundled:minilm-base -o reports/lora-r8
     """
-    from .lora import lora_spectrum
-    from .outputs import check_output_target
+    from ..io.results import check_output_target
+    from ..lora import lora_spectrum
 
     check_output_target(out, "lora", overwrite)
     result = lora_spectrum(adapter, base, taus=taus, progress=not quiet)
@@ -138,8 +131,8 @@ def compare_cmd(base, finetuned, adapter, out, include, phi_max, k, epsilon, phi
 
     Example: rankscope compare bundled:minilm-base runs/full runs/lora-r8 -o reports/compare-r8
     """
-    from .compare import compare
-    from .outputs import check_output_target
+    from ..compare import compare
+    from ..io.results import check_output_target
 
     check_output_target(out, "compare", overwrite)
     if phi_modules is not None:
@@ -174,8 +167,8 @@ def compare_adapters_cmd(adapter_1, adapter_2, out, phi_modules, no_plots, quiet
 
     Example: rankscope compare-adapters runs/lora-r8 runs/lora-r64 -o reports/r8-vs-r64
     """
-    from .compare import compare_adapters
-    from .outputs import check_output_target
+    from ..compare import compare_adapters
+    from ..io.results import check_output_target
 
     check_output_target(out, "compare-adapters", overwrite)
     if phi_modules is not None:
@@ -257,7 +250,7 @@ def train_cmd(model, task, data, text_column, label_column, method, r, alpha, ta
 
     Example: rankscope train --task rotten-tomatoes --method lora --max-train 2000 -o runs/lora
     """
-    from .outputs import check_output_target
+    from ..io.results import check_output_target
 
     check_output_target(out, "train", overwrite)
     if task is None:
@@ -265,10 +258,10 @@ def train_cmd(model, task, data, text_column, label_column, method, r, alpha, ta
     given = _lora_options_given()
     if method != "lora" and given:
         raise RankscopeError(f"{', '.join(given)} only apply to --method lora")
-    from .train import summary_line, train
+    from ..train import summary_line, train
 
     if lora_config is not None:
-        from .train import lora_options_from_config
+        from ..train import lora_options_from_config
 
         if method != "lora":
             raise RankscopeError("--lora-config only applies to --method lora")
@@ -298,7 +291,7 @@ def plot_cmd(out):
 
     Example: rankscope plot reports/demo
     """
-    from .outputs import MARKER, read_json, read_marker, write_json
+    from ..io.results import MARKER, read_json, read_marker, write_json
 
     if not out.is_dir():
         raise RankscopeError(f"no such result folder: {out}")
@@ -312,28 +305,28 @@ def plot_cmd(out):
         raise RankscopeError(f"{out} holds {'a trained model' if command == 'train' else 'an adapter'}: "
                              "it has no figures to render")
     if command == "intrinsic-dim":
-        from .subspace.intrinsic import rerender
+        from ..subspace.intrinsic import rerender
 
         written = rerender(out)
         _add_to_marker(out, [f"figures/{w}" for w in written])
         click.echo(f"wrote {', '.join(written)} to {out / 'figures'}/")
         return
     if command == "recommend":
-        from .plots import render_rank_figure
-        from .ranks import RankPlan
+        from ..figures.spectrum import render_rank_figure
+        from ..ranks import RankPlan
 
         result = RankPlan.load(out)
         (out / "figures").mkdir(exist_ok=True)
         written = [render_rank_figure(result, out / "figures" / "ranks.png")]
     elif command in ("compare", "compare-adapters"):
-        from .compare import CompareResult
-        from .compare_plots import render_compare_figures
+        from ..compare import CompareResult
+        from ..figures.compare import render_compare_figures
 
         result = CompareResult.load(out)
         written = render_compare_figures(result, out / "figures")
     else:
-        from .plots import render_spectrum_figures
-        from .spectrum import SpectrumResult
+        from ..figures.spectrum import render_spectrum_figures
+        from ..spectrum import SpectrumResult
 
         result = SpectrumResult.load(out)
         written = render_spectrum_figures(result, out / "figures")
@@ -347,7 +340,7 @@ def plot_cmd(out):
 
 def _add_to_marker(out: Path, files: list[str]) -> None:
     """Record files that `plot` added to a result folder in its run.json marker."""
-    from .outputs import MARKER, read_json, read_marker, write_json
+    from ..io.results import MARKER, read_json, read_marker, write_json
 
     marker = read_marker(out)
     if marker is None or marker.get("files") is None:

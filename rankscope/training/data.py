@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RankscopeError
+from ..errors import RankscopeError
 
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 """Train / validation / test fractions of every class."""

@@ -12,7 +12,7 @@ COLOURS = {"did": "#1f77b4", "said": "#d62728"}
 def plot_intrinsic_dim(runs, result: dict[str, Any], path: Path) -> str:
     """Seed-averaged metric vs d (log x) per mode, every seed as a dot, the target and baseline as lines,
     d90 marked; written through a temporary file.  Returns the file name."""
-    from ..plots import _pyplot, _save
+    from .spectrum import _pyplot, _save
 
     plt, _ = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

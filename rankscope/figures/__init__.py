@@ -1,0 +1,1 @@
+"""Figures drawn from saved results (never from the analyses themselves)."""

@@ -1,0 +1,1 @@
+"""Pure numerics on arrays: exact spectra, spectrum metrics, subspace similarity, rank allocation."""

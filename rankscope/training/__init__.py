@@ -1,0 +1,1 @@
+"""The training engine: tasks and data, the loop, model building."""
