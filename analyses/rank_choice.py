@@ -53,7 +53,7 @@ def classification_base(folder: Path) -> Path:
     """The base as a sequence classifier (``bert.`` names, a seeded head): the layout the adapters apply to."""
     if not (folder / "config.json").is_file():
         from rankscope.io.checkpoints import resolve
-        from rankscope.train import load_classifier, load_tokenizer
+        from rankscope.training.models import load_classifier, load_tokenizer
 
         tokenizer = load_tokenizer(resolve(BASE))
         model = load_classifier(resolve(BASE), ["rotten", "fresh"], tokenizer.pad_token_id, seed=0)

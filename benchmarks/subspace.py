@@ -70,7 +70,7 @@ def median_time(fn, repeats: int, warmup: int, device: torch.device) -> float:
 
 def minilm_batch(batch: int, device: torch.device):
     from rankscope.subspace.tasks import TextTask
-    from rankscope.train import collate, encode
+    from rankscope.training.engine import collate, encode
 
     task = TextTask("rotten-tomatoes", max_train=batch, max_eval=8)
     data = encode(task.data.train, task.tokenizer, 128)
@@ -79,7 +79,7 @@ def minilm_batch(batch: int, device: torch.device):
 
 
 def step_fn(model, batch, device: torch.device):
-    from rankscope.train import logits_of, make_optimizer
+    from rankscope.training.engine import logits_of, make_optimizer
 
     model.to(device).train()
     optimizer = make_optimizer(model, 1e-5, 0.01)

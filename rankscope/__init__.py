@@ -19,14 +19,13 @@ from .interrupts import is_cli_process as _is_cli_process
 if _is_cli_process():  # the `rankscope` command: Ctrl-C / SIGTERM end with one line, even while importing
     _install_interrupts()
 
-__version__ = "0.1.0"
-
 # Idle OpenMP workers of torch sleep instead of spinning (must be set before torch loads libgomp).
 # On a 2-core machine shared with one other busy process, spinning made a MiniLM step 10-20x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import RankscopeError  # noqa: E402
 from .spectrum import SpectrumResult, spectrum  # noqa: E402  (binds the function over the submodule name)
+from .version import __version__  # noqa: E402
 
 __all__ = ["spectrum", "SpectrumResult", "RankscopeError", "__version__"]
 # The other analyses load torch/peft lazily; import them from their modules:

@@ -37,10 +37,11 @@ from .errors import RankscopeError
 from .io.adapters import read_adapter
 from .io.checkpoints import open_checkpoint, read_matrix
 from .io.results import read_arrays, read_json, read_table, result_folder, versions
-from .lora import BoundModule, bind_to_base
+from .io.skipped import skipped_notes
 from .numerics import similarity as sim
 from .options import compile_regex, compile_regexes
-from .pairing.align import align, assign_kinds, common_prefixes, skipped_notes
+from .pairing.align import align, assign_kinds, common_prefixes
+from .pairing.bind import BoundModule, bind_to_base
 
 DEFAULT_EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 COMPARE_COLUMNS = ("module", "layer", "kind", "rows", "cols", "r", "energy_both", "energy_col", "energy_optimal",
@@ -49,6 +50,11 @@ COMPARE_COLUMNS = ("module", "layer", "kind", "rows", "cols", "r", "energy_both"
 ADAPTER_COLUMNS = ("module", "layer", "kind", "rows", "cols", "r_1", "r_2")
 """Columns of a ``compare-adapters`` result's ``compare.csv``."""
 AMPLIFICATION_RANKS = (1, 2, 4, 8, 16, 32, 64)
+SUMMARY_COLUMNS = ("r", "energy_both", "energy_optimal", "phi_left_1", "phi_right_1", "cosine", "norm_ratio",
+                   "intruders_full", "intruders_lora", "amp_full_r", "amp_lora_r")
+"""Columns of a ``compare`` result's :meth:`CompareResult.summary` (medians per kind)."""
+ADAPTER_SUMMARY_COLUMNS = ("r_1", "r_2", "phi_A_1", "phi_A_min_r", "phi_B_1", "phi_B_min_r", "phi_random_A")
+"""Columns of a ``compare-adapters`` result's :meth:`CompareResult.summary`."""
 
 
 @dataclass
@@ -79,6 +85,13 @@ class CompareResult:
 
                 self.info.setdefault("outputs", {})["figures"] = render_compare_figures(self, tmp / "figures")
         return Path(out)
+
+    def summary(self) -> str:
+        """A concise console summary: per module kind, the median of the main measurements."""
+        adapters = self.info.get("command") == "compare-adapters"
+        cols = list(ADAPTER_SUMMARY_COLUMNS if adapters else SUMMARY_COLUMNS)
+        medians = self.table.groupby("kind", sort=False)[cols].median()
+        return medians.to_string(float_format=lambda v: f"{v:.3f}")
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> CompareResult:

@@ -1,4 +1,4 @@
-"""User-facing errors.
+"""The one exception rankscope raises for what the user got wrong, shown as a single line.
 
 Every problem caused by the user's input (a missing file, a corrupt checkpoint, a bad option)
 raises :class:`RankscopeError` with a one-line message naming the file, tensor or option at

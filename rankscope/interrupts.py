@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-_state = {"mode": "exit", "installed": False}
+_state: dict[str, object] = {"mode": "exit", "installed": False, "wrote": None, "held": False, "pending": None}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -37,7 +37,38 @@ class Interrupted(KeyboardInterrupt):
 
 
 def message(signum: int) -> str:
-    return f"Error: interrupted ({signal.Signals(signum).name}); nothing was written"
+    """The one line printed for an interrupt (it says so when a complete result was written just before)."""
+    name = signal.Signals(signum).name
+    if _state.get("wrote"):
+        return f"Error: interrupted ({name}) after {_state['wrote']} was written"
+    return f"Error: interrupted ({name}); nothing was written"
+
+
+def wrote(path: object) -> None:
+    """Record that a complete result now exists at ``path`` (for :func:`message`)."""
+    _state["wrote"] = str(path)
+
+
+def hold() -> bool:
+    """Defer SIGINT/SIGTERM until :func:`release` (while a work folder is made or installed); returns the previous state.
+
+    Deferral is done in the handler itself, not with a signal mask: the kernel may deliver a signal to any
+    thread, but Python always runs its handler in the main thread, so only the handler can wait reliably.
+    """
+    previous = bool(_state.get("held"))
+    _state["held"] = True
+    return previous
+
+
+def release(previous: bool | None) -> None:
+    """End a :func:`hold`; a signal that arrived meanwhile raises :class:`Interrupted` now. Returns None."""
+    _state["held"] = bool(previous)
+    pending = _state.get("pending")
+    if not previous and pending is not None and _state["mode"] == "raise":
+        _state["pending"] = None
+        _state["mode"] = "exit"
+        raise Interrupted(int(pending))
+    return None
 
 
 def _exit_now(signum: int) -> None:
@@ -49,6 +80,9 @@ def _exit_now(signum: int) -> None:
 
 def _handler(signum: int, frame: object) -> None:
     if _state["mode"] == "raise":
+        if _state.get("held"):
+            _state["pending"] = signum  # raised by release(), once the folder operation is complete
+            return
         _state["mode"] = "exit"  # a second signal during clean-up ends the process at once
         raise Interrupted(signum)
     _exit_now(signum)

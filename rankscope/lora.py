@@ -14,66 +14,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from .errors import RankscopeError
-from .io.adapters import Adapter, LoraModule, read_adapter
+from .io.adapters import Adapter, read_adapter
 from .io.checkpoints import Checkpoint, open_checkpoint, read_matrix
 from .io.results import peak_rss_mb, versions
+from .io.skipped import dtype_reason, skipped_entry, skipped_notes
 from .numerics import linalg, metrics
-from .pairing.align import (
-    _is_conv1d,
-    assign_kinds,
-    common_prefixes,
-    dtype_reason,
-    module_name,
-    skipped_entry,
-    skipped_notes,
-)
+from .pairing.align import assign_kinds, common_prefixes, module_name
+from .pairing.bind import BoundModule, bind_to_base
 from .spectrum import DEFAULT_TAUS, SpectrumResult
-
-
-@dataclass
-class BoundModule:
-    """A LoRA module tied to its base tensor (if a base was given)."""
-
-    module: str  # base tensor name without .weight (adapter name without base)
-    lora: LoraModule
-    base_tensor: str | None = None
-    transpose: bool = False
-
-    def base_weight(self, base: Checkpoint) -> np.ndarray:
-        """The base weight, oriented ``out x in``, float64."""
-        return read_matrix(base, self.base_tensor, transpose=self.transpose)
-
-
-def bind_to_base(adapter: Adapter, base: Checkpoint | None) -> list[BoundModule]:
-    """Name each adapter module as the base tensor it modifies and check shapes agree."""
-    if base is None:
-        return [BoundModule(m, lm) for m, lm in adapter.modules.items()]
-    names = [f"{m}.weight" for m in adapter.modules]
-    base_prefix, adapter_prefix = common_prefixes(list(base.tensors), names)
-    bound = []
-    for m, lm in adapter.modules.items():
-        core = f"{m}.weight"[len(adapter_prefix):] if adapter_prefix and m.startswith(adapter_prefix) else f"{m}.weight"
-        tensor = base_prefix + core
-        if tensor not in base.tensors:
-            raise RankscopeError(f"adapter module '{m}' has no weight in the base checkpoint {base.path} "
-                                 f"(looked for '{tensor}'): is this the adapter's base model?")
-        info = base.tensors[tensor]
-        if not info.is_float:
-            raise RankscopeError(f"{info.file}: base tensor '{tensor}' of adapter module '{m}' has dtype {info.dtype}, "
-                                 f"which rankscope does not read (float32, float16, bfloat16 or float64 only)")
-        transpose = len(info.shape) == 2 and _is_conv1d(base, module_name(tensor))
-        shape = (info.shape[1], info.shape[0]) if transpose else tuple(info.shape[:2])
-        if shape != lm.shape:
-            raise RankscopeError(f"adapter module '{m}' is {lm.shape[0]}x{lm.shape[1]} but base tensor '{tensor}' "
-                                 f"is {shape[0]}x{shape[1]}: the adapter was trained on a different base model")
-        bound.append(BoundModule(module_name(tensor), lm, tensor, transpose))
-    return bound
 
 
 def module_spectrum(bm: BoundModule, base: Checkpoint | None) -> tuple[np.ndarray, float, float | None, str]:

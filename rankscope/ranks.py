@@ -13,10 +13,10 @@ except the kohya modes, which give it 1 as kohya does — the plan gives it rank
 * ``gd`` — Gavish & Donoho (2014) optimal hard threshold for unknown noise:
   ``#{σ_i > ω(β)·median(σ)}``, ``ω(β) ≈ 0.56β³ − 0.95β² + 1.82β + 1.43``, ``β = min/max`` dimension;
 * ``budget:N`` / ``avg-rank:r`` — a global allocation of ``N`` trainable LoRA parameters (``avg-rank:r``:
-  ``N = r·Σ(m_i + n_i)``, the cost of rank ``r`` everywhere) by :func:`greedy_allocation`;
+  ``N = r·Σ(m_i + n_i)``, the cost of rank ``r`` everywhere) by :func:`rankscope.numerics.allocation.greedy_allocation`;
 * ``kohya-fro:t``, ``kohya-ratio:t``, ``kohya-cumulative:t`` — kohya-ss sd-scripts
   ``networks/resize_lora.py`` dynamic methods ``sv_fro``, ``sv_ratio``, ``sv_cumulative``
-  (:func:`kohya_rank`).
+  (:func:`rankscope.numerics.allocation.kohya_rank`); the rules are parsed by :mod:`rankscope.numerics.rank_rules`.
 
 Every rank is then kept inside ``[min_rank, min(max_rank, min(m, n))]`` and, with ``snap``, moved
 to an allowed value (threshold rules round *up* so the criterion still holds; the global rules
@@ -41,175 +41,40 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .errors import RankscopeError
-from .io.peft import check_lora_config, lora_config_dict
+from .io.peft import WRAPPED_HEADS, check_lora_config, head_modules, head_owner, lora_config_dict
 from .io.results import read_json, result_folder, versions, write_json
 from .numerics import metrics
-from .numerics.allocation import (
-    GAINS,
-    Allocation,
-    greedy_allocation,
-    kohya_rank,
-    rank_levels,
-    snap_up,
-    uniform_rank_for_budget,
+from .numerics.allocation import GAINS, Allocation, greedy_allocation, rank_levels, snap_up, uniform_rank_for_budget
+from .numerics.rank_rules import (
+    ALL_LINEAR,
+    AlphaPolicy,
+    parse_alpha,
+    parse_rule,
+    parse_snap,
+    parse_targets,
+    rule_rank,
 )
 from .pairing.model_layout import (
+    EMBEDDING_OR_HEAD,
     OUTPUT_HEADS,
-    WRAPPED_HEADS,
     TaskChoice,
     choose_task,
     describe_config,
-    head_modules,
     head_names,
-    head_owner,
+    is_embedding_or_head,
 )
 
-RULES = ("energy", "gd", "budget", "avg-rank", "kohya-fro", "kohya-ratio", "kohya-cumulative")
-RULE_FORMS = "energy:TAU, gd, budget:N, avg-rank:R, kohya-fro:T, kohya-ratio:T, kohya-cumulative:T"
-ALL_LINEAR = "all-linear"
-"""kohya's ``MIN_SV``: a matrix whose largest singular value is at most this gets rank 1."""
-
-EMBEDDING = re.compile(r"(?i)(?:^|\.)(?:[^.]*embed[^.]*|wte|wpe|lm_head|embed_out|shared|output_layer)$")
-"""Input/output embeddings and LM heads (``word_embeddings``, ``embed_tokens``, ``wte``, ``lm_head`` …)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# options
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A parsed ``--rule``: ``name`` in :data:`RULES` and its parameter (``None`` for ``gd``)."""
-
-    name: str
-    value: float | None = None
-
-    @property
-    def is_global(self) -> bool:
-        """Budget rules allocate across modules; the others decide each module alone."""
-        return self.name in ("budget", "avg-rank")
-
-    def __str__(self) -> str:
-        if self.value is None:
-            return self.name
-        return f"{self.name}:{int(self.value) if self.name == 'budget' else f'{self.value:g}'}"
-
-
-_SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
-
-
-def _number(text: str, rule: str) -> float:
-    t = text.strip().lower().replace("_", "").replace(",", "")
-    scale = 1.0
-    if rule == "budget" and t and t[-1] in _SUFFIX:
-        t, scale = t[:-1], _SUFFIX[t[-1]]
-    try:
-        value = float(t) * scale
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise RankscopeError(f"--rule {rule}:{text}: '{text}' is not a number")
-    return value
-
-
-def parse_rule(text: str) -> Rule:
-    """``energy:0.9`` → ``Rule("energy", 0.9)``; raises :class:`RankscopeError` naming ``--rule``."""
-    raw = str(text).strip()
-    name, sep, arg = raw.partition(":")
-    name = name.strip().lower()
-    if name not in RULES:
-        raise RankscopeError(f"--rule {raw}: unknown rule '{name}' (choose from {RULE_FORMS})")
-    if name == "gd":
-        if sep:
-            raise RankscopeError(f"--rule {raw}: gd takes no parameter")
-        return Rule("gd")
-    if not arg.strip():
-        raise RankscopeError(f"--rule {raw}: {name} needs a parameter ({RULE_FORMS})")
-    value = _number(arg, name)
-    if name in ("energy", "kohya-fro", "kohya-cumulative") and not 0 < value <= 1:
-        raise RankscopeError(f"--rule {raw}: the threshold must be in (0, 1]")
-    if name == "kohya-ratio" and value <= 0:
-        raise RankscopeError(f"--rule {raw}: the ratio must be positive (kohya uses 1 to 2)")
-    if name == "budget" and (value < 1 or value != int(value)):
-        raise RankscopeError(f"--rule {raw}: the budget must be a positive whole number of parameters")
-    if name == "avg-rank" and value <= 0:
-        raise RankscopeError(f"--rule {raw}: the average rank must be positive")
-    return Rule(name, int(value) if name == "budget" else value)
-
-
-def parse_snap(snap: str | Iterable[int] | None) -> tuple[int, ...] | None:
-    """``"8,16,32,64"`` (or a sequence) → sorted unique positive ranks; ``None`` / empty → no snapping."""
-    if snap is None:
-        return None
-    items = [s for s in snap.split(",") if s.strip()] if isinstance(snap, str) else list(snap)
-    if not items:
-        return None
-    try:
-        values = sorted({int(str(v).strip()) for v in items})
-    except ValueError as exc:
-        raise RankscopeError(f"--snap {snap}: not a comma-separated list of whole numbers") from exc
-    if values[0] < 1:
-        raise RankscopeError(f"--snap {snap}: ranks must be positive")
-    return tuple(values)
-
-
-@dataclass(frozen=True)
-class AlphaPolicy:
-    """``lora_alpha`` per module: ``coef·r`` (constant scale ``α/r = coef``) or ``coef`` for every module."""
-
-    coef: float
-    proportional: bool
-
-    def alpha(self, rank: int) -> float:
-        return self.coef * rank if self.proportional else self.coef
-
-    def __str__(self) -> str:
-        if self.proportional:
-            return "r" if self.coef == 1 else f"{self.coef:g}r"
-        return f"{self.coef:g}"
-
-
-def parse_alpha(text: str | float) -> AlphaPolicy:
-    """``"r"``, ``"2r"``, ``"0.5r"`` → ``α = c·r`` (scale ``α/r = c`` everywhere); ``"16"`` → ``α = 16`` everywhere."""
-    t = str(text).strip().lower().replace(" ", "").replace("*", "")
-    proportional = t.endswith("r")
-    coef_text = (t[:-1] or "1") if proportional else t
-    try:
-        coef = float(coef_text)
-    except ValueError:
-        coef = math.nan
-    if not math.isfinite(coef) or coef <= 0:
-        raise RankscopeError(f"--alpha {text}: use r, 2r, <number>r (alpha proportional to the rank, constant "
-                             f"scale alpha/r) or a positive number (the same alpha for every module)")
-    return AlphaPolicy(coef, proportional)
-
-
-def parse_targets(targets: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``None`` / ``"all-linear"`` → ``("all-linear",)``; ``"query,value"`` → ``("query", "value")``."""
-    if targets is None:
-        return (ALL_LINEAR,)
-    items = targets.split(",") if isinstance(targets, str) else list(targets)
-    tokens = tuple(dict.fromkeys(str(t).strip() for t in items if str(t).strip()))
-    if not tokens:
-        raise RankscopeError("--targets: empty list (give module kinds such as query,value or all-linear)")
-    if ALL_LINEAR in tokens and len(tokens) > 1:
-        raise RankscopeError(f"--targets {','.join(tokens)}: all-linear cannot be combined with other targets")
-    return tokens
-
-
-def is_embedding(module: str) -> bool:
-    """Input/output embedding or LM head, by name (:data:`EMBEDDING`)."""
-    return bool(EMBEDDING.search(module))
+if TYPE_CHECKING:
+    from .spectrum import SpectrumResult
 
 
 def select_targets(table: pd.DataFrame, targets: Sequence[str], exclude_embeddings: bool = True) -> np.ndarray:
@@ -221,7 +86,7 @@ def select_targets(table: pd.DataFrame, targets: Sequence[str], exclude_embeddin
     the modules named exactly so or ending with ``"." + token`` (``dense``, ``pooler.dense``).
     """
     modules = table["module"].astype(str)
-    emb = modules.map(is_embedding).to_numpy(dtype=bool)
+    emb = modules.map(is_embedding_or_head).to_numpy(dtype=bool)
     keep = ~emb if exclude_embeddings else np.ones(len(table), dtype=bool)
     if tuple(targets) == (ALL_LINEAR,):
         if not keep.any():
@@ -245,22 +110,6 @@ def select_targets(table: pd.DataFrame, targets: Sequence[str], exclude_embeddin
 
 
 # --------------------------------------------------------------------------------------------------
-# per-module rules
-# --------------------------------------------------------------------------------------------------
-
-
-def rule_rank(rule: Rule, sigma: np.ndarray, rows: int, cols: int) -> int:
-    """Rank of one module under a per-module rule (before ``min_rank``/``max_rank``/``snap``)."""
-    if rule.name == "energy":
-        return metrics.energy_rank(sigma, float(rule.value))
-    if rule.name == "gd":
-        return metrics.gavish_donoho_rank(sigma, rows, cols)
-    if rule.name.startswith("kohya-"):
-        return kohya_rank(sigma, rule.name.removeprefix("kohya-"), float(rule.value))
-    raise ValueError(f"{rule} is a global rule: use greedy_allocation")
-
-
-# --------------------------------------------------------------------------------------------------
 # the plan
 # --------------------------------------------------------------------------------------------------
 
@@ -269,9 +118,9 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _kind_energy(rows: pd.DataFrame, col: str) -> float:
-    total = float(rows["delta_energy"].sum())
-    return float((rows[col] * rows["delta_energy"]).sum() / total) if total > 0 else 0.0
+def _energy_share(rows: pd.DataFrame, col: str) -> float:
+    """The share of the rows' ``‖ΔW‖²`` that ``col`` (a per-module captured share) captures."""
+    return metrics.energy_weighted_mean(rows[col], rows["delta_energy"])
 
 
 def _mean_energy(table: pd.DataFrame, col: str) -> float:
@@ -307,8 +156,8 @@ class RankPlan:
         by_kind = t.groupby("kind", sort=False).agg(
             n=("module", "count"), rank_min=("rank", "min"), rank_median=("rank", "median"),
             rank_max=("rank", "max"), params=("params", "sum"))
-        by_kind["energy"] = [_pct(_kind_energy(g, "captured_energy")) for _, g in t.groupby("kind", sort=False)]
-        by_kind["uniform"] = [_pct(_kind_energy(g, "uniform_captured_energy")) for _, g in t.groupby("kind", sort=False)]
+        by_kind["energy"] = [_pct(_energy_share(g, "captured_energy")) for _, g in t.groupby("kind", sort=False)]
+        by_kind["uniform"] = [_pct(_energy_share(g, "uniform_captured_energy")) for _, g in t.groupby("kind", sort=False)]
         by_kind["params"] = by_kind["params"].map(lambda v: f"{int(v):,}")
         lines = [f"rule {opts.get('rule')} (gain {opts.get('gain')}), alpha {opts.get('alpha')}, "
                  f"{len(t)} target modules ({opts.get('targets')})",
@@ -348,7 +197,7 @@ class RankPlan:
             if plots:
                 t0 = time.perf_counter()
                 (tmp / "figures").mkdir()
-                from .figures.spectrum import render_rank_figure
+                from .figures.ranks import render_rank_figure
 
                 outputs["figures"] = [render_rank_figure(self, tmp / "figures" / "ranks.png")]
                 self.info.setdefault("seconds", {})["plots"] = round(time.perf_counter() - t0, 3)
@@ -413,7 +262,7 @@ def _load_source(source, finetuned, targets: tuple[str, ...], exclude_embeddings
         spec = SpectrumResult.load(folder)
         return spec, {"spectrum": str(folder), "spectrum_inputs": spec.info.get("inputs")}, False
     include = [] if targets == (ALL_LINEAR,) else [rf"(?:^|\.){re.escape(t)}$" for t in targets]
-    exclude = [EMBEDDING.pattern] if exclude_embeddings else []
+    exclude = [EMBEDDING_OR_HEAD.pattern] if exclude_embeddings else []
     try:
         spec = spectrum(source, finetuned, include=include, exclude=exclude, device=device, workers=workers,
                         progress=progress)
@@ -467,9 +316,9 @@ def plan_task(info: dict[str, Any]) -> TaskChoice:
     return choose_task(describe_config(base), describe_config(ft), name(base, "the base"), name(ft, "the fine-tune"))
 
 
-def heads_to_save(spec, task: str | None) -> list[str]:
+def heads_to_save(spec: SpectrumResult, task: str | None) -> list[str]:
     """Task heads for ``modules_to_save``: every head peft wraps under ``task`` (``classifier``/``score``,
-    ``qa_outputs``; :data:`rankscope.pairing.model_layout.WRAPPED_HEADS`) found in the pair, including one that only the
+    ``qa_outputs``; :data:`rankscope.io.peft.WRAPPED_HEADS`) found in the pair, including one that only the
     fine-tune has (a fresh classifier), and an output head that only the fine-tune has (a fresh ``lm_head`` on a
     bare ``LlamaModel`` base, which ``AutoModelForCausalLM.from_pretrained(BASE)`` would initialise at random)."""
     align_info = spec.info.get("alignment", {}) or {}
@@ -643,10 +492,10 @@ def _results(t: pd.DataFrame, params: int, budget: int | None, u: int, allocatio
         "modules": len(t),
         "params": params,
         "budget": budget,
-        "captured_energy": _kind_energy(t, "captured_energy"),
+        "captured_energy": _energy_share(t, "captured_energy"),
         "mean_captured_energy": _mean_energy(t, "captured_energy"),
         "uniform": {"rank": u, "params": int(t["uniform_params"].sum()),
-                    "captured_energy": _kind_energy(t, "uniform_captured_energy"),
+                    "captured_energy": _energy_share(t, "uniform_captured_energy"),
                     "mean_captured_energy": _mean_energy(t, "uniform_captured_energy")},
         "optimum_bound": None,
     }

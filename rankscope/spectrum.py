@@ -1,7 +1,7 @@
 """How low-rank is a full fine-tune? Exact singular-value spectra of every ``ΔW = W_ft - W_base``.
 
 ``spectrum(base, finetuned)`` streams both checkpoints tensor by tensor (blocks of rows, never a
-whole model in memory), forms ``ΔW`` in float64, computes all ``min(m, n)`` singular values with
+whole model in memory, :mod:`rankscope.pairing.deltas`), forms ``ΔW`` in float64, computes all ``min(m, n)`` singular values with
 the fastest exact method for the shape (:mod:`rankscope.numerics.linalg`), and summarises each module with
 the metrics of :mod:`rankscope.numerics.metrics`.  Matrices are processed in parallel threads, each with a
 single-threaded BLAS, which on 2 cores is ~1.6x faster than one multi-threaded BLAS call at a time.
@@ -10,11 +10,8 @@ single-threaded BLAS, which on 2 cores is ~1.6x faster than one multi-threaded B
 from __future__ import annotations
 
 import os
-import re
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +22,13 @@ import pandas as pd
 from .errors import RankscopeError
 from .io.checkpoints import Checkpoint, open_checkpoint
 from .io.results import peak_rss_mb, read_arrays, read_json, read_table, result_folder, versions
+from .io.skipped import skipped_notes
 from .numerics import linalg, metrics
-from .options import compile_regexes
-from .pairing.align import Alignment, TensorPair, align, skipped_notes
+from .options import compile_regexes, resolve_device
+from .pairing.align import TensorPair, align
+from .pairing.deltas import DeltaNorms, delta_blocks, delta_norms, run_parallel, select_pairs
 
 DEFAULT_TAUS = (0.5, 0.9, 0.99)
-BLOCK_BYTES = 32 * 1024 * 1024
-"""Row blocks are sized so one float64 block of ΔW takes at most this much memory."""
 TABLE_COLUMNS = ("module", "layer", "kind", "rows", "cols")
 """Columns every ``modules.csv`` (spectrum and lora results) must have."""
 TABLE_NUMBERS = ("rows", "cols", "params", "base_norm", "delta_norm", "rel_delta", "effective_rank", "stable_rank",
@@ -124,44 +121,16 @@ class SpectrumResult:
         return "\n".join(lines)
 
 
-@dataclass
-class _Norms:
-    base_sq: float = 0.0
-    delta_sq: float = 0.0
-
-
-def _delta_blocks(pair: TensorPair, base: Checkpoint, ft: Checkpoint, norms: _Norms) -> Iterator[np.ndarray]:
-    """Float64 row blocks of ``ΔW`` as stored; accumulates squared norms and rejects NaN/Inf."""
-    info = pair.base
-    rows = pair.stored_rows  # a 1-D tensor of shape (n,) is n rows of 1
-    cols = max(1, (info.numel // info.shape[0]) if info.shape else 1)
-    step = max(1, BLOCK_BYTES // (8 * cols))
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        b = base.read_rows(info.name, start, stop)
-        d = ft.read_rows(pair.finetuned.name, start, stop).astype(np.float64)
-        d -= b  # float64 difference of the stored values (exact inputs, one rounding)
-        b_sq = float(np.einsum("ij,ij->", b, b, dtype=np.float64))  # float64 accumulation, no float64 copy of b
-        d_sq = float(np.vdot(d, d))
-        if not np.isfinite(b_sq):
-            raise RankscopeError(f"{info.file}: tensor '{info.name}' contains NaN or Inf")
-        if not np.isfinite(d_sq):
-            raise RankscopeError(f"{pair.finetuned.file}: tensor '{pair.finetuned.name}' contains NaN or Inf")
-        norms.base_sq += b_sq
-        norms.delta_sq += d_sq
-        yield d
-
-
 def analyse_matrix(
     pair: TensorPair, base: Checkpoint, ft: Checkpoint, taus: Sequence[float], method: str, device: str
 ) -> tuple[dict[str, Any], np.ndarray]:
     """One row of the table and the spectrum for one 2-D module."""
-    norms = _Norms()
+    norms = DeltaNorms()
     stored_rows = pair.stored_rows
     stored_cols = pair.rows if pair.transpose else pair.cols
     chosen = linalg.choose_method(pair.rows, pair.cols, device, method)
     t0 = time.perf_counter()
-    sigma = linalg.spectrum_of_blocks(_delta_blocks(pair, base, ft, norms), stored_rows, stored_cols, chosen, device)
+    sigma = linalg.spectrum_of_blocks(delta_blocks(pair, base, ft, norms), stored_rows, stored_cols, chosen, device)
     base_norm, delta_norm = np.sqrt(norms.base_sq), np.sqrt(norms.delta_sq)
     if delta_norm == 0:
         sigma = np.zeros_like(sigma)  # exact zero, not LAPACK round-off
@@ -185,9 +154,7 @@ def analyse_matrix(
 
 def analyse_vector(pair: TensorPair, base: Checkpoint, ft: Checkpoint) -> dict[str, Any]:
     """Delta norm of a 1-D parameter (bias, norm scale)."""
-    norms = _Norms()
-    for _ in _delta_blocks(pair, base, ft, norms):
-        pass
+    norms = delta_norms(pair, base, ft)
     base_norm, delta_norm = np.sqrt(norms.base_sq), np.sqrt(norms.delta_sq)
     return {"module": pair.module, "layer": pair.layer, "numel": pair.base.numel, "base_norm": base_norm,
             "delta_norm": delta_norm, "rel_delta": _ratio(delta_norm, base_norm)}
@@ -197,60 +164,6 @@ def _ratio(num: float, den: float) -> float:
     if den == 0:
         return 0.0 if num == 0 else float("inf")
     return float(num / den)
-
-
-def select_pairs(alignment: Alignment, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[TensorPair]:
-    """Pairs whose module name matches any ``include`` regex (all if none) and no ``exclude`` regex."""
-    inc, exc = compile_regexes(include, "--include"), compile_regexes(exclude, "--exclude")
-    return [
-        p for p in alignment.pairs
-        if (not inc or any(r.search(p.module) for r in inc)) and not any(r.search(p.module) for r in exc)
-    ]
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` when a GPU is visible; ``cuda`` without one is an error."""
-    if device == "cpu":
-        return device
-    try:
-        import torch
-    except ImportError as exc:
-        raise RankscopeError(f"--device {device}: torch is not installed") from exc
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    match = re.fullmatch(r"cuda(?::(\d+))?", device)
-    if not match:
-        raise RankscopeError(f"--device {device}: unknown device (use cpu, cuda, cuda:N or auto)")
-    if not torch.cuda.is_available():
-        raise RankscopeError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False)")
-    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
-        raise RankscopeError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return device
-
-
-def _run_parallel(jobs: list[TensorPair], work, workers: int, progress: bool) -> dict[str, Any]:
-    """Run ``work(pair)`` for every pair, largest first, with a progress bar; first error wins."""
-    from tqdm.auto import tqdm
-
-    results: dict[str, Any] = {}
-    order = sorted(jobs, key=lambda p: -p.rows * p.cols * min(p.rows, p.cols))
-    bar = tqdm(total=len(jobs), unit="module", desc="spectra", disable=None if progress else True, file=sys.stderr,
-               leave=False)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(work, p): p for p in order}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                if fut.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    bar.close()
-                    raise fut.exception()
-                results[futures[fut].module] = fut.result()
-                bar.update(1)
-    bar.close()
-    return results
 
 
 def spectrum(
@@ -350,9 +263,4 @@ def _compute(matrices, vectors, b_ckpt, f_ckpt, taus, method, device, workers, p
             return analyse_matrix(pair, b_ckpt, f_ckpt, taus, method, device)
         return analyse_vector(pair, b_ckpt, f_ckpt)
 
-    if workers > 1:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
-            return _run_parallel(matrices + vectors, work, workers, progress)
-    return _run_parallel(matrices + vectors, work, 1, progress)
+    return run_parallel(matrices + vectors, work, workers, progress)

@@ -8,8 +8,8 @@ from scipy.stats import ortho_group
 
 from rankscope.compare import compare_module
 from rankscope.io.adapters import LoraModule
-from rankscope.lora import BoundModule
 from rankscope.numerics import similarity as sim
+from rankscope.pairing.bind import BoundModule
 
 
 def orthonormal(n, k, seed):

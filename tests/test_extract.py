@@ -23,17 +23,16 @@ from click.testing import CliRunner
 from safetensors.numpy import load_file
 
 from rankscope.cli.extract import extract_cmd
-from rankscope.extract import (
-    LoraSpec,
-    _TorchOps,
+from rankscope.extract import extract
+from rankscope.io.peft import LoraSpec
+from rankscope.numerics.truncation import (
+    TorchOps,
     choose_method,
     exact_truncation,
-    extract,
     module_rng,
-    naming_suspicion,
     randomized_truncation,
-    task_type,
 )
+from rankscope.pairing.model_layout import naming_suspicion, task_type
 
 HIDDEN = 32
 ZERO_MODULE = {"bert": "bert.encoder.layer.1.attention.output.dense", "llama": "model.layers.1.self_attn.o_proj",
@@ -439,7 +438,7 @@ def test_randomized_is_seeded_and_torch_ops_agree():
     a = randomized_truncation(delta, 10, module_rng(5, "x"), 2, 10)
     b = randomized_truncation(delta, 10, module_rng(5, "x"), 2, 10)
     np.testing.assert_array_equal(a.U, b.U)
-    ops = _TorchOps("cpu")  # the code path of --device cuda, on the CPU
+    ops = TorchOps("cpu")  # the code path of --device cuda, on the CPU
     for mine, theirs in ((a, randomized_truncation(delta, 10, module_rng(5, "x"), 2, 10, ops)),
                          (exact_truncation(delta, 10), exact_truncation(delta, 10, ops))):
         assert mine.method == theirs.method
@@ -563,6 +562,61 @@ def test_spec_matching_follows_peft():
     assert spec.targets("model.layers.0.mlp.down_proj", True) and not spec.targets("model.layers.0.mlp.up_proj", True)
     regex = LoraSpec.from_config({"r": 4, "target_modules": r".*\.(q|v)_proj"})
     assert regex.targets("model.layers.3.self_attn.v_proj", True) and not regex.targets("x.k_proj", True)
+
+
+def test_one_lora_spec_for_extract_and_train():
+    """The spec training builds positionally (r, alpha, target_modules, rank_pattern, alpha_pattern, use_rslora,
+    dropout) and with its defaults is the same class extract reads configs into."""
+    spec = LoraSpec(4, 8.0, ["query", "value"], {"query": 2}, None, True, 0.1)
+    assert (spec.r, spec.alpha, spec.target_modules, spec.use_rslora, spec.dropout) == (4, 8.0, ["query", "value"],
+                                                                                        True, 0.1)
+    assert spec.rank_alpha("encoder.layer.0.attention.self.query") == (2, 8.0)
+    default = LoraSpec()
+    assert (default.r, default.alpha, default.target_modules, default.dropout) == (8, 16, None, 0.0)
+    assert not default.rank_pattern and not default.alpha_pattern
+    assert LoraSpec.from_rank(4).describe()["rank_pattern"] == {}
+
+
+def test_saved_result_loads_back(pairs, tmp_path):
+    """ExtractResult.load reads what save wrote: the same adapter, table and run.json."""
+    from rankscope.errors import RankscopeError
+    from rankscope.extract import ExtractResult
+
+    root = pairs("bert")
+    result = extract(root / "base", root / "ft", rank=2, check_model=False)
+    result.save(tmp_path / "ad")
+    back = ExtractResult.load(tmp_path / "ad")
+    assert back.adapter_config == json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert back.adapter_config["target_modules"] == result.adapter_config["target_modules"]
+    assert back.tensors.keys() == result.tensors.keys()
+    for key, value in result.tensors.items():
+        np.testing.assert_array_equal(back.tensors[key], value, err_msg=key)
+        assert back.tensors[key].dtype == value.dtype
+    assert list(back.table.columns) == list(result.table.columns)
+    assert list(back.table["module"]) == list(result.table["module"])
+    np.testing.assert_array_equal(back.table["rank"], result.table["rank"])
+    np.testing.assert_allclose(back.table["rel_error"], result.table["rel_error"], rtol=1e-15)
+    assert back.info["command"] == "extract" and back.summary() == result.summary()
+    (tmp_path / "ad" / "adapter_model.safetensors").unlink()
+    with pytest.raises(RankscopeError, match="adapter_model.safetensors"):
+        ExtractResult.load(tmp_path / "ad")
+
+
+def test_compare_summary_is_what_the_cli_prints(pairs, tmp_path):
+    """CompareResult.summary() is the table that `compare` and `compare-adapters` print (then 'wrote OUT/')."""
+    from rankscope.cli import main
+    from rankscope.compare import CompareResult
+
+    root = pairs("bert")
+    for rank in (2, 4):
+        ok_extract(root, tmp_path / f"r{rank}", "--rank", rank)
+    commands = {"cmp": ["compare", root / "base", root / "ft", tmp_path / "r2"],
+                "cmpa": ["compare-adapters", tmp_path / "r2", tmp_path / "r4"]}
+    for name, command in commands.items():
+        out = tmp_path / name
+        result = _runner().invoke(main, [*map(str, command), "-o", str(out), "--no-plots"])
+        assert result.exit_code == 0, result.output + result.stderr
+        assert result.stdout == CompareResult.load(out).summary() + f"\nwrote {out}/\n"
 
 
 # --------------------------------------------------------------------------------------------------

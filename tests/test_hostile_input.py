@@ -328,7 +328,7 @@ def test_spectrum_lists_every_skipped_tensor_in_run_json(tmp_path):
 
 
 def test_notes_line_for_one_skipped_tensor():
-    from rankscope.pairing.align import skipped_entry, skipped_notes
+    from rankscope.io.skipped import skipped_entry, skipped_notes
 
     assert skipped_notes([]) == []
     assert skipped_notes([skipped_entry(POSITION_IDS, "base", "I64", "only in base")]) == [
@@ -545,7 +545,7 @@ def test_wrongly_typed_train_lora_config_names_file_and_field(tmp_path, field, v
 ])
 def test_train_pattern_files_are_checked(tmp_path, option, content, needle):
     from rankscope.errors import RankscopeError
-    from rankscope.train import load_pattern
+    from rankscope.training.lora import load_pattern
 
     path = tmp_path / "pattern.json"
     path.write_text(json.dumps(content))

@@ -25,7 +25,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from rankscope.errors import RankscopeError
-from rankscope.io import checkpoints
+from rankscope.io import hub
 from rankscope.io.adapters import read_adapter
 from rankscope.io.checkpoints import open_checkpoint, resolve
 
@@ -221,8 +221,8 @@ def test_cached_model_never_touches_the_network(in_process_cache, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the network was consulted for a cached model")
 
-    monkeypatch.setattr(checkpoints, "_hub_unreachable", no_network)
-    monkeypatch.setattr(checkpoints, "_download", no_network)
+    monkeypatch.setattr(hub, "_hub_unreachable", no_network)
+    monkeypatch.setattr(hub, "_download", no_network)
     assert resolve("org/base") == snapshot_of(in_process_cache, "org/base", HASH_1)
 
 
@@ -286,8 +286,8 @@ def test_offline_never_probes(in_process_cache, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("HF_HUB_OFFLINE=1 but the network was consulted")
 
-    monkeypatch.setattr(checkpoints, "_hub_unreachable", no_network)
-    monkeypatch.setattr(checkpoints, "_download", no_network)
+    monkeypatch.setattr(hub, "_hub_unreachable", no_network)
+    monkeypatch.setattr(hub, "_download", no_network)
     with pytest.raises(RankscopeError, match=str(in_process_cache)):
         resolve("org/not-cached")
 
@@ -299,19 +299,19 @@ def test_offline_never_probes(in_process_cache, monkeypatch):
 
 def test_hub_files_keeps_adapter_files():
     names = ["README.md", ".gitattributes", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]
-    assert checkpoints._hub_files(names) == ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]
+    assert hub._hub_files(names) == ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]
     names = ["adapter_config.json", "adapter_model.bin", "README.md"]
-    assert checkpoints._hub_files(names) == ["adapter_config.json", "adapter_model.bin"]
+    assert hub._hub_files(names) == ["adapter_config.json", "adapter_model.bin"]
 
 
 def test_hub_files_prefers_top_level_safetensors():
     names = ["config.json", "model.safetensors", "pytorch_model.bin", "onnx/model.onnx", "vocab.txt",
              "checkpoint-500/model.safetensors", "flax_model.msgpack", "tokenizer_config.json"]
-    assert checkpoints._hub_files(names) == ["config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt"]
+    assert hub._hub_files(names) == ["config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt"]
     names = ["config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
              "pytorch_model.bin.index.json", "tf_model.h5"]
-    assert checkpoints._hub_files(names) == sorted(set(names) - {"tf_model.h5"})
-    assert checkpoints._hub_files(["config.json", "README.md", "tf_model.h5"]) == []
+    assert hub._hub_files(names) == sorted(set(names) - {"tf_model.h5"})
+    assert hub._hub_files(["config.json", "README.md", "tf_model.h5"]) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,10 +363,10 @@ def test_probe_gives_up_on_a_silent_endpoint(monkeypatch):
     def hang(*args, **kwargs):
         time.sleep(30)
 
-    monkeypatch.setattr(checkpoints.socket, "create_connection", hang)
+    monkeypatch.setattr(hub.socket, "create_connection", hang)
     t0 = time.perf_counter()
-    reason = checkpoints._hub_unreachable()
-    assert time.perf_counter() - t0 < checkpoints._HUB_PROBE_TIMEOUT_S + 1.5
+    reason = hub._hub_unreachable()
+    assert time.perf_counter() - t0 < hub._HUB_PROBE_TIMEOUT_S + 1.5
     assert reason is not None and "no answer" in reason
 
 
@@ -383,8 +383,8 @@ def test_probe_goes_through_the_proxy(monkeypatch):
         seen.append(address)
         raise ConnectionRefusedError(111, "Connection refused")
 
-    monkeypatch.setattr(checkpoints.socket, "create_connection", refuse)
-    reason = checkpoints._hub_unreachable()
+    monkeypatch.setattr(hub.socket, "create_connection", refuse)
+    reason = hub._hub_unreachable()
     assert seen == [("127.0.0.1", 9)]
     assert reason == "cannot connect to 127.0.0.1:9: Connection refused"
 
@@ -397,7 +397,7 @@ def test_online_download_when_not_cached(in_process_cache, monkeypatch, tmp_path
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(checkpoints, "_hub_unreachable", lambda: None)
+    monkeypatch.setattr(hub, "_hub_unreachable", lambda: None)
     fetched = tmp_path / "fetched"
     calls = []
     monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id, revision=None: [

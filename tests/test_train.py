@@ -24,8 +24,9 @@ from tiny_text import HIDDEN, bert_folder, gpt2_folder, write_easy_csv  # noqa: 
 
 from rankscope.cli import main  # noqa: E402
 from rankscope.errors import RankscopeError  # noqa: E402
-from rankscope.train import TrainConfig, count_parameters, train, train_model  # noqa: E402
+from rankscope.train import train  # noqa: E402
 from rankscope.training.data import load_task  # noqa: E402
+from rankscope.training.engine import TrainConfig, count_parameters, train_model  # noqa: E402
 
 FAST = {"epochs": 1, "batch_size": 8, "max_length": 16, "progress": False}
 
@@ -93,6 +94,33 @@ def test_full_writes_a_loadable_checkpoint(bert, easy_csv, tmp_path):
     assert metrics["steps"] == 12 and metrics["weights"] == "best"
     for key in ("validation_accuracy", "test_accuracy", "train_loss", "seconds", "examples_per_second"):
         assert metrics[key] is not None, key
+
+
+def test_train_returns_a_result_that_reads_as_the_metrics_dict(bert, easy_csv, tmp_path):
+    from collections.abc import Mapping
+
+    from rankscope.train import TrainResult, summary_line
+
+    out = tmp_path / "out"
+    result = _run(bert, easy_csv, "lora", out, r=2)
+    written = json.loads((out / "metrics.json").read_text())
+    assert isinstance(result, TrainResult) and isinstance(result, Mapping)
+    assert dict(result) == result.metrics and result == written and written == result
+    assert json.loads(json.dumps(dict(result))) == written and (lambda **kw: kw)(**result) == written
+    assert result["test_accuracy"] == written["test_accuracy"] and sorted(result) == sorted(written)
+    assert result.info == json.loads((out / "run.json").read_text())
+    assert result.info["lora"]["r"] == 2 and "outputs" in result.info and "rankscope" in result.info
+    assert result.summary() == summary_line(result) == summary_line(written)
+    assert list(result.table.columns) == list(written) and len(result.table) == 1
+    assert result.table["test_accuracy"].iloc[0] == written["test_accuracy"]
+    loaded = TrainResult.load(out)
+    assert loaded == written and loaded.info == result.info and loaded.summary() == result.summary()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "run.json").write_text(json.dumps({"command": "spectrum"}))
+    with pytest.raises(RankscopeError, match="not the output of rankscope train"):
+        TrainResult.load(tmp_path / "other")
+    with pytest.raises(RankscopeError, match="not found"):
+        TrainResult.load(tmp_path / "missing")
 
 
 def test_lora_writes_a_loadable_adapter_with_the_requested_config(bert, easy_csv, tmp_path):

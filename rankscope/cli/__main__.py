@@ -1,3 +1,5 @@
+"""``python -m rankscope.cli``: the ``rankscope`` command."""
+
 from . import main
 
 main()

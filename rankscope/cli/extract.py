@@ -1,7 +1,6 @@
-"""``rankscope extract``: a peft LoRA adapter from the truncated SVD of every ΔW (a thin layer over
-:func:`rankscope.extract.extract`).
+"""``rankscope extract``: a peft LoRA adapter from the truncated SVD of every ΔW.
 
-Registered in the ``rankscope`` group by ``cli.py``; also runnable alone as
+A thin layer over :func:`rankscope.extract.extract`.  Registered in the ``rankscope`` group by :mod:`rankscope.cli`; also runnable alone as
 ``python -m rankscope.cli.extract BASE FINETUNED --rank 64 -o OUT``.
 """
 
@@ -11,14 +10,24 @@ import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cli.py: idle OpenMP workers sleep on a shared machine
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as rankscope.cli: idle OpenMP workers sleep on a shared machine
 
 import click  # noqa: E402
 
-from .support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option  # noqa: E402
+from .support import (  # noqa: E402
+    OneLineCommand,
+    device_option,
+    exclude_option,
+    finish,
+    handle_errors,
+    out_option,
+    overwrite_option,
+    quiet_option,
+    workers_option,
+)
 
 
-def _targets(ctx, param, value: str | None) -> str | None:
+def _targets(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is not None and not [t for t in value.split(",") if t.strip()]:
         raise click.BadParameter("give module names separated by commas, or all-linear", param_hint="--targets")
     return value
@@ -28,8 +37,7 @@ def _targets(ctx, param, value: str | None) -> str | None:
                                                                  "max_content_width": 100})
 @click.argument("base")
 @click.argument("finetuned")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
-              help="Adapter folder to write (created; replaced only if it holds an earlier rankscope result).")
+@out_option("Adapter folder to write (created; replaced only if it holds an earlier rankscope result).")
 @click.option("--rank", "rank", type=click.IntRange(min=1), default=None,
               help="One LoRA rank r for every targeted module (or use --config).")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None, metavar="FILE",
@@ -40,7 +48,7 @@ def _targets(ctx, param, value: str | None) -> str | None:
 @click.option("--use-rslora", is_flag=True, help="With --rank: rsLoRA scale s = alpha/sqrt(r).")
 @click.option("--targets", default=None, callback=_targets, metavar="NAMES",
               help="With --rank: comma-separated module names, peft style (q_proj,v_proj)  [default: all-linear].")
-@click.option("--exclude", multiple=True, metavar="REGEX", help="Never extract modules whose name matches (repeatable).")
+@exclude_option("Never extract modules whose name matches (repeatable).")
 @click.option("--embeddings", type=click.Choice(["auto", "skip", "lora", "save"]), default="auto", show_default=True,
               help="Embeddings and lm_head: LoRA on them, full copies in modules_to_save, or skip; auto = LoRA "
                    "if the targets name them, else skip.")
@@ -57,16 +65,19 @@ def _targets(ctx, param, value: str | None) -> str | None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the randomized test matrices.")
 @click.option("--no-optimum", is_flag=True,
               help="Skip the exact spectrum (Eckart–Young optimum column); lets auto pick the randomized SVD.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Modules in parallel [default: CPU count].")
+@device_option()
+@workers_option("Modules in parallel [default: CPU count].")
 @click.option("--model-check", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Cross-check module names and layer types with the model class built on the meta device "
                    "(imports transformers, ~2-3 s); auto: only when the checkpoint's names look unusual.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-@overwrite_option
+@quiet_option()
+@overwrite_option()
 @handle_errors
-def extract_cmd(base, finetuned, out, rank, config, alpha, use_rslora, targets, exclude, embeddings, save_modules, bias,
-                method, power_iterations, oversample, seed, no_optimum, device, workers, model_check, quiet, overwrite):
+def extract_cmd(base: str, finetuned: str, out: Path, rank: int | None, config: Path | None, alpha: float | None,
+                use_rslora: bool, targets: str | None, exclude: tuple[str, ...], embeddings: str,
+                save_modules: tuple[str, ...], bias: str | None, method: str, power_iterations: int, oversample: int,
+                seed: int, no_optimum: bool, device: str, workers: int | None, model_check: str, quiet: bool,
+                overwrite: bool) -> None:
     """Extract a LoRA adapter from a full fine-tune: rank-r truncated SVD of every ΔW = FINETUNED − BASE.
 
     Writes a peft adapter (OUT/adapter_config.json, OUT/adapter_model.safetensors) whose merge gives
@@ -90,12 +101,7 @@ def extract_cmd(base, finetuned, out, rank, config, alpha, use_rslora, targets, 
                      bias=bias, method=method, power_iterations=power_iterations, oversample=oversample, seed=seed,
                      optimum=not no_optimum, device=device, workers=workers, check_model=model_check,
                      progress=not quiet)
-    echo_notes(result.info, quiet)
-    result.info["argv"] = argv_line()
-    result.save(out, overwrite=overwrite)
-    if not quiet:
-        click.echo(result.summary())
-        click.echo(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
+    finish(result, out, quiet=quiet, overwrite=overwrite, started=t0)
 
 
 if __name__ == "__main__":

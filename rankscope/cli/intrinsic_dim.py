@@ -1,20 +1,48 @@
-"""``rankscope intrinsic-dim``: d90 of a task by training in random subspaces (a thin layer over
-:func:`rankscope.subspace.intrinsic.intrinsic_dimension`; registered in :mod:`rankscope.cli`)."""
+"""``rankscope intrinsic-dim``: d90 of a task by training in random subspaces.
+
+A thin layer over :func:`rankscope.subspace.intrinsic.run_study`, registered in :mod:`rankscope.cli`.
+Every option fills one field of :class:`~rankscope.subspace.intrinsic.SearchConfig` (what decides a
+training run: the cache key) or of :class:`~rankscope.subspace.intrinsic.StudyOptions` (how d90 is
+searched; ``--mode`` fills ``modes``), by name, or is one of :data:`RUN_OPTIONS`;
+:func:`split_options` builds the two objects and refuses an option that fills neither, and
+tests/test_subspace.py checks the names and defaults against the dataclasses and
+:func:`~rankscope.subspace.intrinsic.intrinsic_dimension`.
+"""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option
+from .support import (
+    OneLineCommand,
+    argv_line,
+    device_option,
+    exclude_option,
+    finish,
+    handle_errors,
+    include_option,
+    out_option,
+    overwrite_option,
+    quiet_option,
+)
+
+if TYPE_CHECKING:
+    from ..subspace.intrinsic import SearchConfig, StudyOptions
+
+MODES_OF = {"did": ("did",), "said": ("said",), "both": ("did", "said")}
+"""``--mode`` → :attr:`StudyOptions.modes`."""
+RUN_OPTIONS = ("device", "threads", "restart", "out", "quiet", "overwrite")
+"""The options that are how to run, not what to measure (keywords of ``run_study``, plus ``out`` and ``quiet``)."""
 
 TASK_HELP = ("toy (Li et al.'s D = 1000 problem), mnist-fc (FC 784-200-200-10 on 5k MNIST digits), digits "
              "(sklearn 8x8), rotten-tomatoes, bbc-news (text tasks on --model)")
 
 
-def _int_list(ctx, param, value: str | None) -> list[int] | None:
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
     if value is None:
         return None
     try:
@@ -42,8 +70,8 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
               help="Classification head: inside the subspace (subspace) or trained directly, outside d (direct).")
 @click.option("--head-lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Learning rate of a directly trained head, whatever d is  [default: 5e-2 text, 1e-3 MLPs].")
-@click.option("--include", multiple=True, metavar="REGEX", help="Only parameters whose name matches (repeatable).")
-@click.option("--exclude", multiple=True, metavar="REGEX", help="Leave out (frozen) parameters that match (repeatable).")
+@include_option("Only parameters whose name matches (repeatable).")
+@exclude_option("Leave out (frozen) parameters that match (repeatable).")
 @click.option("--threshold", type=float, default=0.9, show_default=True,
               help="Target = threshold × baseline (relative convention).")
 @click.option("--target-absolute", type=float, default=None, help="Target metric value instead (absolute convention).")
@@ -68,18 +96,14 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--max-eval", type=click.IntRange(min=1), default=None, help="Cap validation and test at this size.")
 @click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True, help="Text tasks: tokens per text.")
 @click.option("--split-seed", type=int, default=0, show_default=True, help="Train/validation/test split.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@device_option()
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for text tasks.")
 @click.option("--restart", is_flag=True, help="Discard the runs cached in OUT and start again.")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
-              help="Output folder; finished runs are cached in OUT/runs/ and reused when the command is re-run.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines and no summary.")
-@overwrite_option
+@out_option("Output folder; finished runs are cached in OUT/runs/ and reused when the command is re-run.")
+@quiet_option("No progress lines and no summary.")
+@overwrite_option()
 @handle_errors
-def intrinsic_dim_cmd(task, model, data, text_column, label_column, mode, projection, layout, head, head_lr, include, exclude, threshold, target_absolute,
-                      baseline, seeds, seed, grid, d_start, d_max, factor, tolerance, epochs, lr, baseline_lr,
-                      batch_size, max_train, max_eval, max_length, split_seed, device, threads, restart, out, quiet,
-                      overwrite):
+def intrinsic_dim_cmd(**options: Any) -> None:
     """Intrinsic dimension: the smallest d whose random d-dimensional subspace reaches the target.
 
     Trains θ = θ₀ + P·θ_d (DID) or θ_i = θ₀,i + λ_i·(P·θ)_i (SAID) at each d, searched by a geometric
@@ -88,21 +112,26 @@ def intrinsic_dim_cmd(task, model, data, text_column, label_column, mode, projec
 
     Example: rankscope intrinsic-dim --task toy --seeds 3 --d-start 1 --tolerance 0 -o runs/toy
     """
-    from ..subspace.intrinsic import intrinsic_dimension
+    from ..subspace.intrinsic import run_study
 
     t0 = time.perf_counter()
-    modes = ("did", "said") if mode == "both" else (mode,)
-    result = intrinsic_dimension(
-        task, out, modes=modes, model=model, data=data, projection=projection, layout=layout, head=head, head_lr=head_lr,
-        include=include, exclude=exclude, threshold=threshold, target_absolute=target_absolute, baseline=baseline,
-        seeds=seeds, seed=seed, d_start=d_start, d_max=d_max, factor=factor, tolerance=tolerance, grid=grid,
-        epochs=epochs, lr=lr, baseline_lr=baseline_lr, batch_size=batch_size, split_seed=split_seed,
-        max_train=max_train, max_eval=max_eval, max_length=max_length, text_column=text_column,
-        label_column=label_column, device=device, threads=threads,
-        restart=restart, progress=not quiet, log=None if quiet else (lambda msg: click.echo(msg, err=True)),
-        argv=argv_line(), overwrite=overwrite)
-    if quiet:  # otherwise the warnings were logged as they happened
-        echo_notes(result.info, quiet=True)
-    if not quiet:
-        click.echo(result.summary())
-        click.echo(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
+    config, study, run = split_options(options)
+    out, quiet = run.pop("out"), run.pop("quiet")
+    result = run_study(config, study, out, **run, progress=not quiet,
+                       log=None if quiet else (lambda msg: click.echo(msg, err=True)), argv=argv_line())
+    # the study wrote OUT; its warnings were logged as they happened unless quiet
+    finish(result, out, quiet=quiet, saved=True, notes=result.info if quiet else {}, started=t0)
+
+
+def split_options(options: dict[str, Any]) -> tuple[SearchConfig, StudyOptions, dict[str, Any]]:
+    """The command's parameters as ``(SearchConfig, StudyOptions, {run option: value})``, filled by name."""
+    from ..subspace.intrinsic import SearchConfig, StudyOptions
+
+    options = dict(options)
+    run = {name: options.pop(name) for name in RUN_OPTIONS}
+    modes = MODES_OF[options.pop("mode")]
+    config = SearchConfig(**{f.name: options.pop(f.name) for f in fields(SearchConfig) if f.name in options})
+    study = StudyOptions(modes=modes, **{f.name: options.pop(f.name) for f in fields(StudyOptions) if f.name in options})
+    if options:
+        raise TypeError(f"intrinsic-dim: {', '.join(sorted(options))} fill neither SearchConfig nor StudyOptions")
+    return config, study, run

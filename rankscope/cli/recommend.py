@@ -1,5 +1,7 @@
-"""``rankscope recommend``: LoRA ranks per module from the spectra of a full fine-tune (register with
-``main.add_command(recommend_cmd)`` in :mod:`rankscope.cli`)."""
+"""``rankscope recommend``: LoRA ranks per module from the spectra of a full fine-tune.
+
+A thin layer over :func:`rankscope.ranks.recommend`, registered in :mod:`rankscope.cli`.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +10,23 @@ from pathlib import Path
 
 import click
 
-from .support import OneLineCommand, argv_line, echo_notes, handle_errors, overwrite_option
+from .support import (
+    OneLineCommand,
+    device_option,
+    finish,
+    handle_errors,
+    no_plots_option,
+    out_option,
+    overwrite_option,
+    quiet_option,
+    workers_option,
+)
 
 
 @click.command("recommend", cls=OneLineCommand)
 @click.argument("source")
 @click.argument("finetuned", required=False)
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
-              help="Output folder (created; replaced if it holds an earlier result).")
+@out_option()
 @click.option("--rule", default="energy:0.9", show_default=True, metavar="RULE",
               help="energy:TAU | gd | budget:N (k/M suffixes) | avg-rank:R | kohya-fro:T | kohya-ratio:T | "
                    "kohya-cumulative:T.")
@@ -32,14 +43,15 @@ from .support import OneLineCommand, argv_line, echo_notes, handle_errors, overw
                    "captured fraction (relative).")
 @click.option("--exclude-embeddings/--include-embeddings", default=True, show_default=True,
               help="Leave out input/output embeddings and the LM head.")
-@click.option("--device", default="cpu", show_default=True, help="Spectra on the fly: cpu, cuda, cuda:N or auto.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Spectra on the fly: matrices in parallel.")
-@click.option("--no-plots", is_flag=True, help="Skip the figure.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-@overwrite_option
+@device_option("Spectra on the fly: cpu, cuda, cuda:N or auto.")
+@workers_option("Spectra on the fly: matrices in parallel.")
+@no_plots_option("Skip the figure.")
+@quiet_option()
+@overwrite_option()
 @handle_errors
-def recommend_cmd(source, finetuned, out, rule, targets, min_rank, max_rank, snap, alpha, gain, exclude_embeddings,
-                  device, workers, no_plots, quiet, overwrite):
+def recommend_cmd(source: str, finetuned: str | None, out: Path, rule: str, targets: str, min_rank: int,
+                  max_rank: int | None, snap: str | None, alpha: str, gain: str, exclude_embeddings: bool, device: str,
+                  workers: int | None, no_plots: bool, quiet: bool, overwrite: bool) -> None:
     """Recommend a LoRA rank per module from the ΔW spectra of SOURCE.
 
     SOURCE is a `rankscope spectrum` result folder, or give BASE FINETUNED to compute the spectra
@@ -57,10 +69,5 @@ def recommend_cmd(source, finetuned, out, rule, targets, min_rank, max_rank, sna
     plan = recommend(source, finetuned, rule=rule, targets=targets, min_rank=min_rank, max_rank=max_rank, snap=snap,
                      alpha=alpha, gain=gain, exclude_embeddings=exclude_embeddings, device=device, workers=workers,
                      progress=not quiet)
-    if plan.spectrum is not None:
-        echo_notes(plan.spectrum.info, quiet)
-    plan.info["argv"] = argv_line()
-    plan.save(out, plots=not no_plots, overwrite=overwrite)
-    if not quiet:
-        click.echo(plan.summary())
-        click.echo(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
+    finish(plan, out, quiet=quiet, overwrite=overwrite, plots=not no_plots, started=t0,
+           notes=plan.spectrum.info if plan.spectrum is not None else {})

@@ -1,26 +1,42 @@
-"""Click plumbing shared by every command: one-line errors with exit status 2, ``--debug``, shared options."""
+"""Click plumbing shared by every command: one-line errors with exit status 2, the shared options, the ending.
+
+Every option that several commands take (``-o/--out``, ``--tau``, ``--device``, ``--workers``, ``--no-plots``,
+``-q/--quiet``, ``--overwrite``, ``--include``/``--exclude``) is defined once here, as a decorator factory
+whose help text a command may reword; :func:`finish` is the one way a command ends.
+"""
 
 from __future__ import annotations
 
 import functools
 import sys
+import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from .. import interrupts
 from ..errors import RankscopeError
 
+F = TypeVar("F", bound=Callable[..., Any])
+Decorator = Callable[[F], F]
+
 EXIT_BAD_INPUT = 2
+OUT_HELP = "Output folder (created; replaced if it holds an earlier result)."
 OVERWRITE_HELP = ("Write into an OUT that holds other files or another command's result: rankscope's earlier "
                   "files there are replaced, every other file is kept.")
+DEVICE_HELP = "cpu, cuda, cuda:N or auto."
+TAU_HELP = "Energy thresholds for the rank_XX columns."
+DEFAULT_TAUS = "0.5,0.9,0.99"
 
 
-def handle_errors(func):
+def handle_errors(func: F) -> F:
     """Turn :class:`RankscopeError` (and unexpected failures) into one line on stderr."""
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = kwargs.pop("debug", False) or click.get_current_context().find_root().params.get("debug", False)
         try:
             with interrupts.raising(), warnings.catch_warnings(record=True) as caught:
@@ -54,12 +70,87 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()) if "\n" in text or "\r" in text else text
 
 
-def overwrite_option(func):
+class OneLineCommand(click.Command):
+    """Option and argument errors follow the same contract as input errors: one line, status 2."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            error = click.ClickException(exc.format_message())
+            error.exit_code = EXIT_BAD_INPUT
+            raise error from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# the shared options (one definition each; the help text may be reworded per command)
+# --------------------------------------------------------------------------------------------------
+
+
+def out_option(help: str = OUT_HELP) -> Decorator:
+    """``-o/--out OUT``: the output folder (required)."""
+    return click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help=help)
+
+
+def include_option(help: str = "Only modules whose name matches (repeatable).") -> Decorator:
+    """``--include REGEX`` (repeatable): only names that match."""
+    return click.option("--include", multiple=True, metavar="REGEX", help=help)
+
+
+def exclude_option(help: str = "Skip modules whose name matches (repeatable).") -> Decorator:
+    """``--exclude REGEX`` (repeatable): leave out names that match."""
+    return click.option("--exclude", multiple=True, metavar="REGEX", help=help)
+
+
+def tau_option(help: str = TAU_HELP) -> Decorator:
+    """``--tau LIST``: energy thresholds, parsed into the ``taus`` parameter (a tuple of floats)."""
+    return click.option("--tau", "taus", default=DEFAULT_TAUS, show_default=True,
+                        callback=lambda ctx, param, value: parse_taus(value), help=help)
+
+
+def device_option(help: str = DEVICE_HELP) -> Decorator:
+    """``--device``: cpu, cuda, cuda:N or auto (checked by the analysis)."""
+    return click.option("--device", default="cpu", show_default=True, help=help)
+
+
+def workers_option(help: str = "Matrices processed in parallel [default: CPU count].") -> Decorator:
+    """``--workers N``: parallel workers (None: the analysis picks)."""
+    return click.option("--workers", type=click.IntRange(min=1), default=None, help=help)
+
+
+def no_plots_option(help: str = "Skip figures.") -> Decorator:
+    """``--no-plots``: skip the figures (``rankscope plot OUT`` renders them later)."""
+    return click.option("--no-plots", is_flag=True, help=help)
+
+
+def quiet_option(help: str = "No progress bar and no summary.") -> Decorator:
+    """``-q/--quiet``: no progress and no summary (warnings are still printed)."""
+    return click.option("-q", "--quiet", is_flag=True, help=help)
+
+
+def overwrite_option(help: str = OVERWRITE_HELP) -> Decorator:
     """``--overwrite``: the one way to write into a folder that is not empty and not this command's result."""
-    return click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)(func)
+    return click.option("--overwrite", is_flag=True, help=help)
 
 
-def echo_notes(info: dict, quiet: bool = False) -> None:
+def parse_taus(value: str) -> tuple[float, ...]:
+    """``--tau`` text (``0.5,0.9``) as a tuple of thresholds in (0, 1]."""
+    try:
+        taus = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of numbers", param_hint="--tau") from exc
+    if not taus or any(not 0 < t <= 1 for t in taus):
+        raise click.BadParameter(f"'{value}': every threshold must be in (0, 1]", param_hint="--tau")
+    return taus
+
+
+# --------------------------------------------------------------------------------------------------
+# the ending
+# --------------------------------------------------------------------------------------------------
+
+
+def echo_notes(info: Mapping[str, Any], quiet: bool = False) -> None:
     """Print a result's warnings (``Warning: …``) and, unless quiet, its notes (``Note: …``) on stderr."""
     for warning in info.get("warnings", []) or []:
         click.echo(f"Warning: {warning}", err=True)
@@ -75,23 +166,28 @@ def argv_line() -> str:
     return shlex.join(["rankscope", *sys.argv[1:]])
 
 
-class OneLineCommand(click.Command):
-    """Option and argument errors follow the same contract as input errors: one line, status 2."""
+def finish(result: Any, out: Path, *, quiet: bool, overwrite: bool = False, plots: bool | None = None,
+           saved: bool = False, notes: Mapping[str, Any] | None = None, summary: Callable[[], str] | None = None,
+           started: float | None = None) -> None:
+    """How every command ends.
 
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            error = click.ClickException(exc.format_message())
-            error.exit_code = EXIT_BAD_INPUT
-            raise error from exc
+    1. :func:`echo_notes` of ``notes`` (default: ``result.info``; ``{}`` prints nothing);
+    2. unless ``saved`` (the analysis wrote OUT itself, as train and intrinsic-dim do):
+       ``result.info["argv"]`` and ``result.save(out, overwrite=..., [plots=...])``;
+    3. unless ``quiet``: ``summary()`` (default ``result.summary()``), then ``wrote OUT/``, with
+       `` in X s`` since ``started`` (a :func:`time.perf_counter` value) when given.
+    """
+    echo_notes(result.info if notes is None else notes, quiet)
+    if not saved:
+        result.info["argv"] = argv_line()
+        result.save(out, overwrite=overwrite, **({} if plots is None else {"plots": plots}))
+    if quiet:
+        return
+    click.echo(result.summary() if summary is None else summary())
+    took = "" if started is None else f" in {time.perf_counter() - started:.1f} s"
+    click.echo(f"wrote {out}/{took}")
 
 
-def parse_taus(value: str) -> tuple[float, ...]:
-    try:
-        taus = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError as exc:
-        raise click.BadParameter(f"'{value}' is not a comma-separated list of numbers", param_hint="--tau") from exc
-    if not taus or any(not 0 < t <= 1 for t in taus):
-        raise click.BadParameter(f"'{value}': every threshold must be in (0, 1]", param_hint="--tau")
-    return taus
+def kind_medians(table: Any, columns: Sequence[str], digits: int) -> str:
+    """The per-kind median of ``columns`` of a result table, as text (the summary of lora and compare)."""
+    return table.groupby("kind", sort=False)[list(columns)].median().to_string(float_format=lambda v: f"{v:.{digits}f}")

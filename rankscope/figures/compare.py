@@ -1,4 +1,4 @@
-"""Figures of a LoRA-vs-full comparison, rendered from a saved :class:`CompareResult`.
+"""Figures of a comparison (``rankscope compare``/``compare-adapters``), drawn from its table and φ grids.
 
 * ``energy.png`` — per layer, the share of ``||ΔW_full||²`` in LoRA's column+row space next to the
   Eckart–Young optimum for the same rank;
@@ -12,22 +12,32 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .spectrum import _depth_colours, _grid, _layered, _pyplot, _save
+from .style import depth_colours, layered_table, panel_grid, pyplot, save_figure
 
 if TYPE_CHECKING:
-    from ..compare import CompareResult
+    import pandas as pd
 
 
-def plot_energy(result: CompareResult, path: Path, plt) -> str | None:
-    layered, kinds = _layered(result.table)
+class CompareLike(Protocol):
+    """What the figures read from a comparison (``CompareResult``): its table, its φ grids keyed
+    ``"<module>:left|right"`` (``compare``) or ``"<module>:A|B"`` (``compare-adapters``) and its info."""
+
+    table: pd.DataFrame
+    phi: Mapping[str, np.ndarray]
+    info: dict[str, Any]
+
+
+def plot_energy(result: CompareLike, path: Path, plt: Any) -> str | None:
+    layered, kinds = layered_table(result.table)
     if layered.empty:
         return None
-    fig, axes = _grid(len(kinds), plt)
+    fig, axes = panel_grid(len(kinds), plt)
     for ax, kind in zip(axes, kinds, strict=True):
         rows = layered[layered["kind"] == kind].sort_values("layer")
         ax.plot(rows["layer"], rows["energy_both"], marker="o", label="LoRA column+row space")
@@ -39,15 +49,15 @@ def plot_energy(result: CompareResult, path: Path, plt) -> str | None:
         ax.set_ylabel("share of ‖ΔW_full‖²")
     axes[0].legend(fontsize=8)
     fig.suptitle("Energy of the full fine-tuning update captured by LoRA's subspaces", fontsize=13)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_phi_diagonal(result: CompareResult, path: Path, plt) -> str | None:
-    layered, kinds = _layered(result.table)
+def plot_phi_diagonal(result: CompareLike, path: Path, plt: Any) -> str | None:
+    layered, kinds = layered_table(result.table)
     if layered.empty:
         return None
     fig, axes = plt.subplots(2, len(kinds), figsize=(4.2 * len(kinds), 6.6), squeeze=False, layout="constrained")
-    colour = _depth_colours([int(x) for x in layered["layer"]], plt)
+    colour = depth_colours([int(x) for x in layered["layer"]], plt)
     for col, kind in enumerate(kinds):
         rows = layered[layered["kind"] == kind]
         for side_idx, side in enumerate(("left", "right")):
@@ -65,11 +75,11 @@ def plot_phi_diagonal(result: CompareResult, path: Path, plt) -> str | None:
             ax.set_ylabel("φ(i, i)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Subspace similarity φ(i, i) between full fine-tuning and LoRA (colour = layer)", fontsize=13)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_intruders(result: CompareResult, path: Path, plt, sns) -> str | None:
-    layered, kinds = _layered(result.table)
+def plot_intruders(result: CompareLike, path: Path, plt: Any, sns: Any) -> str | None:
+    layered, kinds = layered_table(result.table)
     if layered.empty:
         return None
     eps = result.info.get("options", {}).get("epsilon", 0.5)
@@ -84,10 +94,10 @@ def plot_intruders(result: CompareResult, path: Path, plt, sns) -> str | None:
         ax.set_xlabel("module kind")
         ax.set_ylabel("layer")
         plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _phi_heatmap(ax, grid: np.ndarray, title: str, xlabel: str, ylabel: str, sns) -> None:
+def _phi_heatmap(ax: Any, grid: np.ndarray, title: str, xlabel: str, ylabel: str, sns: Any) -> None:
     sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="viridis", cbar_kws={"shrink": 0.8},
                 xticklabels=_ticks(grid.shape[1]), yticklabels=_ticks(grid.shape[0]))
     ax.set_title(title, fontsize=10)
@@ -100,11 +110,11 @@ def _ticks(n: int) -> list[str]:
     return [str(i + 1) if i % step == 0 else "" for i in range(n)]
 
 
-def chosen_modules(table, pattern: str | None, limit: int = 4) -> list[str]:
+def chosen_modules(table: pd.DataFrame, pattern: str | None, limit: int = 4) -> list[str]:
     """Modules for φ heatmaps: those matching ``pattern``, else first and last layer of the first kinds."""
     if pattern:
         return [m for m in table["module"] if re.search(pattern, m)][:limit]
-    layered, kinds = _layered(table)
+    layered, kinds = layered_table(table)
     picks: list[str] = []
     for kind in kinds[:2]:
         rows = layered[layered["kind"] == kind].sort_values("layer")
@@ -112,7 +122,7 @@ def chosen_modules(table, pattern: str | None, limit: int = 4) -> list[str]:
     return picks[:limit] or list(table["module"][:limit])
 
 
-def plot_phi_modules(result: CompareResult, folder: Path, plt, sns, pattern: str | None) -> list[str]:
+def plot_phi_modules(result: CompareLike, folder: Path, plt: Any, sns: Any, pattern: str | None) -> list[str]:
     written = []
     for module in chosen_modules(result.table, pattern):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
@@ -120,25 +130,25 @@ def plot_phi_modules(result: CompareResult, folder: Path, plt, sns, pattern: str
             _phi_heatmap(ax, result.phi[f"{module}:{side}"], f"{'column' if side == 'left' else 'row'} space",
                          "j (top-j of ΔW_lora)", "i (top-i of ΔW_full)", sns)
         fig.suptitle(f"φ(i, j), {module}", fontsize=12)
-        written.append(_save(fig, folder / f"phi_{module.replace('/', '_')}.png"))
+        written.append(save_figure(fig, folder / f"phi_{module.replace('/', '_')}.png"))
     return written
 
 
-def plot_phi_adapters(result: CompareResult, path: Path, plt, sns, pattern: str | None) -> str:
+def plot_phi_adapters(result: CompareLike, path: Path, plt: Any, sns: Any, pattern: str | None) -> str:
     modules = chosen_modules(result.table, pattern)
     fig, axes = plt.subplots(len(modules), 2, figsize=(11, 4.2 * len(modules)), squeeze=False, layout="constrained")
     for row_axes, module in zip(axes, modules, strict=True):
         for ax, which, label in zip(row_axes, ("A", "B"), ("row space of A", "column space of B"), strict=True):
             _phi_heatmap(ax, result.phi[f"{module}:{which}"], f"{module}: {label}", "j (adapter 2)", "i (adapter 1)", sns)
     fig.suptitle("Subspace similarity φ(i, j) between two adapters (LoRA paper §7.2)", fontsize=13)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def render_compare_figures(result: CompareResult, folder: str | Path, phi_modules: str | None = None) -> list[str]:
+def render_compare_figures(result: CompareLike, folder: str | Path, phi_modules: str | None = None) -> list[str]:
     """Write the figures of a comparison into ``folder``; returns the file names."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    plt, sns = _pyplot()
+    plt, sns = pyplot()
     pattern = phi_modules or result.info.get("options", {}).get("phi_modules")
     if result.info.get("command") == "compare-adapters":
         return [plot_phi_adapters(result, folder / "phi_adapters.png", plt, sns, pattern)]

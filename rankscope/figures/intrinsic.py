@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .style import pyplot, save_figure_replacing
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLOURS = {"did": "#1f77b4", "said": "#d62728"}
 
 
-def plot_intrinsic_dim(runs, result: dict[str, Any], path: Path) -> str:
+def plot_intrinsic_dim(runs: pd.DataFrame, result: dict[str, Any], path: Path) -> str:
     """Seed-averaged metric vs d (log x) per mode, every seed as a dot, the target and baseline as lines,
     d90 marked; written through a temporary file.  Returns the file name."""
-    from .spectrum import _pyplot, _save
-
-    plt, _ = _pyplot()
+    plt, _ = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for mode in result["modes"]:
         rows = runs[runs["mode"] == mode]
@@ -37,7 +39,4 @@ def plot_intrinsic_dim(runs, result: dict[str, Any], path: Path) -> str:
     ax.set_ylabel(result["metric"])
     ax.set_title(f"{result['task']}: intrinsic dimension ({result['projection']}, D = {result['D']:,})", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    _save(fig, tmp)
-    os.replace(tmp, path)
-    return path.name
+    return save_figure_replacing(fig, path)

@@ -1,6 +1,6 @@
-"""Seaborn/matplotlib figures rendered from saved results (never recomputes anything).
+"""Figures of a spectrum or LoRA result (``rankscope spectrum``/``lora``), drawn from its table and spectra.
 
-Spectrum figures (``render_spectrum_figures``):
+Nothing is recomputed; ``render_spectrum_figures`` writes:
 
 * ``spectra.png`` — normalised spectra ``sigma_i / sigma_1`` (log scale) per module kind, one line
   per layer coloured by depth;
@@ -11,71 +11,41 @@ Spectrum figures (``render_spectrum_figures``):
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..numerics.metrics import energy_fraction
+from .style import depth_colours, layered_table, panel_grid, pyplot, save_figure
+
 if TYPE_CHECKING:
-    from ..spectrum import SpectrumResult
+    import pandas as pd
 
 
-def _pyplot():
-    import matplotlib
+class SpectrumLike(Protocol):
+    """What the spectrum figures read from a spectrum or LoRA result (``SpectrumResult``)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook")
-    return plt, sns
+    table: pd.DataFrame
+    spectra: Mapping[str, np.ndarray]
+    info: dict[str, Any]
 
 
-def _grid(n: int, plt, width: float = 4.2, height: float = 3.3):
-    ncols = min(4, max(1, n))
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained")
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat[:n])
-
-
-def _layered(table):
-    """Rows that belong to a numbered block, with the kinds in checkpoint order."""
-    t = table[table["layer"].notna()]
-    return t, list(dict.fromkeys(t["kind"]))
-
-
-def _depth_colours(layers: list[int], plt):
-    cmap = plt.get_cmap("viridis")
-    top = max(layers) if layers else 1
-    return lambda layer: cmap(layer / max(top, 1))
-
-
-def _save(fig, path: Path) -> str:
-    """Write ``fig`` to ``path`` and release it; returns the file name."""
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
-
-
-def _kind_panels(result: SpectrumResult, plt):
+def _kind_panels(result: SpectrumLike, plt: Any) -> list[tuple[str, pd.DataFrame]]:
     """(kind, rows of that kind) for every kind; modules outside blocks form their own panels."""
     t = result.table
-    layered, kinds = _layered(t)
+    layered, kinds = layered_table(t)
     panels = [(k, layered[layered["kind"] == k]) for k in kinds]
     panels += [(row.module, t[t["module"] == row.module]) for row in t[t["layer"].isna()].itertuples()]
     return panels
 
 
-def plot_spectra(result: SpectrumResult, path: Path, plt) -> str:
+def plot_spectra(result: SpectrumLike, path: Path, plt: Any) -> str:
     panels = _kind_panels(result, plt)
-    fig, axes = _grid(len(panels), plt)
+    fig, axes = panel_grid(len(panels), plt)
     layers = [int(x) for x in result.table["layer"].dropna()]
-    colour = _depth_colours(layers, plt)
+    colour = depth_colours(layers, plt)
     for ax, (kind, rows) in zip(axes, panels, strict=True):
         for row in rows.itertuples():
             s = result.spectra[row.module]
@@ -92,17 +62,15 @@ def plot_spectra(result: SpectrumResult, path: Path, plt) -> str:
         sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(min(layers), max(layers)))
         fig.colorbar(sm, ax=axes, label="layer (depth)", shrink=0.6)
     fig.suptitle("Normalised singular-value spectra of ΔW = W_finetuned − W_base", fontsize=13)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_energy(result: SpectrumResult, path: Path, plt) -> str:
-    from ..numerics.metrics import energy_fraction
-
+def plot_energy(result: SpectrumLike, path: Path, plt: Any) -> str:
     taus = result.info.get("options", {}).get("taus", [0.5, 0.9, 0.99])
     panels = _kind_panels(result, plt)
-    fig, axes = _grid(len(panels), plt)
+    fig, axes = panel_grid(len(panels), plt)
     layers = [int(x) for x in result.table["layer"].dropna()]
-    colour = _depth_colours(layers, plt)
+    colour = depth_colours(layers, plt)
     for ax, (kind, rows) in zip(axes, panels, strict=True):
         for row in rows.itertuples():
             c = energy_fraction(result.spectra[row.module])
@@ -119,11 +87,11 @@ def plot_energy(result: SpectrumResult, path: Path, plt) -> str:
         ax.set_xlabel("rank k")
         ax.set_ylabel("captured energy (share of ‖ΔW‖²)")
     fig.suptitle("Cumulative energy of ΔW (colour = layer depth)", fontsize=13)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_heatmaps(result: SpectrumResult, path: Path, plt, sns) -> str | None:
-    layered, kinds = _layered(result.table)
+def plot_heatmaps(result: SpectrumLike, path: Path, plt: Any, sns: Any) -> str | None:
+    layered, kinds = layered_table(result.table)
     if layered.empty:
         return None
     specs = [("rank_90", "rank for 90% energy", "d"), ("effective_rank", "entropy effective rank", ".0f"),
@@ -144,11 +112,11 @@ def plot_heatmaps(result: SpectrumResult, path: Path, plt, sns) -> str | None:
         ax.set_ylabel("layer")
         plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
     fig.suptitle("Per-layer, per-module rank of the fine-tuning update", fontsize=13)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_rank_by_layer(result: SpectrumResult, path: Path, plt) -> str | None:
-    layered, kinds = _layered(result.table)
+def plot_rank_by_layer(result: SpectrumLike, path: Path, plt: Any) -> str | None:
+    layered, kinds = layered_table(result.table)
     if layered.empty or "rank_90" not in layered:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
@@ -164,14 +132,14 @@ def plot_rank_by_layer(result: SpectrumResult, path: Path, plt) -> str | None:
     ax2.set_xlabel("layer")
     ax2.set_ylabel("rank_90 / min(m, n) (%)")
     ax2.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def render_spectrum_figures(result: SpectrumResult, folder: str | Path) -> list[str]:
+def render_spectrum_figures(result: SpectrumLike, folder: str | Path) -> list[str]:
     """Write every spectrum figure into ``folder``; returns the file names written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    plt, sns = _pyplot()
+    plt, sns = pyplot()
     written = [
         plot_spectra(result, folder / "spectra.png", plt),
         plot_energy(result, folder / "energy.png", plt),
@@ -181,65 +149,8 @@ def render_spectrum_figures(result: SpectrumResult, folder: str | Path) -> list[
     return [w for w in written if w]
 
 
-def _isna(value) -> bool:
+def _isna(value: Any) -> bool:
     try:
         return value is None or bool(np.isnan(value))
     except TypeError:
         return value is None or str(value) == "<NA>"
-
-
-def render_rank_figure(plan, path: Path) -> str:
-    """``ranks.png``: recommended rank per layer × kind, and per kind the parameters and captured energy
-    of the plan beside the uniform alternative with the same budget."""
-    from ..ranks import _kind_energy, _pct
-
-    plt, sns = _pyplot()
-    t = plan.table
-    layered = t[t["layer"].notna()]
-    kinds = list(dict.fromkeys(t["kind"]))
-    n_lkinds = len(dict.fromkeys(layered["kind"]))
-    width = 3 + 0.8 * max(n_lkinds, 2) + 9
-    height = max(4.0, 0.4 * layered["layer"].nunique() + 2.5, 0.3 * len(kinds) + 2.5)
-    fig, axes = plt.subplots(1, 3, figsize=(width, height), layout="constrained",
-                             gridspec_kw={"width_ratios": [3 + 0.8 * max(n_lkinds, 2), 4.5, 4.5]})
-    ax = axes[0]
-    if layered.empty:
-        ax.text(0.5, 0.5, "no numbered blocks", ha="center", transform=ax.transAxes)
-        ax.set_axis_off()
-    else:
-        lkinds = list(dict.fromkeys(layered["kind"]))
-        grid = layered.pivot_table(index="layer", columns="kind", values="rank", aggfunc="first")[lkinds]
-        sns.heatmap(grid, ax=ax, annot=grid.size <= 400, fmt=".0f", cmap="mako_r", cbar_kws={"shrink": 0.8},
-                    annot_kws={"fontsize": 7})
-        ax.set_title("recommended rank")
-        ax.set_xlabel("module kind")
-        ax.set_ylabel("layer")
-        plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
-    groups = [(k, t[t["kind"] == k]) for k in kinds]
-    y = np.arange(len(kinds))
-    h = 0.4
-    plan_params = [g["params"].sum() for _, g in groups]
-    uni_params = [g["uniform_params"].sum() for _, g in groups]
-    axes[1].barh(y - h / 2, plan_params, h, label="plan", color="C0")
-    axes[1].barh(y + h / 2, uni_params, h, label=f"uniform r={plan.info.get('results', {}).get('uniform', {}).get('rank')}",
-                 color="C7")
-    axes[1].set_title("LoRA parameters per kind")
-    plan_e = [100 * _kind_energy(g, "captured_energy") for _, g in groups]
-    uni_e = [100 * _kind_energy(g, "uniform_captured_energy") for _, g in groups]
-    axes[2].barh(y - h / 2, plan_e, h, label="plan", color="C0")
-    axes[2].barh(y + h / 2, uni_e, h, label="uniform", color="C7")
-    axes[2].set_title("captured energy per kind (% of ‖ΔW‖²)")
-    axes[2].set_xlim(0, 100)
-    for a in axes[1:]:
-        a.set_yticks(y, kinds, fontsize=8)
-        a.invert_yaxis()
-        a.legend(fontsize=8, loc="lower right")
-    res = plan.info.get("results", {})
-    fig.suptitle(f"LoRA ranks, rule {plan.info.get('options', {}).get('rule')}: {res.get('params', 0):,} parameters, "
-                 f"{_pct(res.get('captured_energy', 0.0))} of ‖ΔW‖² captured", fontsize=12)
-    return _save(fig, path)
-
-
-# --------------------------------------------------------------------------------------------------
-# recommend
-# --------------------------------------------------------------------------------------------------

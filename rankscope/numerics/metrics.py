@@ -7,6 +7,8 @@ and never produces NaN.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -99,3 +101,14 @@ def summarize(sigma: np.ndarray, rows: int, cols: int, taus: tuple[float, ...] =
 def tau_column(tau: float) -> str:
     """Column name for an energy threshold: 0.9 -> ``rank_90``, 0.995 -> ``rank_99.5``."""
     return f"rank_{round(tau * 100, 6):g}"
+
+
+def energy_weighted_mean(values: Any, energy: Any) -> float:
+    """``Σ_i values_i · energy_i / Σ_i energy_i``: the share of the total energy that per-module shares capture.
+
+    ``values``: per-module captured shares (``captured_energy``); ``energy``: each module's ``‖ΔW‖_F²``.  Both are
+    arrays or pandas Series of the same length, summed with their own ``.sum()`` (a Series skips NaN as pandas
+    does); 0 when the total energy is 0 (every ``ΔW`` zero).
+    """
+    total = float(energy.sum())
+    return float((values * energy).sum() / total) if total > 0 else 0.0

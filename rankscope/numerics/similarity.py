@@ -88,7 +88,8 @@ def intruder_count(scores: np.ndarray, epsilon: float = 0.5) -> int:
     return int(np.count_nonzero(scores < epsilon))
 
 
-def amplification_factor(delta: np.ndarray, base: np.ndarray, r: int, svd=None) -> float:
+def amplification_factor(delta: np.ndarray, base: np.ndarray, r: int,
+                         svd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> float:
     """``||ΔW||_F / ||Uᵀ W Vᵀ||_F`` with ``U``, ``V`` the top-``r`` singular vectors of ``ΔW``.
 
     Hu et al. (2021), LoRA paper §7.3 (reported 21.5 at r = 4 and about 2 at r = 64 for GPT-3

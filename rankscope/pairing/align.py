@@ -20,10 +20,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from ..io.checkpoints import Checkpoint, TensorInfo
+from ..io.skipped import dtype_reason, skipped_entry
+from .model_layout import may_have_vocabulary_rows
 
 CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
 CONV1D_LEAVES = {"c_attn", "c_proj", "c_fc", "q_attn"}
-_EMBEDDING_HINT = re.compile(r"(embed|wte|lm_head|shared|embed_out|word_embeddings|output_layer)", re.I)
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|decoder_layers|encoder_layers)\.(\d+)\.")
 _ANY_INDEX = re.compile(r"(?:^|\.)(\d+)\.")
 
@@ -62,51 +63,6 @@ class Alignment:
     warnings: list[str] = field(default_factory=list)
     skipped_tensors: list[dict[str, str]] = field(default_factory=list)
     """Every tensor left out of ``pairs``: ``{"tensor", "checkpoint" (base/finetuned/both), "dtype", "reason"}``."""
-
-
-def dtype_reason(dtype: str, where: str = "") -> str:
-    """Why a stored dtype is not analysed, e.g. ``dtype F8_E4M3 (FP8) is not analysed``."""
-    if dtype.startswith("F8_"):
-        family = "FP8"
-    elif dtype in ("F4", "F6_E2M3", "F6_E3M2"):
-        family = "microscaling FP4/FP6"
-    elif dtype == "U8":
-        family = "8-bit integer or packed quantized"
-    elif dtype[:1] in ("I", "U") and dtype[1:].isdigit():
-        family = "integer"
-    elif dtype == "BOOL":
-        family = "boolean"
-    elif dtype == "C64":
-        family = "complex"
-    elif dtype.startswith(("qint", "quint")):  # torch's quantized dtypes in .bin files
-        family = "quantized"
-    else:
-        family = "not a float32/float16/bfloat16/float64 type"
-    return f"dtype {dtype} ({family}){where} is not analysed"
-
-
-def skipped_entry(tensor: str, checkpoint: str, dtype: str, reason: str) -> dict[str, str]:
-    """One entry of ``skipped_tensors`` (``run.json``)."""
-    return {"tensor": tensor, "checkpoint": checkpoint, "dtype": dtype, "reason": reason}
-
-
-def skipped_notes(skipped: list[dict[str, str]], shown: int = 3) -> list[str]:
-    """``info["notes"]``: one console line summarising ``skipped_tensors`` (nothing when none were skipped).
-
-    E.g. ``1 tensor not analysed (embeddings.position_ids: only in base, dtype I64); all are listed in
-    run.json under skipped_tensors``.
-    """
-    if not skipped:
-        return []
-
-    def one(s: dict[str, str]) -> str:
-        dtype = f", dtype {s['dtype']}" if s["reason"].startswith("only in") and s.get("dtype") else ""
-        return f"{s['tensor']}: {s['reason']}{dtype}"
-
-    listed = "; ".join(one(s) for s in skipped[:shown])
-    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
-    count = f"{len(skipped)} tensor{'s' if len(skipped) != 1 else ''}"
-    return [f"{count} not analysed ({listed}{more}); all are listed in run.json under skipped_tensors"]
 
 
 def _unpaired(base_all: dict[str, TensorInfo], ft_all: dict[str, TensorInfo]) -> list[dict[str, str]]:
@@ -192,7 +148,8 @@ def assign_kinds(modules: list[str]) -> dict[str, tuple[int | None, str]]:
     return out
 
 
-def _is_conv1d(ckpt: Checkpoint, module: str) -> bool:
+def is_conv1d(ckpt: Checkpoint, module: str) -> bool:
+    """Whether ``module`` is a GPT-2 style ``Conv1D`` (stored ``in x out``): by leaf name and ``model_type``."""
     leaf = module.rsplit(".", 1)[-1]
     if leaf not in CONV1D_LEAVES:
         return False
@@ -227,7 +184,7 @@ def align(base: Checkpoint, finetuned: Checkpoint) -> Alignment:
         module = module_name(core)
         if b.shape != f.shape:
             grew = (
-                len(b.shape) == 2 and len(f.shape) == 2 and b.shape[1] == f.shape[1] and _EMBEDDING_HINT.search(core)
+                len(b.shape) == 2 and len(f.shape) == 2 and b.shape[1] == f.shape[1] and may_have_vocabulary_rows(core)
             )
             if not grew:
                 result.skipped[core] = f"shape {b.shape} in base vs {f.shape} in finetuned"
@@ -244,7 +201,7 @@ def align(base: Checkpoint, finetuned: Checkpoint) -> Alignment:
             skipped.append(skipped_entry(core, "both", b.dtype, "empty tensor, nothing to analyse"))
             continue
         cols = int(_prod(shape[1:]))
-        transpose = len(shape) == 2 and _is_conv1d(base, module)
+        transpose = len(shape) == 2 and is_conv1d(base, module)
         rows, cols = (cols, shape[0]) if transpose else (shape[0], cols)
         staged.append((module, b, f, rows, cols, transpose))
     kinds = assign_kinds([s[0] for s in staged if len(s[1].shape) >= 2])

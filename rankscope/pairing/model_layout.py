@@ -1,29 +1,40 @@
-"""Which peft task a base / fine-tune pair is for, and which of its modules peft treats as task heads.
+"""Model anatomy from names and configs: embeddings and heads, the peft task of a pair, the model peft wraps.
 
-peft picks the model wrapper by ``task_type`` (``peft.auto.MODEL_TYPE_TO_PEFT_MODEL_MAPPING``) and the wrapper
-decides what happens to the heads (peft 0.21, ``peft_model.py``):
+**Embeddings and heads** (one vocabulary, :data:`INPUT_EMBEDDING_NAMES` and :data:`OUTPUT_HEAD_NAMES`; the
+predicates differ in what they decide and so in how widely they accept):
 
-* ``SEQ_CLS`` / ``TOKEN_CLS`` (``PeftModelForSequenceClassification`` / ``…TokenClassification``) append
-  ``classifier`` and ``score`` to ``modules_to_save``; ``QUESTION_ANS`` appends ``qa_outputs``.  A module in
-  ``modules_to_save`` is trained (and saved) whole and is never adapted: ``check_target_module_exists`` skips
-  every module matching ``re.match(rf"(^|.*\\.){name}($|\\..*)", key)``, i.e. the head and everything below it.
-* ``CAUSAL_LM``: no head is wrapped, but ``all-linear`` leaves the output embedding (``lm_head``) out
-  (``_maybe_include_all_linear_layers``).
+* :func:`is_input_embedding` / :func:`is_output_head` — the layer type ``extract`` guesses from a module's name
+  (last component one of the names, or ``…embedding(s)``); an embedding or head is left to ``--embeddings``;
+* :func:`is_embedding_or_head` — what ``recommend`` leaves out of ``all-linear`` (any last component containing
+  ``embed``, case-insensitive; its regex :data:`EMBEDDING_OR_HEAD` is also the spectrum's ``--exclude``);
+* :func:`may_have_vocabulary_rows` — a tensor whose row count may change with the vocabulary (a hint anywhere in
+  the name), so that a shape mismatch is compared on the common rows instead of skipped.
+
+**Task** (peft 0.21, ``peft_model.py``): peft picks the model wrapper by ``task_type``
+(``peft.auto.MODEL_TYPE_TO_PEFT_MODEL_MAPPING``) and the wrapper decides what happens to the heads
+(:data:`rankscope.io.peft.WRAPPED_HEADS`: ``SEQ_CLS`` / ``TOKEN_CLS`` wrap ``classifier`` and ``score``,
+``QUESTION_ANS`` ``qa_outputs``); ``CAUSAL_LM`` wraps no head, but ``all-linear`` leaves the output embedding
+(``lm_head``, :data:`OUTPUT_HEADS`) out (``_maybe_include_all_linear_layers``).
 
 The architecture that decides (:func:`choose_task`) is the task model of the pair: a bare backbone
 (``BertModel``, ``LlamaModel``) fine-tuned into ``BertForSequenceClassification`` / ``LlamaForCausalLM``
 gives the fine-tune's task type and module names (``bert.…``, ``model.…``), because the adapter is loaded
 into ``AutoModelFor<task>.from_pretrained(BASE)``, which has the fine-tune's layout.
+
+**Layout**: :class:`ModelLayout` builds that class on torch's meta device to cross-check module names and layer
+types; :func:`naming_suspicion` says when the checkpoint's names look unlike the class's.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RankscopeError
+from ..io.peft import WRAPPED_HEADS
 
 TASK_SUFFIXES = (
     ("ForSequenceClassification", "SEQ_CLS"),
@@ -35,12 +46,55 @@ TASK_SUFFIXES = (
 )
 """peft task types by architecture suffix (``peft.TaskType``)."""
 
-WRAPPED_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
-                 "QUESTION_ANS": ("qa_outputs",)}
-"""Heads that peft's ``PeftModelFor*.__init__`` puts in ``modules_to_save`` for these task types."""
-
-OUTPUT_HEADS = {"CAUSAL_LM": ("lm_head", "embed_out", "output_layer")}
+INPUT_EMBEDDING_NAMES = ("embed_tokens", "word_embeddings", "position_embeddings", "token_type_embeddings", "wte",
+                         "wpe", "embed_positions", "embed_in", "tok_embeddings", "shared", "relative_attention_bias")
+"""Last name components of input embeddings (any ``…embedding`` / ``…embeddings`` counts too)."""
+OUTPUT_HEAD_NAMES = ("lm_head", "embed_out", "output_layer")
+"""Last name components of output heads (the model's output embeddings)."""
+OUTPUT_HEADS = {"CAUSAL_LM": OUTPUT_HEAD_NAMES}
 """Output heads that peft does not wrap but ``all-linear`` leaves out (the model's output embeddings)."""
+
+_INPUT_EMBEDDING = re.compile(rf"(?:^|\.)(?:{'|'.join(INPUT_EMBEDDING_NAMES)}|\w*embeddings?)$")
+_OUTPUT_HEAD = re.compile(rf"(?:^|\.)(?:{'|'.join(OUTPUT_HEAD_NAMES)})$")
+EMBEDDING_OR_HEAD = re.compile(r"(?i)(?:^|\.)(?:[^.]*embed[^.]*|wte|wpe|lm_head|embed_out|shared|output_layer)$")
+"""Input/output embeddings and LM heads by name, broadly (``word_embeddings``, ``embed_tokens``, ``wte``, ``lm_head``,
+any last component containing ``embed``): every :data:`INPUT_EMBEDDING_NAMES` but T5's ``relative_attention_bias``,
+every :data:`OUTPUT_HEAD_NAMES`.  Written out because its text is recorded (the spectrum's ``exclude`` option)."""
+_VOCABULARY_HINT = re.compile("|".join(("embed", "wte", "shared", *OUTPUT_HEAD_NAMES)), re.I)
+
+
+def is_input_embedding(module: str) -> bool:
+    """A module named as an input embedding (:data:`INPUT_EMBEDDING_NAMES`, ``…embedding(s)``) that is no output head."""
+    return bool(_INPUT_EMBEDDING.search(module)) and not is_output_head(module)
+
+
+def is_output_head(module: str) -> bool:
+    """A module named as an output head (:data:`OUTPUT_HEAD_NAMES`: ``lm_head``, ``embed_out``, ``output_layer``)."""
+    return bool(_OUTPUT_HEAD.search(module))
+
+
+def is_embedding_or_head(module: str) -> bool:
+    """An input/output embedding or LM head by name, broadly (:data:`EMBEDDING_OR_HEAD`): left out of
+    ``recommend``'s ``all-linear``."""
+    return bool(EMBEDDING_OR_HEAD.search(module))
+
+
+def may_have_vocabulary_rows(tensor: str) -> bool:
+    """A tensor whose rows may follow the vocabulary (``embed``, ``wte``, ``shared`` or an output head anywhere in
+    the name, any case): a different row count in the fine-tune is vocabulary growth, not another shape."""
+    return bool(_VOCABULARY_HINT.search(tensor))
+
+
+def layer_type_guess(module: str, transpose: bool) -> str:
+    """``linear``, ``conv1d`` (stored transposed) or ``embedding`` from the name (refined by :class:`ModelLayout`)."""
+    if transpose:
+        return "conv1d"
+    return "embedding" if is_input_embedding(module) else "linear"
+
+
+def is_vocab_module(module: str, layer_type: str) -> bool:
+    """Embeddings and output heads (``lm_head``): handled by ``extract --embeddings``, never by ``all-linear``."""
+    return layer_type == "embedding" or is_output_head(module)
 
 
 def architecture(config: dict[str, Any] | None) -> str | None:
@@ -78,31 +132,6 @@ def task_type(config: dict[str, Any] | None) -> str | None:
 def head_names(task: str | None) -> tuple[str, ...]:
     """Module names that are task heads under ``task``: peft's wrapped heads, then output heads."""
     return WRAPPED_HEADS.get(task or "", ()) + OUTPUT_HEADS.get(task or "", ())
-
-
-def head_owner(name: str, heads: Iterable[str]) -> str | None:
-    """The head module that ``name`` (a module or tensor name) is or lies in, else ``None``.
-
-    peft's rule for ``modules_to_save`` (``check_target_module_exists``): a dotted component equal to a head
-    name marks the head; everything below it belongs to it (``classifier.out_proj`` → ``classifier``).
-    """
-    parts = name.split(".")
-    heads = tuple(heads)
-    for i, part in enumerate(parts):
-        if part in heads:
-            return ".".join(parts[: i + 1])
-    return None
-
-
-def head_modules(names: Iterable[str], heads: Iterable[str]) -> list[str]:
-    """The distinct head modules among ``names`` (module or tensor names), sorted."""
-    heads = tuple(heads)
-    return sorted({owner for n in names if (owner := head_owner(n, heads)) is not None})
-
-
-def peft_excludes(modules_to_save: Iterable[str], key: str) -> bool:
-    """peft never adapts a module matching ``modules_to_save`` (``re.match(rf"(^|.*\\.){m}($|\\..*)", key)``)."""
-    return any(re.match(rf"(^|.*\.){m}($|\..*)", key) for m in modules_to_save)
 
 
 @dataclass
@@ -167,3 +196,89 @@ def describe_config(description: dict[str, Any] | None) -> dict[str, Any] | None
     if not isinstance(description, dict) or not description.get("architectures"):
         return None
     return {"architectures": description["architectures"], "is_encoder_decoder": description.get("is_encoder_decoder")}
+
+
+# --------------------------------------------------------------------------------------------------
+# the model peft will wrap
+# --------------------------------------------------------------------------------------------------
+
+
+MODEL_CHECKS = ("auto", "always", "never")
+"""When ``extract`` cross-checks names and layer types with :class:`ModelLayout` (``--model-check``)."""
+_HEAD_FIRSTS = {"lm_head", "classifier", "score", "qa_outputs", "cls", "embed_out", "output"}
+"""First name components of the heads a head class keeps next to its base model's prefix."""
+
+
+def naming_suspicion(config: dict[str, Any] | None, tensor_names: Sequence[str]) -> str | None:
+    """Why a checkpoint's tensor names (the task model's, :func:`choose_task`) might not be the module names of its
+    architecture, or ``None``.
+
+    ``save_pretrained`` of a head class (``…ForCausalLM``, ``…ForSequenceClassification``, …) nests the
+    base model under one prefix (``model.``, ``transformer.``, ``bert.``) next to the heads; a bare
+    ``…Model`` has no such prefix.  Checkpoints that break this (legacy Hub files such as GPT-2's
+    ``h.0.attn…`` under ``GPT2LMHeadModel``, encoder–decoders such as T5) get the model cross-check.
+    """
+    archs = (config or {}).get("architectures") or []
+    if not archs or not isinstance(archs[0], str):
+        return None
+    arch = archs[0]
+    firsts = {n.split(".", 1)[0] for n in tensor_names if "." in n}
+    body = firsts - _HEAD_FIRSTS
+    if is_bare(arch):
+        if len(firsts) == 1:
+            return f"every tensor of the bare {arch} sits under '{next(iter(firsts))}.'"
+        return None
+    if len(body) != 1:
+        return f"the {arch} checkpoint's tensors do not share one base-model prefix ({', '.join(sorted(body)[:4])})"
+    return None
+
+
+class ModelLayout:
+    """Module names and layer types of the model peft will wrap, built on torch's meta device.
+
+    The class is ``transformers.<architectures[0]>`` of the task model's ``config.json`` (the fine-tune's
+    when it has heads, :func:`choose_task`) — what ``AutoModelFor<task>.from_pretrained(BASE)``
+    builds — instantiated without memory or weights.  Built in a background thread (importing
+    transformers takes seconds) while the SVDs run; :meth:`result` returns
+    ``{module name: 'linear' | 'conv1d' | 'embedding' | class name}`` or ``None`` with :attr:`reason`.
+    """
+
+    def __init__(self, config: dict[str, Any] | None, background: bool = True) -> None:
+        self.config, self.layout, self.reason = config, None, None
+        self._thread = threading.Thread(target=self._build, daemon=True, name="rankscope-model-layout")
+        if background:
+            self._thread.start()
+        else:
+            self._build()
+
+    def _build(self) -> None:
+        arch = ((self.config or {}).get("architectures") or [None])[0]
+        if not arch:
+            self.reason = "the base has no config.json with 'architectures'"
+            return
+        try:
+            import torch
+            import transformers
+
+            cls = getattr(transformers, arch, None)
+            if cls is None:
+                self.reason = f"transformers {transformers.__version__} has no class {arch}"
+                return
+            verbosity = transformers.logging.get_verbosity()
+            transformers.logging.set_verbosity_error()
+            try:
+                cfg = cls.config_class.from_dict(dict(self.config))
+                with torch.device("meta"):
+                    model = cls(cfg)
+            finally:
+                transformers.logging.set_verbosity(verbosity)
+            kinds = {"Linear": "linear", "Conv1D": "conv1d", "Embedding": "embedding"}
+            self.layout = {n: kinds.get(type(mod).__name__, type(mod).__name__) for n, mod in model.named_modules()}
+        except Exception as exc:  # any failure only means names and types are not cross-checked
+            self.reason = f"could not build {arch} on the meta device ({type(exc).__name__}: {str(exc)[:160]})"
+
+    def result(self, timeout: float = 300.0) -> dict[str, str] | None:
+        """The layout, waiting for the background build (``None`` when it could not be built)."""
+        if self._thread.is_alive() or self._thread.ident is not None:
+            self._thread.join(timeout)
+        return self.layout

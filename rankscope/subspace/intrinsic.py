@@ -22,9 +22,9 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,12 +33,21 @@ from . import native
 from .search import SearchOutcome, find_d90
 from .wrapper import subspace_names
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 HEADS = ("subspace", "direct")
 
 
 @dataclass
 class SearchConfig:
-    """Everything that decides the result of one training run (hashed into the cache key)."""
+    """Everything that decides the result of one training run (hashed into the cache key).
+
+    Every field, by name and value, goes into :meth:`key` (recorded in ``search.json``; tests pin it):
+    renaming a field or changing a default changes the key of the same settings.  A field added later
+    needs a default that reproduces the earlier behaviour (:func:`prepare_folder` reads a marker that
+    lacks it as that default).  Build it with keywords.
+    """
 
     task: str = "toy"
     model: str = "bundled:minilm-base"
@@ -61,17 +70,95 @@ class SearchConfig:
     label_column: str = "label"
     lr_rule: str = "lr_full*sqrt(D/d)"
 
+    def __post_init__(self) -> None:  # the key hashes JSON: paths as text, the patterns as lists
+        self.model = str(self.model)
+        self.data = None if self.data is None else str(self.data)
+        self.include, self.exclude = list(self.include), list(self.exclude)
+
     def key(self) -> str:
+        """The run-cache key: 16 hex digits of the SHA-1 of the sorted JSON of every field."""
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> SearchConfig:
+        """The config recorded in ``search.json``/``run.json`` (fields it lacks take their default)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names})
+
+
+@dataclass
+class StudyOptions:
+    """How d90 is searched and judged (not in the cache key: runs are shared across these settings).
+
+    ``threshold``: target = threshold × baseline (relative convention), unless ``target_absolute``;
+    ``baseline``: given instead of measured; ``seeds`` runs per d from ``seed``; a geometric sweep from
+    ``d_start`` by ``factor`` up to ``d_max`` (None: D), bisection to ``hi/lo <= 1 + tolerance``;
+    ``grid``: evaluate exactly these d instead.  Recorded as ``run.json``'s ``options``.
+    """
+
+    modes: list[str] = field(default_factory=lambda: ["did"])
+    threshold: float = 0.9
+    target_absolute: float | None = None
+    baseline: float | None = None
+    seeds: int = 1
+    seed: int = 0
+    d_start: int = 10
+    d_max: int | None = None
+    factor: float = 2.0
+    tolerance: float = 0.1
+    grid: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        self.modes = list(dict.fromkeys(self.modes))
+        self.grid = list(self.grid) if self.grid else None
+
+    def seed_list(self) -> list[int]:
+        """The seeds of every d: ``seed, seed + 1, …`` (``seeds`` of them)."""
+        return [self.seed + i for i in range(self.seeds)]
 
 
 @dataclass
 class IntrinsicDimResult:
-    """The runs table, the per-mode searches and the provenance of one intrinsic-dimension study."""
+    """The runs table, the per-mode searches and the provenance of one intrinsic-dimension study.
 
-    runs: Any  # pandas DataFrame
+    The result protocol of every analysis: ``table`` (one row per training run; ``runs`` is the same
+    DataFrame), ``info`` (what ``run.json`` holds), :meth:`save`, :meth:`load` and :meth:`summary`;
+    ``result`` is what ``result.json`` holds (d90 per mode, bracket, baseline, target).
+    """
+
+    table: pd.DataFrame
     result: dict[str, Any]
     info: dict[str, Any]
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        """The runs table (:attr:`table` under its earlier name)."""
+        return self.table
+
+    def save(self, out: str | os.PathLike, *, overwrite: bool = False, started: float | None = None) -> None:
+        """Write the study to ``out``: what :func:`intrinsic_dimension` writes at the end (module docstring).
+
+        The folder is checked and given its ``search.json`` first (:func:`prepare_folder`: a new folder,
+        or one holding this same search; ``overwrite`` as for every command).  ``started``: the
+        :func:`time.perf_counter` value the study began at, for ``seconds.total``.
+        """
+        folder = prepare_folder(Path(out), SearchConfig.from_dict(self.info["config"]), False, overwrite)
+        write_result(self, folder, started)
+
+    @classmethod
+    def load(cls, out: str | os.PathLike) -> IntrinsicDimResult:
+        """A finished study from its folder: ``runs.csv``, ``result.json`` and ``run.json``."""
+        import pandas as pd
+
+        from ..io.results import read_json
+
+        out = Path(out)
+        result = read_json(out / "result.json")
+        try:
+            runs = pd.read_csv(out / "runs.csv", dtype={"d": "Int64"})
+        except (OSError, ValueError) as exc:
+            raise RankscopeError(f"{out / 'runs.csv'}: missing or unreadable ({exc})") from exc
+        return cls(runs, result, read_json(out / "run.json"))
 
     def summary(self) -> str:
         r = self.result
@@ -275,21 +362,21 @@ class Runner:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_options(threshold: float, target_absolute: float | None, seeds: int, factor: float, tolerance: float,
-                   d_start: int, d_max: int | None, grid: Sequence[int] | None, config: SearchConfig) -> None:
-    if target_absolute is None and not 0 < threshold <= 1.5:
-        raise RankscopeError(f"--threshold must be in (0, 1.5], got {threshold}")
-    if seeds < 1:
-        raise RankscopeError(f"--seeds must be at least 1, got {seeds}")
-    if factor <= 1:
-        raise RankscopeError(f"--factor must exceed 1, got {factor}")
-    if tolerance < 0:
-        raise RankscopeError(f"--tolerance must be non-negative, got {tolerance}")
-    if d_start < 1:
-        raise RankscopeError(f"--d-start: the subspace dimension must be at least 1, got {d_start}")
-    if d_max is not None and d_max < 1:
-        raise RankscopeError(f"--d-max: the subspace dimension must be at least 1, got {d_max}")
-    for d in grid or ():
+def check_options(config: SearchConfig, study: StudyOptions) -> None:
+    """Every check that needs neither the task nor the model (before anything loads)."""
+    if study.target_absolute is None and not 0 < study.threshold <= 1.5:
+        raise RankscopeError(f"--threshold must be in (0, 1.5], got {study.threshold}")
+    if study.seeds < 1:
+        raise RankscopeError(f"--seeds must be at least 1, got {study.seeds}")
+    if study.factor <= 1:
+        raise RankscopeError(f"--factor must exceed 1, got {study.factor}")
+    if study.tolerance < 0:
+        raise RankscopeError(f"--tolerance must be non-negative, got {study.tolerance}")
+    if study.d_start < 1:
+        raise RankscopeError(f"--d-start: the subspace dimension must be at least 1, got {study.d_start}")
+    if study.d_max is not None and study.d_max < 1:
+        raise RankscopeError(f"--d-max: the subspace dimension must be at least 1, got {study.d_max}")
+    for d in study.grid or ():
         if d < 1:
             raise RankscopeError(f"--d: every subspace dimension must be at least 1, got {d}")
     if config.head not in HEADS:
@@ -309,17 +396,17 @@ def _grid_outcome(runner: Runner, mode: str, grid: Sequence[int], seeds: Sequenc
     return SearchOutcome(d90, (max(below) if below else None, d90), evaluated)
 
 
-def _check_against_model(runner: Runner, modes: Sequence[str], d_max: int | None,
-                         grid: Sequence[int] | None) -> tuple[int, int]:
+def _check_against_model(runner: Runner, study: StudyOptions) -> tuple[int, int]:
     """Before any training: the d range fits D, and SAID's d leaves room for its m λ's. Returns (upper, m)."""
     D = runner.D  # noqa: N806
+    d_max, grid = study.d_max, study.grid
     upper = D if d_max is None else d_max
     for option, value in (("--d-max", d_max), ("--d", max(grid) if grid else None)):
         if value is not None and value > D:
             raise RankscopeError(f"{option}: the subspace dimension must be at most D = {D:,} (the parameters in "
                                  f"the subspace), got {value:,}")
-    m_tensors = runner.m if "said" in modes else 0
-    if "said" in modes:
+    m_tensors = runner.m if "said" in study.modes else 0
+    if "said" in study.modes:
         if upper < m_tensors:
             raise RankscopeError(f"--d-max: SAID needs d >= m = {m_tensors} (one λ per tensor), got {upper}")
         if grid and min(grid) < m_tensors:
@@ -327,14 +414,15 @@ def _check_against_model(runner: Runner, modes: Sequence[str], d_max: int | None
     return upper, m_tensors
 
 
-def _search_mode(runner: Runner, mode: str, target: float, seeds: Sequence[int], d_min: int, upper: int,
-                 grid: Sequence[int] | None, d_start: int, factor: float, tolerance: float) -> dict[str, Any]:
-    """d90 of one mode (searched, or read off ``grid``), with the seed spread at d90."""
-    if grid:
-        outcome = _grid_outcome(runner, mode, grid, seeds, target)
+def _search_mode(runner: Runner, mode: str, target: float, d_min: int, upper: int,
+                 study: StudyOptions) -> dict[str, Any]:
+    """d90 of one mode (searched, or read off ``study.grid``), with the seed spread at d90."""
+    seeds = study.seed_list()
+    if study.grid:
+        outcome = _grid_outcome(runner, mode, study.grid, seeds, target)
     else:
         outcome = find_d90(lambda d: runner.mean(mode, d, seeds), target, d_min, upper,
-                           d_start=d_start, factor=factor, tolerance=tolerance)
+                           d_start=study.d_start, factor=study.factor, tolerance=study.tolerance)
     entry = {**outcome.to_dict(), "d_min": d_min}
     if outcome.d90 is not None:
         values = [r["metric"] for r in runner.records if r["mode"] == mode and r["d"] == outcome.d90]
@@ -346,104 +434,122 @@ def _search_mode(runner: Runner, mode: str, target: float, seeds: Sequence[int],
 def intrinsic_dimension(task: str = "toy", out: str | os.PathLike | None = None, *, modes: Sequence[str] = ("did",),
                         model: str = "bundled:minilm-base", data: str | None = None, projection: str = "fastfood",
                         layout: str = "blocked", head: str = "subspace", head_lr: float | None = None,
-                        include: Sequence[str] = (),
-                        exclude: Sequence[str] = (), threshold: float = 0.9, target_absolute: float | None = None,
-                        baseline: float | None = None, seeds: int = 1, seed: int = 0, d_start: int = 10,
-                        d_max: int | None = None, factor: float = 2.0, tolerance: float = 0.1,
-                        grid: Sequence[int] | None = None, epochs: int | None = None, lr: float | None = None,
-                        baseline_lr: float | None = None, batch_size: int | None = None, split_seed: int = 0,
-                        max_train: int | None = None, max_eval: int | None = None, max_length: int = 128,
-                        text_column: str = "text", label_column: str = "label", device: str = "cpu", threads: int | None = None, restart: bool = False, progress: bool = False,
-                        log: Callable[[str], None] | None = None, argv: str | None = None,
+                        include: Sequence[str] = (), exclude: Sequence[str] = (), threshold: float = 0.9,
+                        target_absolute: float | None = None, baseline: float | None = None, seeds: int = 1,
+                        seed: int = 0, d_start: int = 10, d_max: int | None = None, factor: float = 2.0,
+                        tolerance: float = 0.1, grid: Sequence[int] | None = None, epochs: int | None = None,
+                        lr: float | None = None, baseline_lr: float | None = None, batch_size: int | None = None,
+                        split_seed: int = 0, max_train: int | None = None, max_eval: int | None = None,
+                        max_length: int = 128, text_column: str = "text", label_column: str = "label",
+                        device: str = "cpu", threads: int | None = None, restart: bool = False,
+                        progress: bool = False, log: Callable[[str], None] | None = None, argv: str | None = None,
                         overwrite: bool = False) -> IntrinsicDimResult:
     """Intrinsic dimension of ``task``: d90 for each of ``modes`` (``did``, ``said``).
 
     ``baseline``: the metric of ordinary training, measured with the same loop when None (one run per
     seed).  ``grid``: evaluate exactly these d instead of searching.  With ``out``, runs are cached there
     and the result files written (module docstring).  See :func:`rankscope.subspace.search.find_d90`.
+    The keywords are the fields of :class:`SearchConfig` and :class:`StudyOptions` and the run
+    settings of :func:`run_study`, which this calls.
 
     Example::
 
         result = intrinsic_dimension("toy", "runs/toy", seeds=3, d_start=1, tolerance=0, threshold=1.0)
         result.result["modes"]["did"]["d90"]   # 10
     """
-    from ..train import torch_device
+    config = SearchConfig(task=task, model=model, data=data, projection=projection, layout=layout, head=head,
+                          head_lr=head_lr, include=include, exclude=exclude, epochs=epochs, lr=lr,
+                          baseline_lr=baseline_lr, batch_size=batch_size, split_seed=split_seed, max_train=max_train,
+                          max_eval=max_eval, max_length=max_length, text_column=text_column,
+                          label_column=label_column)
+    study = StudyOptions(modes=modes, threshold=threshold, target_absolute=target_absolute, baseline=baseline,
+                         seeds=seeds, seed=seed, d_start=d_start, d_max=d_max, factor=factor, tolerance=tolerance,
+                         grid=grid)
+    return run_study(config, study, out, device=device, threads=threads, restart=restart, progress=progress, log=log,
+                     argv=argv, overwrite=overwrite)
+
+
+def run_study(config: SearchConfig, study: StudyOptions, out: str | os.PathLike | None = None, *, device: str = "cpu",
+              threads: int | None = None, restart: bool = False, progress: bool = False,
+              log: Callable[[str], None] | None = None, argv: str | None = None,
+              overwrite: bool = False) -> IntrinsicDimResult:
+    """:func:`intrinsic_dimension` with its settings as the two objects (what the CLI builds).
+
+    ``restart``: discard the runs cached in ``out``; ``log``: one line per finished or cached run;
+    ``argv``: the command line recorded in ``run.json``; ``overwrite``: as for every command.
+    """
+    from ..training.engine import torch_device
     from .tasks import load_subspace_task
     from .wrapper import MODES
 
     t_start = time.perf_counter()
     log = log or (lambda _msg: None)
-    modes = list(dict.fromkeys(modes))
-    for mode in modes:
+    for mode in study.modes:
         if mode not in MODES:
             raise RankscopeError(f"--mode: unknown mode '{mode}' (choose from did, said, both)")
     from ..options import compile_regexes
 
-    compile_regexes(include, "--include"), compile_regexes(exclude, "--exclude")  # before the task or model loads
-    config = SearchConfig(task, str(model), None if data is None else str(data), projection, layout, head, head_lr,
-                          list(include), list(exclude), epochs, lr, baseline_lr, batch_size, split_seed, max_train,
-                          max_eval, max_length, text_column, label_column)
-    _check_options(threshold, target_absolute, seeds, factor, tolerance, d_start, d_max, grid, config)
+    compile_regexes(config.include, "--include"), compile_regexes(config.exclude, "--exclude")  # before anything loads
+    check_options(config, study)
     if out is not None:
         prepare_folder(Path(out), config, restart, overwrite, write=False)  # refuse a foreign folder before any work
     device = str(torch_device(device))
-    task_obj = load_subspace_task(task, model=model, data=data, split_seed=split_seed, max_train=max_train,
-                                  max_eval=max_eval, max_length=max_length, text_column=text_column,
-                                  label_column=label_column)
+    task_obj = load_subspace_task(config.task, model=config.model, data=config.data, split_seed=config.split_seed,
+                                  max_train=config.max_train, max_eval=config.max_eval, max_length=config.max_length,
+                                  text_column=config.text_column, label_column=config.label_column)
     out_path = None if out is None else Path(out)
     runner = Runner(task_obj, config, None, device, threads, progress, log)
     D = runner.D  # noqa: N806
-    upper, m_tensors = _check_against_model(runner, modes, d_max, grid)
+    upper, m_tensors = _check_against_model(runner, study)
     if out_path is not None:
         out_path = prepare_folder(out_path, config, restart, overwrite)
         runner.out = out_path
-    seed_list = [seed + i for i in range(seeds)]
+    seed_list = study.seed_list()
     t_search = time.perf_counter()
-    if baseline is None:
+    if study.baseline is None:
         per_seed = [runner.run("full", None, s)["metric"] for s in seed_list]
         base = {"mean": float(np.mean(per_seed)), "per_seed": per_seed, "given": False}
     else:
-        base = {"mean": float(baseline), "per_seed": None, "given": True}
-    target = float(target_absolute) if target_absolute is not None else threshold * base["mean"]
-    results = {mode: _search_mode(runner, mode, target, seed_list, m_tensors if mode == "said" else 1, upper,
-                                  grid, d_start, factor, tolerance) for mode in modes}
+        base = {"mean": float(study.baseline), "per_seed": None, "given": True}
+    absolute = study.target_absolute is not None
+    target = float(study.target_absolute) if absolute else study.threshold * base["mean"]
+    results = {mode: _search_mode(runner, mode, target, m_tensors if mode == "said" else 1, upper, study)
+               for mode in study.modes}
     import pandas as pd
 
     runs = pd.DataFrame(runner.records).astype({"d": "Int64"}).drop_duplicates(subset=["mode", "d", "seed"]).sort_values(
         ["mode", "d", "seed"], key=lambda s: s.map({"full": 0, "did": 1, "said": 2}) if s.name == "mode" else s,
         na_position="first").reset_index(drop=True)
-    convention = "absolute" if target_absolute is not None else "relative"
+    convention = "absolute" if absolute else "relative"
     result = {"task": task_obj.name, "metric": task_obj.metric, "convention": convention,
-              "threshold": None if convention == "absolute" else threshold,
-              "target_absolute": target_absolute, "target": target, "baseline": base, "D": D,
-              "D_model": runner.D_model, "m": m_tensors or None, "projection": projection,
-              "layout": layout if projection == "fastfood" else None, "head": head, "seeds": seed_list, "modes": results}
+              "threshold": None if absolute else study.threshold,
+              "target_absolute": study.target_absolute, "target": target, "baseline": base, "D": D,
+              "D_model": runner.D_model, "m": m_tensors or None, "projection": config.projection,
+              "layout": config.layout if config.projection == "fastfood" else None, "head": config.head,
+              "seeds": seed_list, "modes": results}
     from ..io.results import versions
 
     info = {"command": "intrinsic-dim", "argv": argv, "task": task_obj.describe(), "config": asdict(config),
-            "options": {"modes": modes, "threshold": threshold, "target_absolute": target_absolute, "baseline": baseline,
-                        "seeds": seeds, "seed": seed, "d_start": d_start, "d_max": d_max, "factor": factor,
-                        "tolerance": tolerance, "grid": list(grid) if grid else None},
-            "seed": seed, "seeds": seed_list, "device": device, "threads": threads, "versions": versions(),
-            "native_kernels": native.available(), "warnings": runner.warnings,
+            "options": asdict(study), "seed": study.seed, "seeds": seed_list, "device": device, "threads": threads,
+            "versions": versions(), "native_kernels": native.available(), "warnings": runner.warnings,
             "seconds": {"load": task_obj.load_seconds, "search": round(time.perf_counter() - t_search, 3),
                         "training_runs": round(float(runs["seconds"].sum()), 3)}}
-    outcome_obj = IntrinsicDimResult(runs, result, info)
+    outcome = IntrinsicDimResult(runs, result, info)
     if out_path is not None:
-        save(outcome_obj, out_path, t_start)
-    return outcome_obj
+        write_result(outcome, out_path, t_start)
+    return outcome
 
 
-def save(result: IntrinsicDimResult, out: Path, t_start: float | None = None) -> None:
-    """Write runs.csv, result.json, the figure and, last, run.json (each atomically)."""
+def write_result(result: IntrinsicDimResult, out: Path, t_start: float | None = None) -> None:
+    """Write runs.csv, result.json, the figure and, last, run.json (each atomically) into a prepared ``out``."""
     from ..figures.intrinsic import plot_intrinsic_dim
     from ..io.results import peak_rss_mb
 
-    write_atomic(out / "runs.csv", result.runs.to_csv(index=False))
+    write_atomic(out / "runs.csv", result.table.to_csv(index=False))
     write_atomic(out / "result.json", json.dumps(result.result, indent=2) + "\n")
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    result.info["figures"] = [plot_intrinsic_dim(result.runs, result.result, figures / "intrinsic-dim.png")]
+    result.info["figures"] = [plot_intrinsic_dim(result.table, result.result, figures / "intrinsic-dim.png")]
     if t_start is not None:
         result.info["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
     result.info["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -457,16 +563,9 @@ def save(result: IntrinsicDimResult, out: Path, t_start: float | None = None) ->
 
 
 def rerender(out: Path) -> list[str]:
-    """Redraw ``figures/intrinsic-dim.png`` of a finished study from its runs.csv and result.json."""
-    import pandas as pd
-
+    """Redraw ``figures/intrinsic-dim.png`` of a finished study from its files (:meth:`IntrinsicDimResult.load`)."""
     from ..figures.intrinsic import plot_intrinsic_dim
-    from ..io.results import read_json
 
-    result = read_json(out / "result.json")
-    try:
-        runs = pd.read_csv(out / "runs.csv", dtype={"d": "Int64"})
-    except (OSError, ValueError) as exc:
-        raise RankscopeError(f"{out / 'runs.csv'}: missing or unreadable ({exc})") from exc
+    study = IntrinsicDimResult.load(out)
     (out / "figures").mkdir(exist_ok=True)
-    return [plot_intrinsic_dim(runs, result, out / "figures" / "intrinsic-dim.png")]
+    return [plot_intrinsic_dim(study.table, study.result, out / "figures" / "intrinsic-dim.png")]

@@ -15,7 +15,7 @@
     The 1,797 8×8 digits of scikit-learn (``load_digits``, pixels / 16), FC 64-64-64-10 (D = 9,034), same loop.
 ``rotten-tomatoes``, ``bbc-news`` (or a CSV/JSONL file, as for ``rankscope train``)
     A Hugging Face checkpoint (default ``bundled:minilm-base``) with a fresh, seeded classification head,
-    trained by :func:`rankscope.train.train_model` (AdamW, warm-up, best-on-validation); metric: test accuracy.
+    trained by :func:`rankscope.training.engine.train_model` (AdamW, warm-up, best-on-validation); metric: test accuracy.
 
 Every task splits its data 80/10/10, stratified by label, with ``split_seed`` (:func:`rankscope.training.data.stratified_split`).
 """
@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from ..errors import RankscopeError
-from ..train import seed_everything
 from ..training.data import BUILTINS, stratified_split
+from ..training.engine import seed_everything
 
 TENSOR_TASKS = ("toy", "mnist-fc", "digits")
 TEXT_TASKS = tuple(BUILTINS)
@@ -246,7 +246,7 @@ class ImageTask:
 
 
 class TextTask:
-    """A sequence-classification task trained by :func:`rankscope.train.train_model`."""
+    """A sequence-classification task trained by :func:`rankscope.training.engine.train_model`."""
 
     metric = "test_accuracy"
     lr_full = 5e-5
@@ -260,8 +260,8 @@ class TextTask:
                  max_train: int | None = None, max_eval: int | None = None, max_length: int = 128,
                  text_column: str = "text", label_column: str = "label") -> None:
         from ..io.checkpoints import resolve
-        from ..train import load_tokenizer
         from ..training.data import load_task
+        from ..training.models import load_tokenizer
 
         self.name, self.checkpoint, self.max_length = name, str(model), max_length
         self.data = load_task(name, data, text_column=text_column, label_column=label_column, split_seed=split_seed,
@@ -272,7 +272,7 @@ class TextTask:
         self.tokenizer = load_tokenizer(self.path)
 
     def build(self, seed: int) -> nn.Module:
-        from ..train import load_classifier
+        from ..training.models import load_classifier
 
         return load_classifier(self.path, self.data.label_names, self.tokenizer.pad_token_id, seed)
 
@@ -285,7 +285,7 @@ class TextTask:
         return subspace_lr(self.lr_full, kind, D, d)
 
     def fit(self, model: nn.Module, settings: FitSettings, kind: str) -> dict[str, Any]:
-        from ..train import TrainConfig, train_model
+        from ..training.engine import TrainConfig, train_model
 
         config = TrainConfig(epochs=settings.epochs or self.epochs, lr=settings.lr,
                              batch_size=settings.batch_size or 16, max_length=self.max_length,
@@ -302,7 +302,7 @@ class TextTask:
 
 def load_subspace_task(name: str, *, model: str = "bundled:minilm-base", data: str | None = None, split_seed: int = 0,
                        max_train: int | None = None, max_eval: int | None = None, max_length: int = 128,
-                       text_column: str = "text", label_column: str = "label"):
+                       text_column: str = "text", label_column: str = "label") -> ToyTask | ImageTask | TextTask:
     """A task object (``build(seed)``, ``head(model)``, ``fit(model, settings, kind)``, ``describe()``)."""
     t0 = time.perf_counter()
     if name == "toy":

@@ -19,6 +19,7 @@ with its own learning rate ``direct_lr`` when given).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -117,7 +118,7 @@ class SubspaceModel(nn.Module):
         pieces = self._projection().offset_pieces(self.theta_d, [base[n] for n in self.names], self.lambdas)
         return {name: piece.view(shape) for name, shape, piece in zip(self.names, self.shapes, pieces, strict=True)}
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         return torch.func.functional_call(self.module, self.current_parameters(), args, kwargs)
 
     @torch.no_grad()

@@ -1,1 +1,1 @@
-"""The training engine: tasks and data, the loop, model building."""
+"""Training for classification: data (tasks, splits), engine (the loop), models (build, save), lora (options)."""

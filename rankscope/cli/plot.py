@@ -1,0 +1,79 @@
+"""``rankscope plot``: re-render the figures of a saved result folder (no recomputation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import RankscopeError
+from .support import OneLineCommand, handle_errors
+
+
+@click.command("plot", cls=OneLineCommand)
+@click.argument("out", type=click.Path(path_type=Path))
+@handle_errors
+def plot_cmd(out: Path) -> None:
+    """Re-render the figures of a saved result folder OUT (no recomputation).
+
+    Works for the results of spectrum, lora, compare, compare-adapters, recommend and intrinsic-dim.
+
+    Example: rankscope plot reports/demo
+    """
+    from ..io.results import MARKER, read_json, read_marker, write_json
+
+    if not out.is_dir():
+        raise RankscopeError(f"no such result folder: {out}")
+    info = read_json(out / "run.json")
+    marker = read_marker(out)
+    legacy = isinstance(info.get("versions"), dict) and "rankscope" in info["versions"]  # before the marker
+    if marker is None and not legacy:
+        raise RankscopeError(f"{out / 'run.json'} was not written by rankscope: not a rankscope result folder")
+    command = marker["command"] if marker is not None else info.get("command")
+    if command in ("train", "extract"):
+        raise RankscopeError(f"{out} holds {'a trained model' if command == 'train' else 'an adapter'}: "
+                             "it has no figures to render")
+    if command == "intrinsic-dim":
+        from ..subspace.intrinsic import rerender
+
+        written = rerender(out)
+        add_to_marker(out, [f"figures/{w}" for w in written])
+        click.echo(f"wrote {', '.join(written)} to {out / 'figures'}/")
+        return
+    if command == "recommend":
+        from ..figures.ranks import render_rank_figure
+        from ..ranks import RankPlan
+
+        result = RankPlan.load(out)
+        (out / "figures").mkdir(exist_ok=True)
+        written = [render_rank_figure(result, out / "figures" / "ranks.png")]
+    elif command in ("compare", "compare-adapters"):
+        from ..compare import CompareResult
+        from ..figures.compare import render_compare_figures
+
+        result = CompareResult.load(out)
+        written = render_compare_figures(result, out / "figures")
+    else:
+        from ..figures.spectrum import render_spectrum_figures
+        from ..spectrum import SpectrumResult
+
+        result = SpectrumResult.load(out)
+        written = render_spectrum_figures(result, out / "figures")
+    result.info.setdefault("outputs", {})["figures"] = written
+    if marker is not None and marker.get("files") is not None:  # the new figures belong to the result
+        figures = [(out / "figures" / w).relative_to(out).as_posix() for w in written]
+        result.info[MARKER] = {**marker, "files": sorted({*marker["files"], *figures})}
+    write_json(out / "run.json", result.info)
+    click.echo(f"wrote {', '.join(written)} to {out / 'figures'}/")
+
+
+def add_to_marker(out: Path, files: list[str]) -> None:
+    """Record files that `plot` added to a result folder in its run.json marker."""
+    from ..io.results import MARKER, read_json, read_marker, write_json
+
+    marker = read_marker(out)
+    if marker is None or marker.get("files") is None:
+        return
+    info = read_json(out / "run.json")
+    info[MARKER] = {**marker, "files": sorted({*marker["files"], *files})}
+    write_json(out / "run.json", info)

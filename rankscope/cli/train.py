@@ -1,0 +1,122 @@
+"""``rankscope train``: fine-tune a classifier, full or LoRA, and save it with its metrics.
+
+A thin layer over :func:`rankscope.train.train`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import RankscopeError
+from ..train import METHODS  # light: torch loads only when training starts
+from ..training.data import BUILTINS
+from .support import (
+    OneLineCommand,
+    argv_line,
+    device_option,
+    finish,
+    handle_errors,
+    out_option,
+    overwrite_option,
+    quiet_option,
+)
+
+
+def task_help() -> str:
+    """The help of ``--task``: the built-in task names."""
+    return "Built-in task (" + ", ".join(BUILTINS) + ") or a name for --data."
+
+
+LORA_ONLY = ("r", "alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora")
+
+
+def lora_options_given() -> list[str]:
+    """The LoRA-only options that were typed on the command line."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return [f"--{n.replace('_', '-')}" for n in LORA_ONLY if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+
+
+@click.command("train", cls=OneLineCommand)
+@click.option("--model", default="bundled:minilm-base", show_default=True, metavar="CHECKPOINT",
+              help="Local HF folder, Hub id or bundled:minilm-base.")
+@click.option("--task", default=None, metavar="TASK", help=task_help() + "  [default: rotten-tomatoes]")
+@click.option("--data", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="CSV/TSV/JSONL file with a text and a label column (instead of a built-in task).")
+@click.option("--text-column", default="text", show_default=True, help="Text column of --data.")
+@click.option("--label-column", default="label", show_default=True, help="Label column of --data.")
+@click.option("--method", type=click.Choice(METHODS), default="full", show_default=True,
+              help="full: every weight trainable; lora: a peft LoRA adapter plus the classifier head.")
+@click.option("--r", "r", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True,
+              help="LoRA alpha (scale alpha/r, alpha/sqrt(r) with --use-rslora).")
+@click.option("--target-modules", default=None, metavar="NAMES",
+              help="Comma-separated module names (query,value) or all-linear  [default: peft's for the architecture].")
+@click.option("--rank-pattern", default=None, metavar="FILE", help="JSON {module pattern: r} overriding --r.")
+@click.option("--alpha-pattern", default=None, metavar="FILE", help="JSON {module pattern: alpha} overriding --alpha.")
+@click.option("--use-rslora", is_flag=True, help="Rank-stabilised LoRA scale alpha/sqrt(r).")
+@click.option("--lora-config", default=None, metavar="FILE",
+              help="A peft lora_config.json (e.g. from `rankscope recommend`): sets --r, --alpha, --target-modules, "
+                   "--rank-pattern, --alpha-pattern and --use-rslora.")
+@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate  [default: 5e-5 full, 5e-4 lora].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True, help="Tokens per text.")
+@click.option("--max-train", type=click.IntRange(min=1), default=None, help="Train on a seeded subsample of this size.")
+@click.option("--max-eval", type=click.IntRange(min=1), default=None, help="Cap validation and test at this size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Head/LoRA init, data order, dropout.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Train/validation/test split.")
+@device_option()
+@click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Also evaluate every N steps.")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Stop after N evaluations without validation improvement.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads  [default: torch's, all cores].")
+@click.option("--last", is_flag=True, help="Test and save the last weights instead of the best on validation.")
+@out_option()
+@quiet_option()
+@overwrite_option()
+@handle_errors
+def train_cmd(model: str, task: str | None, data: Path | None, text_column: str, label_column: str, method: str, r: int,
+              alpha: float, target_modules: str | None, rank_pattern: str | None, alpha_pattern: str | None,
+              use_rslora: bool, lora_config: str | None, epochs: int, lr: float | None, batch_size: int,
+              max_length: int, max_train: int | None, max_eval: int | None, seed: int, split_seed: int, device: str,
+              eval_every: int | None, patience: int | None, threads: int | None, last: bool, out: Path, quiet: bool,
+              overwrite: bool) -> None:
+    """Fine-tune MODEL on a classification task (full or LoRA) and save it with its metrics.
+
+    Writes the model (full: HF checkpoint; lora: peft adapter), the tokenizer, OUT/metrics.json and
+    OUT/run.json.  The test accuracy is that of the best validation checkpoint (--last: the final one).
+
+    Example: rankscope train --task rotten-tomatoes --method lora --max-train 2000 -o runs/lora
+    """
+    from ..io.results import check_output_target
+
+    check_output_target(out, "train", overwrite)
+    if task is None:
+        task = Path(data).stem if data is not None else "rotten-tomatoes"
+    given = lora_options_given()
+    if method != "lora" and given:
+        raise RankscopeError(f"{', '.join(given)} only apply to --method lora")
+    from ..train import summary_line, train
+
+    if lora_config is not None:
+        from ..training.lora import lora_options_from_config
+
+        if method != "lora":
+            raise RankscopeError("--lora-config only applies to --method lora")
+        if given:
+            raise RankscopeError(f"--lora-config already sets {', '.join(given)}: give one or the other")
+        opts = lora_options_from_config(lora_config)
+        r, alpha, target_modules = opts["r"], opts["alpha"], opts["target_modules"]
+        rank_pattern, alpha_pattern, use_rslora = opts["rank_pattern"], opts["alpha_pattern"], opts["use_rslora"]
+    metrics = train(model, task, method, out, data=data, text_column=text_column, label_column=label_column,
+                    split_seed=split_seed, max_train=max_train, max_eval=max_eval, seed=seed, epochs=epochs, lr=lr,
+                    batch_size=batch_size, max_length=max_length, device=device, eval_every=eval_every,
+                    patience=patience, restore_best=not last, r=r, alpha=alpha, target_modules=target_modules,
+                    rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_rslora=use_rslora, threads=threads,
+                    progress=not quiet, argv=argv_line(), overwrite=overwrite)
+    finish(None, out, quiet=quiet, saved=True, notes={}, summary=lambda: summary_line(metrics))

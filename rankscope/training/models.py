@@ -1,0 +1,281 @@
+"""Building and saving the models that training runs on: tokenizer, classifier with a seeded head, peft LoRA.
+
+Data flow::
+
+    checkpoint ──build_model──► (model, tokenizer) ──rankscope.training.engine.train_model──► metrics
+                                                                  └─ save_model ──► OUT/
+
+:func:`build_model` makes the model (``AutoModelForSequenceClassification`` with a fresh, seeded
+classification head; for ``method="lora"`` wrapped by peft, :func:`apply_lora`); :func:`save_model` writes it
+(a Hugging Face checkpoint, or the peft adapter with :func:`write_base_view`) with its tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import RankscopeError
+from .lora import LoraSpec, load_pattern
+
+if TYPE_CHECKING:  # torch is imported inside functions so that `rankscope --help` stays fast
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+METHODS = ("full", "lora")
+"""Training methods: every parameter trainable (``full``), or LoRA factors plus the classifier head (``lora``)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# model construction
+# --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence the 'newly initialised weights' report (a fresh head is expected) and the load/save bars."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # peft calls deprecated transformers API
+            warnings.filterwarnings("ignore", message="fan_in_fan_out is set")  # GPT-2 Conv1D: peft fixes it itself
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, with a pad token (eos, else unk) for decoders that have none."""
+    from transformers import AutoTokenizer
+
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise RankscopeError(f"{path}: cannot load a tokenizer ({_first_line(exc)})") from exc
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise RankscopeError(f"{path}: the tokenizer has no pad, eos or unk token to pad batches with")
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def load_classifier(path: Path, label_names: Sequence[str], pad_token_id: int | None, seed: int) -> torch.nn.Module:
+    """``AutoModelForSequenceClassification`` in float32 with a seeded head for ``label_names``.
+
+    ``.bin`` weights are unpickled by transformers with ``weights_only=True``: a pickle holding code is
+    refused before any of it runs, reported as one line naming the file.
+    """
+    import pickle
+    import warnings
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from .engine import seed_everything
+
+    seed_everything(seed)
+    id2label = dict(enumerate(label_names))
+    try:
+        with _quiet_transformers(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle warnings must not add lines to stderr
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=len(label_names), id2label=id2label,
+                label2id={v: k for k, v in id2label.items()}, dtype=torch.float32)
+    except pickle.UnpicklingError as exc:  # transformers loads .bin weights with weights_only=True
+        from ..io.checkpoints import load_torch_file
+
+        for weights in sorted(path.glob("*.bin")):
+            load_torch_file(weights)  # raises the error naming the refused or corrupt file
+        raise RankscopeError(f"{path}: cannot load a sequence-classification model ({_first_line(exc)})") from exc
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:
+        raise RankscopeError(f"{path}: cannot load a sequence-classification model ({_first_line(exc)})") from exc
+    if model.config.pad_token_id is None and pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id  # decoders pick the last non-pad token
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _suffix_matches(name: str, target: str) -> bool:
+    """peft's rule for a list entry: the module name equals it or ends with ``"." + target``."""
+    return name == target or name.endswith("." + target)
+
+
+def check_lora_targets(model: torch.nn.Module, spec: LoraSpec) -> None:
+    """Every target module and every rank/alpha pattern must match a module of ``model``."""
+    import re
+
+    import torch
+
+    names = [n for n, _ in model.named_modules() if n]
+    targets = spec.target_modules
+    if isinstance(targets, list):
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        for target in targets:
+            if not any(_suffix_matches(n, target) for n in names):
+                raise RankscopeError(f"--target-modules: '{target}' matches no module of the model "
+                                     f"(linear layers: {', '.join(leaves)})")
+    for option, pattern in (("--rank-pattern", spec.rank_pattern), ("--alpha-pattern", spec.alpha_pattern)):
+        for key in pattern or {}:
+            try:
+                hit = any(re.match(rf"(.*\.)?({key})$", n) for n in names)
+            except re.error as exc:
+                raise RankscopeError(f"{option}: '{key}' is not a valid pattern ({exc})") from exc
+            if not hit:
+                raise RankscopeError(f"{option}: '{key}' matches no module of the model")
+
+
+def apply_lora(model: torch.nn.Module, spec: LoraSpec) -> torch.nn.Module:
+    """Wrap ``model`` with a peft LoRA adapter (task SEQ_CLS: the head goes to ``modules_to_save``)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    spec = replace(spec, rank_pattern=load_pattern(spec.rank_pattern, "--rank-pattern"),
+                   alpha_pattern=load_pattern(spec.alpha_pattern, "--alpha-pattern"))
+    check_lora_targets(model, spec)
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=spec.r, lora_alpha=spec.alpha, target_modules=spec.target_modules,
+                        rank_pattern=spec.rank_pattern or {}, alpha_pattern=spec.alpha_pattern or {},
+                        use_rslora=spec.use_rslora, lora_dropout=spec.dropout)
+    try:
+        with _quiet_transformers():
+            return get_peft_model(model, config)
+    except (ValueError, TypeError) as exc:
+        raise RankscopeError(f"LoRA: {_first_line(exc)}") from exc
+
+
+def build_model(checkpoint: str | os.PathLike, label_names: Sequence[str], method: str = "full",
+                lora: LoraSpec | None = None, seed: int = 0) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, Path]:
+    """(model, tokenizer, resolved path) ready for :func:`rankscope.training.engine.train_model`.
+
+    ``full``: every parameter trainable.  ``lora``: only the LoRA factors and the classifier head.
+    """
+    from ..io.checkpoints import resolve
+
+    if method not in METHODS:
+        raise RankscopeError(f"--method: unknown method '{method}' (choose from {', '.join(METHODS)})")
+    path = resolve(checkpoint)
+    if not path.is_dir():
+        raise RankscopeError(f"{checkpoint}: training needs a model folder (config, weights and tokenizer)")
+    tokenizer = load_tokenizer(path)
+    model = load_classifier(path, label_names, tokenizer.pad_token_id, seed)
+    if method == "lora":
+        model = apply_lora(model, lora or LoraSpec())
+    return model, tokenizer, path
+
+
+# --------------------------------------------------------------------------------------------------
+# saving
+# --------------------------------------------------------------------------------------------------
+
+
+def lora_summary(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The adapter's effective configuration (resolved target modules included), or None for full runs."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None:
+        return None
+    targets = config.target_modules
+    return {"r": config.r, "alpha": config.lora_alpha,
+            "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+            "rank_pattern": dict(config.rank_pattern or {}), "alpha_pattern": dict(config.alpha_pattern or {}),
+            "use_rslora": config.use_rslora, "lora_dropout": config.lora_dropout,
+            "modules_to_save": sorted(config.modules_to_save or [])}
+
+
+BASE_VIEW = "base_model"
+"""Sub-folder of a LoRA run's output: the base checkpoint seen as the trained task model (:func:`write_base_view`)."""
+
+
+def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path, final: Path | None = None) -> list[str]:
+    """``save_pretrained`` of the model (HF safetensors checkpoint, or the peft adapter) and the tokenizer.
+
+    A peft adapter also gets :func:`write_base_view`, so that ``AutoPeftModelForSequenceClassification
+    .from_pretrained(OUT)`` builds the base with the task's labels.  ``final`` is the folder ``folder`` becomes
+    (the output folder when ``folder`` is the work folder of :func:`rankscope.io.results.atomic_output`); by
+    default it is derived from the work folder's name (``.NAME.partial-PID-XXXX`` → ``NAME``), else ``folder``.
+    """
+    with _quiet_transformers():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    if getattr(model, "peft_config", None):
+        write_base_view(model, Path(folder), Path(final) if final is not None else _final_folder(Path(folder)))
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _final_folder(folder: Path) -> Path:
+    """Where a work folder of :func:`rankscope.io.results.atomic_output` (``.NAME.partial-PID-XXXX``, made next to the
+    output folder) ends up: its sibling ``NAME``; any other folder is final already.  Absolute either way."""
+    import re
+
+    match = re.fullmatch(r"\.(.+)\.partial-\d+-[^/]+", folder.name)
+    return Path(os.path.abspath(folder.parent / match.group(1) if match else folder))
+
+
+def write_base_view(model: torch.nn.Module, folder: Path, final: Path) -> Path | None:
+    """Make a saved LoRA adapter name its base *as the task model*, labels included; returns the view folder.
+
+    The rule (peft 0.21 ``auto.py``): ``AutoPeftModelForSequenceClassification.from_pretrained(ADAPTER)`` builds the
+    base with ``AutoModelForSequenceClassification.from_pretrained(base_model_name_or_path, **kwargs)`` and never
+    reads a ``config.json`` next to the adapter, so from a bare base it gets transformers' default two
+    ``LABEL_i`` labels (and cannot load a head with another number of labels).  A ``config.json`` in the
+    adapter folder itself would break transformers' own PEFT route (``AutoModelFor….from_pretrained(ADAPTER)``
+    then takes the folder for a complete model and looks for its weights there).  So ``folder/base_model/``
+    gets the trained model's ``config.json`` (its class in ``architectures``, ``num_labels``, ``id2label`` /
+    ``label2id``, ``pad_token_id``) and a weight index whose entries are the base checkpoint's own files by
+    absolute path (transformers joins an index entry to the folder with ``os.path.join``, which keeps an
+    absolute path; nothing is copied), and ``adapter_config.json``'s ``base_model_name_or_path`` becomes
+    ``final/base_model``.  The base must stay where it is, as before (the path was absolute already); a moved
+    adapter still loads with ``PeftModel.from_pretrained(AutoModelFor….from_pretrained(BASE, num_labels=N), ADAPTER)``.
+
+    Nothing changes (``None``) when the base is not a local folder with ``model.safetensors`` (or its sharded index).
+    """
+    import copy
+
+    from ..io.checkpoints import read_safetensors_header
+
+    peft_config = model.peft_config.get("default")
+    base = Path(getattr(peft_config, "base_model_name_or_path", None) or "")
+    adapter_config = folder / "adapter_config.json"
+    if not (str(base) and base.is_dir() and adapter_config.is_file()):
+        return None
+    base = Path(os.path.abspath(base))
+    index = base / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            shards = json.loads(index.read_text())["weight_map"]
+            weight_map = {name: os.path.join(base, file) for name, file in shards.items()}
+        elif (base / "model.safetensors").is_file():
+            weight_map = dict.fromkeys(read_safetensors_header(base / "model.safetensors"),
+                                       os.path.join(base, "model.safetensors"))
+        else:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RankscopeError):
+        return None  # an unreadable index: keep the adapter as peft wrote it
+    task_model = model.get_base_model()
+    config = copy.deepcopy(task_model.config)
+    config.architectures = [type(task_model).__name__]
+    view = folder / BASE_VIEW
+    view.mkdir()
+    config.save_pretrained(view)
+    (view / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map},
+                                                                  indent=2) + "\n")
+    data = json.loads(adapter_config.read_text())
+    data["base_model_name_or_path"] = str(final / BASE_VIEW)
+    adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return view
