@@ -429,7 +429,16 @@ def test_killed_run_leaves_a_partial_that_the_next_run_removes(tmp_path, inputs)
         (folder / PARTIAL_MARKER).write_text(json.dumps({"tool": "rankscope", "pid": dead.pid,
                                                          "host": socket.gethostname(), "started": 0}))
         stale = [folder]
-    # not ours: no marker, or a live owner -> kept
+    # killed between mkdtemp and writing its marker: named like ours, owner gone, empty -> removed too
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    unmarked = tmp_path / f".out.partial-{dead.pid}-abcd1234"
+    unmarked.mkdir()
+    stale.append(unmarked)
+    # not ours: no marker (and not empty), no pid, or a live owner -> kept
+    kept = tmp_path / f".out.partial-{dead.pid}-keepme12"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
     foreign = tmp_path / ".out.partial-mine"
     foreign.mkdir()
     live = tmp_path / f".out.partial-{os.getpid()}-live"
@@ -443,7 +452,7 @@ def test_killed_run_leaves_a_partial_that_the_next_run_removes(tmp_path, inputs)
     result = invoke(command_args("spectrum", inputs, out))
     assert result.exit_code == 0, result.output
     assert not any(p.exists() for p in stale)
-    assert foreign.is_dir() and live.is_dir()
+    assert foreign.is_dir() and live.is_dir() and (kept / "notes.txt").read_text() == "mine"
 
 
 def test_crash_between_the_two_renames_restores_the_earlier_result(tmp_path, inputs):

@@ -15,16 +15,11 @@ from .support import (
     finish,
     handle_errors,
     include_option,
-    kind_medians,
     no_plots_option,
     out_option,
     overwrite_option,
     quiet_option,
 )
-
-COMPARE_COLUMNS = ("r", "energy_both", "energy_optimal", "phi_left_1", "phi_right_1", "cosine", "norm_ratio",
-                   "intruders_full", "intruders_lora", "amp_full_r", "amp_lora_r")
-ADAPTERS_COLUMNS = ("r_1", "r_2", "phi_A_1", "phi_A_min_r", "phi_B_1", "phi_B_min_r", "phi_random_A")
 
 
 @click.command("compare", cls=OneLineCommand)
@@ -63,7 +58,7 @@ def compare_cmd(base: str, finetuned: str, adapter: str, out: Path, include: tup
                      progress=not quiet)
     result.info["options"]["phi_modules"] = phi_modules
     finish(result, out, quiet=quiet, overwrite=overwrite, plots=not no_plots,
-           summary=lambda: kind_medians(result.table, COMPARE_COLUMNS, 3))
+           summary=result.summary)
 
 
 @click.command("compare-adapters", cls=OneLineCommand)
@@ -92,4 +87,4 @@ def compare_adapters_cmd(adapter_1: str, adapter_2: str, out: Path, phi_modules:
     result = compare_adapters(adapter_1, adapter_2)
     result.info["options"] = {"phi_modules": phi_modules}
     finish(result, out, quiet=quiet, overwrite=overwrite, plots=not no_plots,
-           summary=lambda: kind_medians(result.table, ADAPTERS_COLUMNS, 3))
+           summary=result.summary)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import socket
@@ -216,12 +217,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_WORK_NAME = re.compile(r"\.(?:partial|old)-(\d+)(?:-[A-Za-z0-9_]{8})?$")
+"""The tail of a work folder's name: its owner's pid (``mkdtemp`` adds 8 random characters to partials)."""
+
+
 def _stale(folder: Path) -> bool:
-    """A work folder whose marker names a process of this host that no longer runs."""
+    """A work folder whose marker names a process of this host that no longer runs.
+
+    A folder killed between its creation and its marker is still recognised: named like ours with a dead
+    owner pid, and empty.
+    """
     try:
         owner = json.loads((folder / PARTIAL_MARKER).read_text())
     except (OSError, ValueError, UnicodeDecodeError):
-        return False
+        match = _WORK_NAME.search(folder.name)
+        try:
+            empty = not any(folder.iterdir())
+        except OSError:
+            return False
+        return bool(match) and empty and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1)))
     if not isinstance(owner, dict) or owner.get("tool") != TOOL or owner.get("host") != socket.gethostname():
         return False
     pid = owner.get("pid")
