@@ -156,9 +156,8 @@ def main() -> None:
     if "qv" in target_keys and {8, 64} <= set(ranks):
         pair = compared(runs / "r8-vs-r64", lambda: compare_adapters(runs / "lora-qv-r8", runs / "lora-qv-r64"))
 
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "figures").mkdir(parents=True)
+    clear_generated(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     acc.to_csv(out / "accuracy.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     full_spec.table.to_csv(out / "full-spectrum.csv", index=False)
@@ -185,6 +184,18 @@ def main() -> None:
     print(acc.to_string(index=False))
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(json.dumps(facts, indent=2))
+
+
+GENERATED = ("*.csv", "run.json", "figures/*.png")
+"""What this script writes into the report folder; anything else there (the README, notes) is kept."""
+
+
+def clear_generated(out: Path) -> None:
+    """Remove the files an earlier run of this script wrote into ``out``, and nothing else."""
+    for pattern in GENERATED:
+        for path in out.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
 
 
 def _acc(metrics: dict) -> dict:
