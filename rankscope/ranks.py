@@ -1,10 +1,16 @@
-"""Recommend a LoRA rank for every module from the exact spectra of a full fine-tune's ``ΔW``.
+"""Recommend a LoRA rank for every module from exact spectra: of a full fine-tune's ``ΔW``, a probe, or an adapter.
 
 ``recommend(source)`` reads a finished ``rankscope spectrum`` folder (or computes the spectra of a
-``BASE FINETUNED`` pair on the fly), picks the target modules, applies a rank rule, and returns a
-:class:`RankPlan`: a table (one row per target module) and a peft ``LoraConfig`` dictionary whose
-``rank_pattern`` / ``alpha_pattern`` give each module exactly its recommended rank under peft's
-matching rules.
+``BASE FINETUNED`` pair on the fly; or a ``rankscope probe`` / ``rankscope lora`` folder), picks the target
+modules, applies a rank rule, and returns a :class:`RankPlan`: a table (one row per target module) and a peft
+``LoraConfig`` dictionary whose ``rank_pattern`` / ``alpha_pattern`` give each module exactly its recommended
+rank under peft's matching rules.  Every plan states its **signal** (``run.json`` ``"signal"`` and the summary,
+:func:`plan_signal`): ``full-FT ΔW`` (a spectrum result or a pair), ``probe gradient`` / ``probe update`` (a probe
+result, by its ``"signal"``), ``adapter`` (a ``lora`` result).  With ``init_from`` the plan also carries a
+spectral-init adapter at its ranks (:mod:`rankscope.init_adapter`, written to ``OUT/init/``).
+
+The scale ``s`` of every module is the same by default: ``--alpha 2r`` gives ``α = 2r`` per module (``α/r = 2``;
+with ``use_rslora`` ``α = 2√r``, so ``α/√r = 2``), so a module given 4x the rank keeps the scale of the others.
 
 Rules (``σ`` sorted descending, ``e_k = σ_k² / Σσ²``; a zero ``ΔW`` has rule rank 0 under every rule
 except the kohya modes, which give it 1 as kohya does — the plan gives it rank 0 whatever the rule):
@@ -50,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import RankscopeError
+from .init_adapter import INIT_FOLDER, InitSource, check_init_source, spectral_init
 from .io.peft import WRAPPED_HEADS, check_lora_config, head_modules, head_owner, lora_config_dict
 from .io.results import read_json, result_folder, versions, write_json
 from .numerics import metrics
@@ -147,6 +154,8 @@ class RankPlan:
     lora_config: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
     spectrum: Any = None
+    init: Any = None
+    """The spectral-init adapter (:class:`rankscope.init_adapter.InitAdapter`), when ``init_from`` was given."""
 
     def summary(self) -> str:
         """Console summary: one line per kind, then totals against the uniform alternative."""
@@ -159,7 +168,9 @@ class RankPlan:
         by_kind["energy"] = [_pct(_energy_share(g, "captured_energy")) for _, g in t.groupby("kind", sort=False)]
         by_kind["uniform"] = [_pct(_energy_share(g, "uniform_captured_energy")) for _, g in t.groupby("kind", sort=False)]
         by_kind["params"] = by_kind["params"].map(lambda v: f"{int(v):,}")
-        lines = [f"rule {opts.get('rule')} (gain {opts.get('gain')}), alpha {opts.get('alpha')}, "
+        alpha = f"{opts.get('alpha')}" + (" with rsLoRA (scale alpha/sqrt(r))" if opts.get("use_rslora") else "")
+        lines = [f"signal: {self.info.get('signal', 'full-FT ΔW')}",
+                 f"rule {opts.get('rule')} (gain {opts.get('gain')}), alpha {alpha}, "
                  f"{len(t)} target modules ({opts.get('targets')})",
                  by_kind.to_string(float_format=lambda v: f"{v:g}")]
         budget = res.get("budget")
@@ -177,15 +188,18 @@ class RankPlan:
         cfg = self.lora_config
         lines.append(f"lora_config: r={cfg['r']}, lora_alpha={cfg['lora_alpha']}, "
                      f"{len(cfg['rank_pattern'])} rank_pattern and {len(cfg['alpha_pattern'])} alpha_pattern entries")
-        lines.append(_peft_line(cfg, self.info.get("peft") or {}))
+        lines.append(_peft_line(cfg, self.info.get("peft") or {}, str(self.info.get("signal", ""))))
+        if self.init is not None:
+            lines.append(self.init.summary())
         for w in self.info.get("warnings", []):
             lines.append(f"note: {w}")
         return "\n".join(lines)
 
     def save(self, out: str | os.PathLike, plots: bool = True, overwrite: bool = False) -> Path:
         """Write ``ranks.csv``, ``lora_config.json``, ``adapter_config.json`` (the same config, the file name
-        ``LoraConfig.from_pretrained(OUT)`` reads), ``run.json``, ``figures/ranks.png`` and, for spectra
-        computed on the fly, ``spectrum/`` (a spectrum result folder, reusable as SOURCE) — atomically."""
+        ``LoraConfig.from_pretrained(OUT)`` reads), ``run.json``, ``figures/ranks.png``, for spectra
+        computed on the fly ``spectrum/`` (a spectrum result folder, reusable as SOURCE) and, with an init,
+        ``init/`` (a peft adapter) — atomically."""
         with result_folder(out, self.info, overwrite) as tmp:
             self.table.to_csv(tmp / "ranks.csv", index=False)
             write_json(tmp / "lora_config.json", self.lora_config)
@@ -194,6 +208,9 @@ class RankPlan:
             if self.spectrum is not None:
                 _save_spectrum(self.spectrum, tmp / "spectrum")
                 outputs["spectrum"] = "spectrum/"
+            if self.init is not None:
+                self.init.write(tmp / INIT_FOLDER)
+                outputs["init"] = f"{INIT_FOLDER}/"
             if plots:
                 t0 = time.perf_counter()
                 (tmp / "figures").mkdir()
@@ -221,11 +238,13 @@ class RankPlan:
         return cls(table, read_json(out / "lora_config.json"), info)
 
 
-def _peft_line(cfg: dict[str, Any], peft: dict[str, Any]) -> str:
+def _peft_line(cfg: dict[str, Any], peft: dict[str, Any], signal: str = "") -> str:
     """The summary line on ``task_type`` and ``modules_to_save``."""
     task, saves = cfg.get("task_type"), cfg.get("modules_to_save") or []
     arch = peft.get("architecture")
-    where = f" (the {'fine-tune' if peft.get('from') == 'finetuned' else 'base'}'s {arch})" if arch else ""
+    side = "fine-tune" if peft.get("from") == "finetuned" else "base"
+    side = "probe" if signal.startswith("probe") else side
+    where = f" (the {side}'s {arch})" if arch else ""
     line = f"peft: task_type {task}{where}" if task else "peft: task_type null (no architectures recorded for the inputs)"
     if saves:
         line += f"; modules_to_save {', '.join(saves)} (task heads, trained whole, not with LoRA)"
@@ -306,6 +325,28 @@ def _validate(min_rank: int, max_rank: int | None, gain: str) -> None:
         raise RankscopeError(f"--gain {gain}: choose from {', '.join(GAINS)}")
 
 
+SIGNALS = {"spectrum": "full-FT ΔW", "lora": "adapter"}
+"""The signal of a plan by the SOURCE's ``run.json`` command (a probe: ``probe <its signal>``)."""
+
+
+def plan_signal(info: dict[str, Any]) -> str:
+    """What the spectra of a source measure: ``full-FT ΔW`` (``spectrum``, or no command recorded), ``probe gradient``
+    / ``probe update`` (``probe``, by its ``"signal"``) or ``adapter`` (``lora``); another command is an error."""
+    command = info.get("command")
+    if command == "probe":
+        signal = info.get("signal")
+        if signal not in ("gradient", "update"):
+            raise RankscopeError(f"SOURCE: a probe result whose run.json 'signal' is {signal!r} (expected gradient or "
+                                 f"update)")
+        return f"probe {signal}"
+    if command is None:
+        return SIGNALS["spectrum"]
+    if command not in SIGNALS:
+        raise RankscopeError(f"SOURCE: holds a '{command}' result, not spectra to plan from (give a spectrum, probe or "
+                             f"lora result folder, or BASE FINETUNED)")
+    return SIGNALS[command]
+
+
 def plan_task(info: dict[str, Any]) -> TaskChoice:
     """The peft task of a spectrum result: :func:`rankscope.pairing.model_layout.choose_task` on the ``architectures`` that
     its ``run.json`` records for both inputs (:meth:`rankscope.io.checkpoints.Checkpoint.describe`); the fine-tune's
@@ -313,7 +354,11 @@ def plan_task(info: dict[str, Any]) -> TaskChoice:
     inputs = info.get("inputs") if isinstance(info.get("inputs"), dict) else {}
     base, ft = inputs.get("base"), inputs.get("finetuned")
     name = lambda d, default: d.get("given", default) if isinstance(d, dict) else default  # noqa: E731
-    return choose_task(describe_config(base), describe_config(ft), name(base, "the base"), name(ft, "the fine-tune"))
+    choice = choose_task(describe_config(base), describe_config(ft), name(base, "the base"), name(ft, "the fine-tune"))
+    if info.get("command") == "probe" and choice.task in (None, "FEATURE_EXTRACTION"):
+        # a probe trains the sequence-classification model that `rankscope train` builds on its base
+        return TaskChoice("SEQ_CLS", "base", choice.architecture, choice.config, choice.notes)
+    return choice
 
 
 def heads_to_save(spec: SpectrumResult, task: str | None) -> list[str]:
@@ -342,7 +387,10 @@ def recommend(
     snap: str | Sequence[int] | None = None,
     alpha: str | float = "2r",
     gain: str = "absolute",
+    use_rslora: bool = False,
     exclude_embeddings: bool = True,
+    init_from: str | os.PathLike | None = None,
+    init_scale: float | None = None,
     device: str = "cpu",
     workers: int | None = None,
     progress: bool = False,
@@ -359,9 +407,14 @@ def recommend(
         min_rank, max_rank: bounds on every rank (``max_rank`` also capped at ``min(m, n)``); rank 0
             (allowed with ``min_rank=0``) leaves a module out of ``target_modules``.
         snap: allowed ranks, e.g. ``"8,16,32,64"``.
-        alpha: ``"r"``, ``"2r"``, ``"<c>r"`` (``α = c·r``) or a number (the same ``α`` everywhere).
+        alpha: ``"r"``, ``"2r"``, ``"<c>r"`` (``α = c·r``: the scale ``α/r = c`` in every module; with
+            ``use_rslora`` ``α = c·√r``, scale ``α/√r = c``) or a number (the same ``α`` everywhere).
         gain: ``"absolute"`` or ``"relative"`` energy for the global rules (:func:`greedy_allocation`).
+        use_rslora: rank-stabilised LoRA (``use_rslora`` in the config; scale ``α/√r``).
         exclude_embeddings: leave out input/output embeddings and the LM head.
+        init_from: also build a spectral-init adapter at the planned ranks (``plan.init``, ``OUT/init/``): a
+            ``rankscope probe`` folder, or ``"pair"`` for the ``source``/``finetuned`` pair (:mod:`rankscope.init_adapter`).
+        init_scale: LoRA-One's ``γ`` for a gradient probe (default 128; an error for an update signal).
         device, workers, progress: passed to :func:`rankscope.spectrum.spectrum` when computing on the fly.
 
     Returns:
@@ -373,7 +426,11 @@ def recommend(
     alpha_ = parse_alpha(alpha)
     tokens = parse_targets(targets)
     _validate(min_rank, max_rank, gain)
+    if init_scale is not None and init_from is None:
+        raise RankscopeError("--init-scale only applies with --init-from")
+    init_source = check_init_source(init_from, finetuned, init_scale) if init_from is not None else None
     spec, inputs, on_the_fly = _load_source(source, finetuned, tokens, exclude_embeddings, device, workers, progress)
+    signal = plan_signal(spec.info)
     t_loaded = time.perf_counter()
     table = spec.table
     warnings: list[str] = []
@@ -441,41 +498,70 @@ def recommend(
         warnings.append(f"task head(s) {', '.join(dropped)} not planned: under task_type {task.task} peft "
                         + ("trains them whole (modules_to_save)" if set(dropped) <= set(saves) else
                            "leaves them out of all-linear") + ", not with LoRA")
-    out = _plan_table(rows, spectra, ranks, rule_ranks, uniform, alpha_)
+    out = _plan_table(rows, spectra, ranks, rule_ranks, uniform, alpha_, use_rslora)
     intended = {m: (int(r), float(a)) for m, r, a in zip(out["module"], out["rank"], out["alpha"], strict=True)
                 if r > 0}
     config = lora_config_dict(list(out["module"]), list(out["rank"]), list(out["alpha"]), task_type=task.task,
                               modules_to_save=saves)
+    if use_rslora:
+        config["use_rslora"] = True
     names = list(table["module"]) + (list(spec.vectors["module"]) if len(getattr(spec, "vectors", [])) else [])
     names += saves
     align_info = spec.info.get("alignment", {})
     prefixes = ["", *(p for p in (align_info.get("base_prefix"), align_info.get("finetuned_prefix")) if p)]
     check_lora_config(config, intended, names, prefixes)
     t_done = time.perf_counter()
+    init = _init(init_source, out, config, source, finetuned, spec, device, workers, progress, warnings)
     results = _results(out, params, budget, u, allocation, gain)
     info = {
         "command": "recommend",
         "inputs": inputs,
+        "signal": signal,
         "options": {"rule": str(rule_), "targets": ",".join(tokens), "min_rank": min_rank, "max_rank": max_rank,
-                    "snap": list(snap_) if snap_ else None, "alpha": str(alpha_), "gain": gain,
-                    "exclude_embeddings": exclude_embeddings, "device": device},
+                    "snap": list(snap_) if snap_ else None, "alpha": str(alpha_), "gain": gain, "use_rslora": use_rslora,
+                    "exclude_embeddings": exclude_embeddings, "init_from": None if init_from is None else str(init_from),
+                    "init_scale": init_scale, "device": device},
         "peft": {**task.describe(), "modules_to_save": saves},
         "skipped_tensors": list(spec.info.get("skipped_tensors", [])),
         "results": results,
         "warnings": warnings,
         "seconds": {"spectrum": round(t_loaded - t_start, 3), "allocation": round(t_done - t_loaded, 3),
-                    "analysis": round(t_done - t_start, 3)},
+                    "analysis": round(time.perf_counter() - t_start, 3)},
         "versions": versions(),
     }
-    return RankPlan(out, config, info, spec if on_the_fly else None)
+    if init is not None:
+        info["init"] = {k: v for k, v in init.info.items() if k != "warnings"}
+        info["seconds"]["init"] = init.info["seconds"]
+    return RankPlan(out, config, info, spec if on_the_fly else None, init)
+
+
+def _init(source: InitSource | None, table: pd.DataFrame, config: dict[str, Any], base: Any, finetuned: Any,
+          spec: SpectrumResult, device: str, workers: int | None, progress: bool, warnings: list[str]) -> Any:
+    """The spectral-init adapter of the plan (``None`` without ``init_from``); its notes join ``warnings``."""
+    if source is None:
+        return None
+    init = spectral_init(source, table, config, base=base, finetuned=finetuned, spectra=spec.spectra, device=device,
+                         workers=workers, progress=progress)
+    warnings += init.info["warnings"]
+    return init
+
+
+def plan_alpha(alpha: AlphaPolicy, rank: int, use_rslora: bool = False) -> float:
+    """``lora_alpha`` of a module at ``rank``: a proportional policy ``c·r`` keeps the scale ``α/r = c`` (with rsLoRA
+    ``α = c·√r``, so ``α/√r = c``); a fixed number is the same ``α`` everywhere; 0 for rank 0."""
+    if rank <= 0:
+        return 0.0
+    if alpha.proportional and use_rslora:
+        return alpha.coef * math.sqrt(rank)
+    return alpha.alpha(rank)
 
 
 def _plan_table(rows: pd.DataFrame, spectra: list[np.ndarray], ranks: np.ndarray, rule_ranks: np.ndarray | None,
-                uniform: np.ndarray, alpha: AlphaPolicy) -> pd.DataFrame:
+                uniform: np.ndarray, alpha: AlphaPolicy, use_rslora: bool = False) -> pd.DataFrame:
     out = rows[["module", "layer", "kind", "rows", "cols"]].copy()
     out["layer"] = out["layer"].astype("Int64")
     out["rank"] = ranks.astype(int)
-    out["alpha"] = [alpha.alpha(int(r)) if r > 0 else 0.0 for r in ranks]
+    out["alpha"] = [plan_alpha(alpha, int(r), use_rslora) for r in ranks]
     out["params"] = out["rank"] * (out["rows"] + out["cols"])
     out["captured_energy"] = [metrics.captured_energy(s, int(r)) for s, r in zip(spectra, ranks, strict=True)]
     out["rule_rank"] = pd.array(rule_ranks if rule_ranks is not None else [None] * len(out), dtype="Int64")

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import RankscopeError
 from .training.data import TaskData, load_task
 from .training.engine import TrainConfig, encode, evaluate, torch_device, train_model, usable_length
-from .training.lora import LoraSpec, load_pattern, parse_target_modules
-from .training.models import METHODS, build_model, lora_summary, save_model
+from .training.lora import LoraSpec, init_options, load_pattern, parse_target_modules
+from .training.models import METHODS, build_init_model, build_model, lora_summary, save_model
 
 if TYPE_CHECKING:  # torch and pandas are imported inside functions so that `rankscope --help` stays fast
     import pandas as pd
@@ -125,8 +125,8 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
           device: str = "cpu", eval_every: int | None = None, patience: int | None = None, restore_best: bool = True,
           r: int = 8, alpha: float = 16, target_modules: str | Sequence[str] | None = None,
           rank_pattern: dict | str | None = None, alpha_pattern: dict | str | None = None, use_rslora: bool = False,
-          lora_dropout: float = 0.0, threads: int | None = None, progress: bool = True,
-          argv: str | None = None, overwrite: bool = False) -> TrainResult:
+          lora_dropout: float = 0.0, init: str | os.PathLike | None = None, threads: int | None = None,
+          progress: bool = True, argv: str | None = None, overwrite: bool = False) -> TrainResult:
     """Fine-tune ``model`` on ``task`` with ``method`` (``full`` or ``lora``); return the metrics as a :class:`TrainResult`.
 
     With ``out``, writes (atomically) the trained model at the top of ``out`` (``full``: a Hugging Face
@@ -135,6 +135,12 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     weights are the best on validation (``restore_best=False``: the last).  See
     :class:`rankscope.training.engine.TrainConfig` and :class:`rankscope.training.lora.LoraSpec` for the options,
     :func:`rankscope.training.data.load_task` for ``task``/``data``.
+
+    ``init`` (``lora`` only): a peft adapter folder (e.g. ``OUT/init`` of ``recommend --init-from``) to start
+    from: its ``adapter_config.json`` supplies the ranks, alphas, targets and rsLoRA (``r`` and ``alpha`` are then
+    unused; ``target_modules``, ``rank_pattern``, ``alpha_pattern`` and ``use_rslora`` must not be given) and its
+    LoRA factors replace the fresh ones before the first step; the head starts fresh and seeded as in any run
+    (:func:`rankscope.training.models.build_init_model`).  ``run.json`` records it under ``"init"``.
 
     Example::
 
@@ -156,16 +162,29 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     if method == "lora":  # and on a bad pattern file
         load_pattern(rank_pattern, "--rank-pattern")
         load_pattern(alpha_pattern, "--alpha-pattern")
+    init_opts = _init_options(init, method, target_modules, rank_pattern, alpha_pattern, use_rslora)
+    if init_opts is not None:
+        r, alpha, target_modules = init_opts["r"], init_opts["alpha"], init_opts["target_modules"]
+        rank_pattern, alpha_pattern, use_rslora = init_opts["rank_pattern"], init_opts["alpha_pattern"], init_opts["use_rslora"]
     task_data = load_task(task, data, text_column=text_column, label_column=label_column, split_seed=split_seed,
                           max_train=max_train, max_eval=max_eval)
     lora = LoraSpec(r, alpha, parse_target_modules(target_modules), rank_pattern, alpha_pattern, use_rslora,
                     lora_dropout) if method == "lora" else None
-    net, tokenizer, path = build_model(model, task_data.label_names, method, lora, seed)
+    warnings: list[str] = []
+    notes: list[str] = []
+    if init_opts is None:
+        net, tokenizer, path = build_model(model, task_data.label_names, method, lora, seed)
+    else:
+        net, tokenizer, path, loaded = build_init_model(model, task_data.label_names, init, lora, seed)
+        init_info = _init_record(init, init_opts, loaded, path, warnings, notes)
     t_built = time.perf_counter()
     loop = train_model(net, task_data, tokenizer, config)
     metrics = {"method": method, "task": task_data.name, "model": str(model), **loop}
     inputs = {"model": str(model), "model_resolved": str(path), "task": task, "data": None if data is None else str(data)}
     info = _run_info(inputs, task_data, config, net, metrics, argv)
+    if init_opts is not None:
+        info["init"] = init_info
+    info["warnings"], info["notes"] = warnings, notes
     if out is None:
         return TrainResult(metrics, info)
     with atomic_output(out, "train", overwrite, info) as tmp:
@@ -178,6 +197,40 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
                            "total": round(time.perf_counter() - t_start, 3)}
         info["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return TrainResult(metrics, info)
+
+
+def _init_options(init: str | os.PathLike | None, method: str, target_modules: Any, rank_pattern: Any,
+                  alpha_pattern: Any, use_rslora: bool) -> dict[str, Any] | None:
+    """The adapter's LoRA options for ``init`` (None without it), after checking that nothing else sets them."""
+    if init is None:
+        return None
+    if method != "lora":
+        raise RankscopeError("--init only applies to --method lora")
+    given = [name for name, value in (("--target-modules", target_modules), ("--rank-pattern", rank_pattern),
+                                      ("--alpha-pattern", alpha_pattern), ("--use-rslora", use_rslora or None))
+             if value is not None]
+    if given:
+        raise RankscopeError(f"--init {init} sets the ranks, alphas and targets from its adapter_config.json: "
+                             f"{', '.join(given)} cannot be given with it")
+    return init_options(init)
+
+
+def _init_record(init: str | os.PathLike, opts: dict[str, Any], loaded: dict[str, Any], model_path: Path,
+                 warnings: list[str], notes: list[str]) -> dict[str, Any]:
+    """``run.json``'s ``"init"``; a note on tensors left unused, a warning on a base other than the adapter's."""
+    ignored = loaded["ignored"]
+    if ignored:
+        notes.append(f"--init {init}: {len(ignored)} tensor(s) that are not LoRA factors were not used (the head "
+                     f"starts fresh and seeded, as in any run), e.g. {ignored[0]}")
+    base = opts.get("base_model_name_or_path")
+    if base:
+        recorded = Path(base).expanduser()
+        if recorded.exists() and os.path.realpath(recorded) != os.path.realpath(model_path):
+            warnings.append(f"--init {init}: the adapter was made for {base}, training uses {model_path} (the shapes "
+                            "match)")
+    return {"adapter": str(init), "resolved": str(opts["folder"]), "task_type": opts["task_type"],
+            "base_model_name_or_path": base, "modules": loaded["modules"], "factors": loaded["factors"],
+            "ignored_tensors": ignored}
 
 
 def evaluate_checkpoint(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-tomatoes", *,

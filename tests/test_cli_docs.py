@@ -77,8 +77,8 @@ def _undocumented(command: str) -> list[str]:
 
 
 def test_the_group_has_the_commands_of_the_readme():
-    assert _commands() == ["compare", "compare-adapters", "extract", "intrinsic-dim", "lora", "plot", "recommend",
-                           "spectrum", "train"]
+    assert _commands() == ["compare", "compare-adapters", "extract", "intrinsic-dim", "lora", "plot", "probe",
+                           "recommend", "resize", "spectrum", "train"]
 
 
 @pytest.mark.parametrize("command", _commands())

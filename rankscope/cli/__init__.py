@@ -21,7 +21,9 @@ from .extract import extract_cmd  # noqa: E402
 from .intrinsic_dim import intrinsic_dim_cmd  # noqa: E402
 from .lora import lora_cmd  # noqa: E402
 from .plot import plot_cmd  # noqa: E402
+from .probe import probe_cmd  # noqa: E402
 from .recommend import recommend_cmd  # noqa: E402
+from .resize import resize_cmd  # noqa: E402
 from .spectrum import spectrum_cmd  # noqa: E402
 from .train import train_cmd  # noqa: E402
 
@@ -38,7 +40,7 @@ def main(debug: bool) -> None:
 
 
 COMMANDS = (spectrum_cmd, lora_cmd, compare_cmd, compare_adapters_cmd, train_cmd, plot_cmd, recommend_cmd, extract_cmd,
-            intrinsic_dim_cmd)
+            intrinsic_dim_cmd, probe_cmd, resize_cmd)
 for _command in COMMANDS:
     main.add_command(_command)
 

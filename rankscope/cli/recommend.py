@@ -1,4 +1,4 @@
-"""``rankscope recommend``: LoRA ranks per module from the spectra of a full fine-tune.
+"""``rankscope recommend``: LoRA ranks per module from the spectra of a full fine-tune, a probe or an adapter.
 
 A thin layer over :func:`rankscope.ranks.recommend`, registered in :mod:`rankscope.cli`.
 """
@@ -41,8 +41,15 @@ from .support import (
 @click.option("--gain", type=click.Choice(["absolute", "relative"]), default="absolute", show_default=True,
               help="Budget rules: maximise the energy of the whole update (absolute) or the mean per-module "
                    "captured fraction (relative).")
+@click.option("--use-rslora", is_flag=True,
+              help="Rank-stabilised LoRA: scale alpha/sqrt(r); with --alpha <c>r, alpha = c*sqrt(r).")
 @click.option("--exclude-embeddings/--include-embeddings", default=True, show_default=True,
               help="Leave out input/output embeddings and the LM head.")
+@click.option("--init-from", default=None, metavar="PROBE_OR_PAIR",
+              help="Also write OUT/init/, a peft adapter at the planned ranks started in the signal's top singular "
+                   "subspace: a rankscope probe folder, or 'pair' (the BASE FINETUNED pair given as SOURCE).")
+@click.option("--init-scale", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GAMMA",
+              help="Gradient probe: LoRA-One's gamma, s*B*A = -(s/gamma)*G_r/sigma_1  [default: 128].")
 @device_option("Spectra on the fly: cpu, cuda, cuda:N or auto.")
 @workers_option("Spectra on the fly: matrices in parallel.")
 @no_plots_option("Skip the figure.")
@@ -50,14 +57,16 @@ from .support import (
 @overwrite_option()
 @handle_errors
 def recommend_cmd(source: str, finetuned: str | None, out: Path, rule: str, targets: str, min_rank: int,
-                  max_rank: int | None, snap: str | None, alpha: str, gain: str, exclude_embeddings: bool, device: str,
+                  max_rank: int | None, snap: str | None, alpha: str, gain: str, use_rslora: bool,
+                  exclude_embeddings: bool, init_from: str | None, init_scale: float | None, device: str,
                   workers: int | None, no_plots: bool, quiet: bool, overwrite: bool) -> None:
-    """Recommend a LoRA rank per module from the ΔW spectra of SOURCE.
+    """Recommend a LoRA rank per module from the spectra of SOURCE.
 
-    SOURCE is a `rankscope spectrum` result folder, or give BASE FINETUNED to compute the spectra
-    on the fly (saved in OUT/spectrum/ for reuse).  Writes OUT/ranks.csv, OUT/lora_config.json (and
-    the same as OUT/adapter_config.json, so LoraConfig.from_pretrained(OUT) loads it), OUT/run.json
-    and OUT/figures/ranks.png.
+    SOURCE is a `rankscope spectrum`, `rankscope probe` or `rankscope lora` result folder, or give
+    BASE FINETUNED to compute the spectra on the fly (saved in OUT/spectrum/ for reuse).  Writes
+    OUT/ranks.csv, OUT/lora_config.json (and the same as OUT/adapter_config.json, so
+    LoraConfig.from_pretrained(OUT) loads it), OUT/run.json and OUT/figures/ranks.png; with
+    --init-from also OUT/init/ (train from it with rankscope train --method lora --init OUT/init).
 
     Example: rankscope recommend bundled:minilm-base bundled:minilm-finetuned --rule budget:500k -o out/ranks
     """
@@ -67,7 +76,7 @@ def recommend_cmd(source: str, finetuned: str | None, out: Path, rule: str, targ
     t0 = time.perf_counter()
     check_output_target(out, "recommend", overwrite)
     plan = recommend(source, finetuned, rule=rule, targets=targets, min_rank=min_rank, max_rank=max_rank, snap=snap,
-                     alpha=alpha, gain=gain, exclude_embeddings=exclude_embeddings, device=device, workers=workers,
-                     progress=not quiet)
+                     alpha=alpha, gain=gain, use_rslora=use_rslora, exclude_embeddings=exclude_embeddings,
+                     init_from=init_from, init_scale=init_scale, device=device, workers=workers, progress=not quiet)
     finish(plan, out, quiet=quiet, overwrite=overwrite, plots=not no_plots, started=t0,
            notes=plan.spectrum.info if plan.spectrum is not None else {})

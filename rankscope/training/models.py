@@ -6,14 +6,25 @@ Data flow::
                                                                   └─ save_model ──► OUT/
 
 :func:`build_model` makes the model (``AutoModelForSequenceClassification`` with a fresh, seeded
-classification head; for ``method="lora"`` wrapped by peft, :func:`apply_lora`); :func:`save_model` writes it
-(a Hugging Face checkpoint, or the peft adapter with :func:`write_base_view`) with its tokenizer.
+classification head; for ``method="lora"`` wrapped by peft, :func:`apply_lora`; with ``init`` the LoRA factors
+then replaced by an adapter's, :func:`load_init_factors`); :func:`save_model` writes it (a Hugging Face
+checkpoint, or the peft adapter with :func:`write_base_view`) with its tokenizer.
+
+``train --init ADAPTER`` builds the model exactly as without it — same seeded head, same peft ``LoraConfig``
+(ranks, alphas, targets and rsLoRA from the adapter's ``adapter_config.json``), same RNG draws — and only then
+copies the adapter's ``lora_A`` / ``lora_B`` (``lora_embedding_A`` / ``_B``) tensors into the LoRA parameters,
+exactly (every LoRA module of the model must have its tensors, of its shapes, in the file and every LoRA tensor of
+the file a module).  A file module matches the model module of the same name or, as peft's ``target_modules`` list
+rule matches, the one model module whose name ends in ``"." + name`` (an adapter written for the bare backbone,
+``encoder.layer.0…``, loads into the classifier's ``bert.encoder.layer.0…``).  The head is not taken from the
+adapter: it starts fresh and seeded, as in any LoRA run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -119,8 +130,12 @@ def _suffix_matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def check_lora_targets(model: torch.nn.Module, spec: LoraSpec) -> None:
-    """Every target module and every rank/alpha pattern must match a module of ``model``."""
+def check_lora_targets(model: torch.nn.Module, spec: LoraSpec, where: str | None = None) -> None:
+    """Every target module and every rank/alpha pattern must match a module of ``model``.
+
+    Messages name the options (``--target-modules``, ``--rank-pattern``, ``--alpha-pattern``), or the
+    fields of the file ``where`` (an adapter's ``adapter_config.json``) when given.
+    """
     import re
 
     import torch
@@ -131,9 +146,14 @@ def check_lora_targets(model: torch.nn.Module, spec: LoraSpec) -> None:
         leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         for target in targets:
             if not any(_suffix_matches(n, target) for n in names):
-                raise RankscopeError(f"--target-modules: '{target}' matches no module of the model "
-                                     f"(linear layers: {', '.join(leaves)})")
-    for option, pattern in (("--rank-pattern", spec.rank_pattern), ("--alpha-pattern", spec.alpha_pattern)):
+                label = f"{where}: target_modules" if where else "--target-modules"
+                raise RankscopeError(f"{label}: '{target}' matches no module of the model "
+                                     f"(linear layers: {', '.join(leaves)})" + (" (an adapter for another model?)"
+                                                                                if where else ""))
+    options = (("--rank-pattern", spec.rank_pattern), ("--alpha-pattern", spec.alpha_pattern))
+    if where:
+        options = ((f"{where}: rank_pattern", spec.rank_pattern), (f"{where}: alpha_pattern", spec.alpha_pattern))
+    for option, pattern in options:
         for key in pattern or {}:
             try:
                 hit = any(re.match(rf"(.*\.)?({key})$", n) for n in names)
@@ -143,13 +163,16 @@ def check_lora_targets(model: torch.nn.Module, spec: LoraSpec) -> None:
                 raise RankscopeError(f"{option}: '{key}' matches no module of the model")
 
 
-def apply_lora(model: torch.nn.Module, spec: LoraSpec) -> torch.nn.Module:
-    """Wrap ``model`` with a peft LoRA adapter (task SEQ_CLS: the head goes to ``modules_to_save``)."""
+def apply_lora(model: torch.nn.Module, spec: LoraSpec, where: str | None = None) -> torch.nn.Module:
+    """Wrap ``model`` with a peft LoRA adapter (task SEQ_CLS: the head goes to ``modules_to_save``).
+
+    ``where``: the file the spec comes from (``train --init``'s ``adapter_config.json``), for messages.
+    """
     from peft import LoraConfig, TaskType, get_peft_model
 
     spec = replace(spec, rank_pattern=load_pattern(spec.rank_pattern, "--rank-pattern"),
                    alpha_pattern=load_pattern(spec.alpha_pattern, "--alpha-pattern"))
-    check_lora_targets(model, spec)
+    check_lora_targets(model, spec, where)
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=spec.r, lora_alpha=spec.alpha, target_modules=spec.target_modules,
                         rank_pattern=spec.rank_pattern or {}, alpha_pattern=spec.alpha_pattern or {},
                         use_rslora=spec.use_rslora, lora_dropout=spec.dropout)
@@ -160,11 +183,101 @@ def apply_lora(model: torch.nn.Module, spec: LoraSpec) -> torch.nn.Module:
         raise RankscopeError(f"LoRA: {_first_line(exc)}") from exc
 
 
+_LORA_PARAMETER = re.compile(r"^(?P<module>.+)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
+                             r"\.default(?P<weight>\.weight)?$")
+"""A LoRA parameter of a peft model (adapter ``default``); its key in an adapter file drops ``.default``."""
+
+
+def _adapter_tensors(weights: Path, where: str) -> dict[str, torch.Tensor]:
+    """An adapter file's tensors, LoRA keys normalised to peft's saved form (``base_model.model.<m>.lora_A.weight``)."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ..io.peft import LORA_KEY, PEFT_PREFIX
+
+    try:
+        raw = load_file(str(weights))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise RankscopeError(f"{where}: cannot read {weights.name} ({_first_line(exc)})") from exc
+    out: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        core = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        match = LORA_KEY.match(core)
+        if match is not None and match.group("which") != "lora_magnitude_vector":
+            which = match.group("which")
+            key = f"{PEFT_PREFIX}{match.group('module')}.{which}" + (".weight" if which in ("lora_A", "lora_B") else "")
+            if not torch.isfinite(value).all():
+                raise RankscopeError(f"{where}: tensor '{key}' contains NaN or Inf")
+        out[key] = value
+    return out
+
+
+def load_init_factors(model: torch.nn.Module, weights: Path, where: str) -> dict[str, Any]:
+    """Copy an adapter file's LoRA factors into ``model``'s LoRA parameters, exactly (module docstring).
+
+    ``where`` names the adapter in messages.  Returns what was loaded: ``modules``, ``factors`` and the
+    ``ignored`` tensors (not LoRA factors: a ``modules_to_save`` copy of a head, biases), which stay as built.
+    An adapter for another model or other targets (a LoRA parameter without its tensor, a LoRA tensor without
+    its parameter, another shape) is one :class:`RankscopeError`.
+    """
+    import torch
+
+    from ..io.peft import PEFT_PREFIX
+
+    tensors = _adapter_tensors(weights, where)
+    params: dict[str, dict[str, torch.nn.Parameter]] = {}  # model module -> factor suffix -> parameter
+    for name, p in model.named_parameters():
+        match = _LORA_PARAMETER.match(name)
+        if match is not None:
+            params.setdefault(match.group("module"), {})[f"{match.group('which')}{match.group('weight') or ''}"] = p
+    files: dict[str, dict[str, str]] = {}  # file module -> factor suffix -> key
+    for key in tensors:
+        match = _LORA_FILE_KEY.match(key)
+        if match is not None:
+            files.setdefault(match.group("module"), {})[match.group("factor")] = key
+    mapping, used = {}, set()
+    for module in params:
+        hits = [f for f in files if module == f or module.endswith("." + f.removeprefix(PEFT_PREFIX))]
+        if len(hits) != 1:
+            what = "no tensors" if not hits else f"{len(hits)} candidate modules ({', '.join(hits[:2])})"
+            raise RankscopeError(f"{where}: {what} for module '{module}' that its adapter_config.json targets: an "
+                                 f"adapter for other targets or another model?")
+        mapping[module] = hits[0]
+        used.add(hits[0])
+    extra = sorted(set(files) - used)
+    if extra:
+        raise RankscopeError(f"{where}: module '{extra[0]}' of the adapter file is no LoRA module of the model "
+                             f"({len(extra)} such): an adapter for another model or other targets?")
+    with torch.no_grad():
+        for module, factors in params.items():
+            keys = files[mapping[module]]
+            if set(keys) != set(factors):
+                raise RankscopeError(f"{where}: module '{mapping[module]}' holds {', '.join(sorted(keys))}, the model's "
+                                     f"LoRA layer needs {', '.join(sorted(factors))}: an adapter for another model?")
+            for suffix, p in factors.items():
+                value = tensors[keys[suffix]]
+                if tuple(value.shape) != tuple(p.shape):
+                    raise RankscopeError(f"{where}: tensor '{keys[suffix]}' has shape {tuple(value.shape)}, the "
+                                         f"model's LoRA factor {tuple(p.shape)}: an adapter for another model?")
+                p.copy_(value.to(p.dtype))
+    lora_keys = {k for keys in files.values() for k in keys.values()}
+    ignored = sorted(k for k in tensors if k not in lora_keys)
+    return {"modules": len(params), "factors": sum(len(f) for f in params.values()), "ignored": ignored}
+
+
+_LORA_FILE_KEY = re.compile(r"^(?P<module>.+)\.(?P<factor>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$")
+"""A LoRA factor's key in an adapter file, as :func:`_adapter_tensors` normalises it."""
+
+
 def build_model(checkpoint: str | os.PathLike, label_names: Sequence[str], method: str = "full",
-                lora: LoraSpec | None = None, seed: int = 0) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, Path]:
+                lora: LoraSpec | None = None, seed: int = 0,
+                lora_source: str | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, Path]:
     """(model, tokenizer, resolved path) ready for :func:`rankscope.training.engine.train_model`.
 
-    ``full``: every parameter trainable.  ``lora``: only the LoRA factors and the classifier head.
+    ``full``: every parameter trainable.  ``lora``: only the LoRA factors and the classifier head (to start from
+    an adapter's factors: :func:`build_init_model`); ``lora_source`` names the file ``lora`` was read from in
+    messages (:func:`apply_lora`).
     """
     from ..io.checkpoints import resolve
 
@@ -176,8 +289,28 @@ def build_model(checkpoint: str | os.PathLike, label_names: Sequence[str], metho
     tokenizer = load_tokenizer(path)
     model = load_classifier(path, label_names, tokenizer.pad_token_id, seed)
     if method == "lora":
-        model = apply_lora(model, lora or LoraSpec())
+        model = apply_lora(model, lora or LoraSpec(), lora_source)
     return model, tokenizer, path
+
+
+def build_init_model(checkpoint: str | os.PathLike, label_names: Sequence[str], init: str | os.PathLike,
+                     lora: LoraSpec | None = None, seed: int = 0,
+                     ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, Path, dict[str, Any]]:
+    """:func:`build_model` with ``method="lora"`` started from the adapter ``init`` (module docstring).
+
+    ``lora``: the spec built from the adapter's config (:func:`rankscope.training.lora.init_options`; by default
+    read here, dropout 0).  Returns ``(model, tokenizer, path, loaded)``, ``loaded`` from :func:`load_init_factors`.
+    """
+    from .lora import init_options, parse_target_modules
+
+    opts = init_options(init)
+    if lora is None:
+        lora = LoraSpec(opts["r"], opts["alpha"], parse_target_modules(opts["target_modules"]), opts["rank_pattern"],
+                        opts["alpha_pattern"], opts["use_rslora"])
+    where = f"--init {init}"
+    model, tokenizer, path = build_model(checkpoint, label_names, "lora", lora, seed, f"{where}/adapter_config.json")
+    loaded = load_init_factors(model, opts["weights"], where)
+    return model, tokenizer, path, loaded
 
 
 # --------------------------------------------------------------------------------------------------
