@@ -60,7 +60,7 @@ from .init_adapter import INIT_FOLDER, InitSource, check_init_source, spectral_i
 from .io.peft import WRAPPED_HEADS, check_lora_config, head_modules, head_owner, lora_config_dict
 from .io.results import read_json, result_folder, versions, write_json
 from .numerics import metrics
-from .numerics.allocation import GAINS, Allocation, greedy_allocation, rank_levels, snap_up, uniform_rank_for_budget
+from .numerics.allocation import Allocation, greedy_allocation, rank_levels, snap_up, uniform_rank_for_budget
 from .numerics.rank_rules import (
     ALL_LINEAR,
     AlphaPolicy,
@@ -69,6 +69,7 @@ from .numerics.rank_rules import (
     parse_snap,
     parse_targets,
     rule_rank,
+    validate_rank_options,
 )
 from .pairing.model_layout import (
     EMBEDDING_OR_HEAD,
@@ -314,17 +315,6 @@ def _levels_or_error(row, min_rank: int, max_rank: int | None, snap: tuple[int, 
     return levels
 
 
-def _validate(min_rank: int, max_rank: int | None, gain: str) -> None:
-    if min_rank < 0:
-        raise RankscopeError(f"--min-rank {min_rank}: must be 0 or more")
-    if max_rank is not None and max_rank < 1:
-        raise RankscopeError(f"--max-rank {max_rank}: must be 1 or more")
-    if max_rank is not None and max_rank < min_rank:
-        raise RankscopeError(f"--max-rank {max_rank} is below --min-rank {min_rank}")
-    if gain not in GAINS:
-        raise RankscopeError(f"--gain {gain}: choose from {', '.join(GAINS)}")
-
-
 SIGNALS = {"spectrum": "full-FT ΔW", "lora": "adapter"}
 """The signal of a plan by the SOURCE's ``run.json`` command (a probe: ``probe <its signal>``)."""
 
@@ -425,7 +415,7 @@ def recommend(
     snap_ = parse_snap(snap)
     alpha_ = parse_alpha(alpha)
     tokens = parse_targets(targets)
-    _validate(min_rank, max_rank, gain)
+    validate_rank_options(min_rank, max_rank, gain)
     if init_scale is not None and init_from is None:
         raise RankscopeError("--init-scale only applies with --init-from")
     init_source = check_init_source(init_from, finetuned, init_scale) if init_from is not None else None

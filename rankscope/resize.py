@@ -63,9 +63,17 @@ from .io.adapters import Adapter, LoraModule, read_adapter
 from .io.peft import LORA_KEY, PEFT_PREFIX, check_lora_config, lora_config_dict, lora_scale, lora_tensor_keys
 from .io.results import peak_rss_mb, read_json, read_table, result_folder, versions, write_json
 from .numerics import metrics
-from .numerics.allocation import GAINS, Allocation, greedy_allocation, rank_levels, snap_up, uniform_rank_for_budget
+from .numerics.allocation import Allocation, greedy_allocation, rank_levels, snap_up, uniform_rank_for_budget
 from .numerics.factored import difference_norm
-from .numerics.rank_rules import AlphaPolicy, Rule, parse_alpha, parse_rule, parse_snap, rule_rank
+from .numerics.rank_rules import (
+    AlphaPolicy,
+    Rule,
+    parse_alpha,
+    parse_rule,
+    parse_snap,
+    rule_rank,
+    validate_rank_options,
+)
 from .numerics.truncation import Truncation, error_ratio, lora_factors, optimal_relative_error
 from .pairing.align import assign_kinds
 
@@ -165,20 +173,6 @@ class ResizeResult:
 # --------------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------------
-
-
-def _validate(min_rank: int, max_rank: int | None, gain: str) -> None:
-    for name, value in (("--min-rank", min_rank), ("--max-rank", max_rank)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-            raise RankscopeError(f"{name} {value!r}: must be a whole number")
-    if min_rank < 0:
-        raise RankscopeError(f"--min-rank {min_rank}: must be 0 or more")
-    if max_rank is not None and max_rank < 1:
-        raise RankscopeError(f"--max-rank {max_rank}: must be 1 or more")
-    if max_rank is not None and max_rank < min_rank:
-        raise RankscopeError(f"--max-rank {max_rank} is below --min-rank {min_rank}")
-    if gain not in GAINS:
-        raise RankscopeError(f"--gain {gain}: choose from {', '.join(GAINS)}")
 
 
 def _check_adapter(ad: Adapter, raw_keys: list[str]) -> None:
@@ -366,7 +360,7 @@ def resize(
     rule_ = parse_rule(rule)
     snap_ = parse_snap(snap)
     policy = parse_alpha(alpha) if alpha is not None else None
-    _validate(min_rank, max_rank, gain)
+    validate_rank_options(min_rank, max_rank, gain)
     ad = read_adapter(adapter)  # refuses non-LoRA configs, NaN / Inf tensors, rank mismatches
     raw, not_tensors = _raw_tensors(ad.path)
     _check_adapter(ad, list(raw))

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import RankscopeError
 from . import metrics
-from .allocation import kohya_rank
+from .allocation import GAINS, kohya_rank
 
 RULES = ("energy", "gd", "budget", "avg-rank", "kohya-fro", "kohya-ratio", "kohya-cumulative")
 RULE_FORMS = "energy:TAU, gd, budget:N, avg-rank:R, kohya-fro:T, kohya-ratio:T, kohya-cumulative:T"
@@ -156,3 +156,18 @@ def rule_rank(rule: Rule, sigma: np.ndarray, rows: int, cols: int) -> int:
     if rule.name.startswith("kohya-"):
         return kohya_rank(sigma, rule.name.removeprefix("kohya-"), float(rule.value))
     raise ValueError(f"{rule} is a global rule: use greedy_allocation")
+
+
+def validate_rank_options(min_rank: int, max_rank: int | None, gain: str) -> None:
+    """Check ``--min-rank``, ``--max-rank`` and ``--gain`` as `recommend` and `resize` take them (one line each)."""
+    for name, value in (("--min-rank", min_rank), ("--max-rank", max_rank)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise RankscopeError(f"{name} {value!r}: must be a whole number")
+    if min_rank < 0:
+        raise RankscopeError(f"--min-rank {min_rank}: must be 0 or more")
+    if max_rank is not None and max_rank < 1:
+        raise RankscopeError(f"--max-rank {max_rank}: must be 1 or more")
+    if max_rank is not None and max_rank < min_rank:
+        raise RankscopeError(f"--max-rank {max_rank} is below --min-rank {min_rank}")
+    if gain not in GAINS:
+        raise RankscopeError(f"--gain {gain}: choose from {', '.join(GAINS)}")
