@@ -8,11 +8,16 @@ the country.  Nothing in a sentence but the name tells the label, so a model mus
 map (many independent facts: capacity), and because the templates are split into disjoint train, validation
 and test sets (seeded), it must store it so that it carries over to phrasings it never saw.
 
-Splits: every entity appears in every split, each with its own templates (``TRAIN_TEMPLATES`` /
-``VALIDATION_TEMPLATES`` / the rest for test), so train has ``ENTITIES × TRAIN_TEMPLATES`` examples and the
-labels of every split are exactly balanced.  Each split is shuffled.  Everything is a function of the seed
-(``split_seed`` of :func:`rankscope.training.data.load_task`); no randomness outside
-``numpy.random.default_rng(seed)``.
+Splits: every entity appears in every split, each with its own templates (a seeded choice of ``TRAIN_TEMPLATES``
+for train, ``VALIDATION_TEMPLATES`` for validation and ``TEST_TEMPLATES`` for test; the remaining templates are not
+used), so train has ``ENTITIES × TRAIN_TEMPLATES`` examples (1,600) and the labels of every split are exactly
+balanced.  Each split is shuffled.  Everything is a function of the seed (``split_seed`` of
+:func:`rankscope.training.data.load_task`); no randomness outside ``numpy.random.default_rng(seed)``.
+
+The sizes are chosen so that the task has headroom over low-rank LoRA on MiniLM-L6 within 200 steps: with 400 facts
+(about the hidden size, 384) seen in 4 phrasings each, full fine-tuning reaches ~0.9 test accuracy and uniform
+rank-2 LoRA ~0.8 in a first calibration (200 facts in 8 phrasings: both reach 1.0, no headroom; 1,000 facts in 2
+phrasings, 8 labels: both stay at chance).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-ENTITIES = 200
+ENTITIES = 400
 """Number of invented people (facts) of ``entity-facts``."""
 COUNTRIES = ("Norway", "Chile", "Kenya", "Japan")
 """The label names (home countries), in label order."""
@@ -42,8 +47,9 @@ TEMPLATES = (
     "The hometown of {name} lies in that land.",
 )
 """Sentence templates; none names a country, so only the entity carries the label."""
-TRAIN_TEMPLATES = 8
+TRAIN_TEMPLATES = 4
 VALIDATION_TEMPLATES = 2
+TEST_TEMPLATES = 2
 ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t", "tr", "v",
           "z", "th", "sh", "ch")
 VOWELS = ("a", "e", "i", "o", "u", "ai", "ea", "ou")
@@ -60,6 +66,7 @@ class SyntheticTask:
     templates: tuple[str, ...] = TEMPLATES
     train_templates: int = TRAIN_TEMPLATES
     validation_templates: int = VALIDATION_TEMPLATES
+    test_templates: int | None = TEST_TEMPLATES  # None: every template left after train and validation
 
 
 SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
@@ -116,6 +123,8 @@ def generate(name: str, seed: int = 0) -> Generated:
     names = entity_names(rng, spec.entities, spec.labels)
     labels = rng.permutation(np.repeat(np.arange(len(spec.labels)), spec.entities // len(spec.labels)))
     chosen = template_split(len(spec.templates), spec.train_templates, spec.validation_templates, rng)
+    if spec.test_templates is not None:
+        chosen["test"] = chosen["test"][:spec.test_templates]
     splits = {}
     for split, templates in chosen.items():
         rows = [(spec.templates[t].format(name=entity), int(label))
