@@ -122,7 +122,8 @@ class RunCache:
         safe = arm.replace("+", "_")
         return self.root / "cache" / settings.task / safe / f"lr{lr:g}-s{seed}-{st.settings_hash(key)}.json"
 
-    def get(self, path: Path) -> dict[str, Any] | None:
+    def get(self, path: Path, quiet: bool = False) -> dict[str, Any] | None:
+        """The record at ``path``; None when missing or corrupt (corrupt: a warning unless ``quiet``)."""
         if not path.is_file():
             return None
         try:
@@ -131,6 +132,8 @@ class RunCache:
                 raise ValueError("no test_accuracy")
             return record
         except (OSError, ValueError) as exc:
+            if quiet:
+                return None
             warnings.warn(f"corrupt cache entry {path} ({exc}): recomputing", stacklevel=2)
             log(f"warning: corrupt cache entry {path} ({exc}): recomputing")
             return None
@@ -167,7 +170,7 @@ class RunCache:
         base = self.root / "cache" / (task or "")
         out = []
         for path in sorted(base.rglob("*.json")) if base.is_dir() else []:
-            record = self.get(path)
+            record = self.get(path, quiet=True)  # a corrupt entry is recomputed (with a warning) when a stage needs it
             if record is None or record.get("version") != STUDY_VERSION:
                 continue
             settings = TASKS.get(record.get("task"))

@@ -266,10 +266,13 @@ def _facts_text() -> str:
     from rankscope.training.synthetic import SYNTHETIC_TASKS
 
     t = SYNTHETIC_TASKS["entity-facts"]
-    test = len(t.templates) - t.train_templates - t.validation_templates
+    rest = len(t.templates) - t.train_templates - t.validation_templates
+    test = rest if t.test_templates is None else t.test_templates
+    unused = f" ({rest - test} not used)" if rest > test else ""
     return (f"{t.entities} invented people, each given one of {len(t.labels)} home countries (exactly balanced), "
-            f"written in {len(t.templates)} sentence templates that never name the country, split "
-            f"{t.train_templates} / {t.validation_templates} / {test} templates into train / validation / test")
+            f"written in sentence templates that never name the country: {t.train_templates} / "
+            f"{t.validation_templates} / {test} of its {len(t.templates)} templates for train / validation / test"
+            f"{unused}.  Only the name carries the label, so a model must *store* {t.entities} independent facts")
 
 
 def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFrame, budgets: dict[str, int | None],
@@ -329,8 +332,7 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
     L.append("**Why `entity-facts` is the headroom task.** Rotten Tomatoes is saturated (in the earlier study uniform "
              "r = 2 came within 2 points of full fine-tuning), so no allocation could show a gain there.  The "
              "headroom task must be built offline; `entity-facts` (`rankscope/training/synthetic.py`, "
-             "`rankscope train --task entity-facts`) is generated from a seed: " + _facts_text() + ".  Only the name carries the label, so a model "
-             "must *store* 200 independent facts (capacity-bound: where a low-rank update should run out of room) and "
+             "`rankscope train --task entity-facts`) is generated from a seed: " + _facts_text() + " (capacity-bound: where a low-rank update should run out of room) and "
              "store them so that they carry over to phrasings it never saw (no template is shared between splits).  "
              "It is cheap (sentences of about 15 tokens), so the 8-seed sweep fits on 2 cores.  The 5-topic BBC News at "
              "small rank was the alternative; its articles run to hundreds of tokens, so every step at 128+ tokens "
@@ -372,17 +374,17 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
     if lrs.empty:
         L.append("**Pending** (stage `lr`).\n")
     else:
-        pivot = lrs.pivot_table(index=["task", "arm"], columns="lr", values="validation_accuracy")
-        L.append("| task | arm | " + " | ".join(f"lr {c:g}" for c in pivot.columns) + " | chosen |")
-        L.append("|---|---|" + "---|" * len(pivot.columns) + "---|")
-        for (task, arm), row in pivot.iterrows():
-            chosen = study.arm_lr(task, arm, budgets[task])
-            edge = ""
-            if chosen is not None and chosen in (min(pivot.columns), max(pivot.columns)):
-                edge = " (grid edge)"
-            L.append(f"| {task} | {arm} | " + " | ".join(_fmt(v) for v in row.to_numpy()) +
-                     f" | {'pending' if chosen is None else f'{chosen:g}{edge}'} |")
-        L.append("")
+        for task in dict.fromkeys(lrs["task"]):
+            pivot = lrs[lrs["task"] == task].pivot_table(index="arm", columns="lr", values="validation_accuracy")
+            L.append(f"**{task}** (mean validation accuracy of the grid seeds):\n")
+            L.append("| arm | " + " | ".join(f"lr {c:g}" for c in pivot.columns) + " | chosen |")
+            L.append("|---|" + "---|" * len(pivot.columns) + "---|")
+            for arm, row in pivot.iterrows():
+                chosen = study.arm_lr(task, arm, budgets[task])
+                edge = " (grid edge)" if chosen is not None and chosen in (min(pivot.columns), max(pivot.columns)) else ""
+                L.append(f"| {arm} | " + " | ".join(_fmt(v) for v in row.to_numpy()) +
+                         f" | {'pending' if chosen is None else f'{chosen:g}{edge}'} |")
+            L.append("")
     # ---- results
     L.append("## 3. Arms at equal budget: paired difference against uniform (test accuracy)\n")
     if results.empty:
