@@ -11,7 +11,7 @@ import click
 
 from ..errors import RankscopeError
 from ..train import METHODS  # light: torch loads only when training starts
-from ..training.data import BUILTINS
+from ..training.data import task_names
 from .support import (
     OneLineCommand,
     argv_line,
@@ -26,7 +26,7 @@ from .support import (
 
 def task_help() -> str:
     """The help of ``--task``: the built-in task names."""
-    return "Built-in task (" + ", ".join(BUILTINS) + ") or a name for --data."
+    return "Built-in task (" + ", ".join(task_names()) + ") or a name for --data."
 
 
 LORA_ONLY = ("r", "alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora")

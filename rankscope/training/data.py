@@ -110,6 +110,11 @@ class TaskData:
 # --------------------------------------------------------------------------------------------------
 
 
+def task_names() -> list[str]:
+    """Every built-in task name: the packaged data sets, then the generated tasks."""
+    return [*BUILTINS, *SYNTHETIC_TASKS]
+
+
 def package_folder(task: str) -> Path:
     """Folder of the installed package that holds a built-in task's data (not imported)."""
     spec = BUILTINS[task]
@@ -270,7 +275,7 @@ def read_examples(task: str, data: str | os.PathLike | None = None, text_column:
     elif Path(task).expanduser().is_file():
         return read_examples(Path(task).stem, task, text_column, label_column)
     else:
-        raise RankscopeError(f"unknown task '{task}' (built-in tasks: {', '.join([*BUILTINS, *SYNTHETIC_TASKS])}; "
+        raise RankscopeError(f"unknown task '{task}' (built-in tasks: {', '.join(task_names())}; "
                             "or give a CSV/JSONL file)")
     labels, names = encode_labels(raw, order)
     return texts, labels, names, source
