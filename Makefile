@@ -23,6 +23,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/rankscope spectrum bundled:minilm-base bundled:minilm-finetuned -o $(DEMO_OUT)
+	$(VENV)/bin/rankscope report $(DEMO_OUT) -o $(DEMO_OUT)/report.html -q
 
 test: setup
 	$(PY) -m pytest -q

@@ -23,6 +23,7 @@ if _is_cli_process():  # the `rankscope` command: Ctrl-C / SIGTERM end with one 
 # On a 2-core machine shared with one other busy process, spinning made a MiniLM step 10-20x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from . import summaries as _summaries  # noqa: E402, F401  (every result folder gets summary.json)
 from .errors import RankscopeError  # noqa: E402
 from .spectrum import SpectrumResult, spectrum  # noqa: E402  (binds the function over the submodule name)
 from .version import __version__  # noqa: E402

@@ -24,7 +24,9 @@ and between the left singular vectors of ``B₁`` and ``B₂`` (column space).
 from __future__ import annotations
 
 import os
+import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +37,14 @@ import pandas as pd
 
 from .errors import RankscopeError
 from .io.adapters import read_adapter
-from .io.checkpoints import open_checkpoint, read_matrix
+from .io.checkpoints import Checkpoint, open_checkpoint, read_matrix
 from .io.results import read_arrays, read_json, read_table, result_folder, versions
 from .io.skipped import skipped_notes
 from .numerics import similarity as sim
 from .options import compile_regex, compile_regexes
-from .pairing.align import align, assign_kinds, common_prefixes
+from .pairing.align import TensorPair, align, assign_kinds, common_prefixes
 from .pairing.bind import BoundModule, bind_to_base
+from .pairing.executors import Executor, make_executor, node_name
 
 DEFAULT_EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 COMPARE_COLUMNS = ("module", "layer", "kind", "rows", "cols", "r", "energy_both", "energy_col", "energy_optimal",
@@ -111,8 +114,14 @@ class CompareResult:
         return cls(table, phi, details, info)
 
 
-def _top_svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.linalg.svd(matrix, full_matrices=False)
+def _top_svd(matrix: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD in float64: LAPACK on the CPU, ``torch.linalg.svd`` on another device (a GPU)."""
+    if device == "cpu":
+        return np.linalg.svd(matrix, full_matrices=False)
+    import torch
+
+    u, s, vt = torch.linalg.svd(torch.from_numpy(np.ascontiguousarray(matrix)).to(device), full_matrices=False)
+    return u.cpu().numpy(), s.cpu().numpy(), vt.cpu().numpy()
 
 
 def compare_module(
@@ -124,16 +133,17 @@ def compare_module(
     k: int = 10,
     epsilon: float = 0.5,
     epsilons: Sequence[float] = DEFAULT_EPSILONS,
+    device: str = "cpu",
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[dict], list[dict]]:
-    """All comparison measurements for one module (see module docstring)."""
+    """All comparison measurements for one module (see module docstring); the dense SVDs run on ``device``."""
     lm = bound.lora
     r = lm.r
     delta_lora = lm.delta(w)
-    u_f, s_f, vt_f = _top_svd(delta_full)
+    u_f, s_f, vt_f = _top_svd(delta_full, device)
     if lm.magnitude is None:
         u_l, s_l, vt_l = lm.factored_svd()
     else:
-        u_l, s_l, vt_l = _top_svd(delta_lora)
+        u_l, s_l, vt_l = _top_svd(delta_lora, device)
     r_eff = min(r, u_l.shape[1])
     u_l, s_l, vt_l = u_l[:, :r_eff], s_l[:r_eff], vt_l[:r_eff]
     i_max = min(phi_max, u_f.shape[1])
@@ -146,9 +156,9 @@ def compare_module(
     optimum = float(energy[:r_eff].sum() / energy.sum()) if energy.sum() else 0.0
     e_both = sim.captured_energy(delta_full, u_l, vt_l.T)
 
-    u_base = _top_svd(w)[0]
-    scores_full = sim.intruder_scores(_top_svd(w + delta_full)[0][:, :k], u_base)
-    scores_lora = sim.intruder_scores(_top_svd(w + delta_lora)[0][:, :k], u_base)
+    u_base = _top_svd(w, device)[0]
+    scores_full = sim.intruder_scores(_top_svd(w + delta_full, device)[0][:, :k], u_base)
+    scores_lora = sim.intruder_scores(_top_svd(w + delta_lora, device)[0][:, :k], u_base)
     amp_rows = []
     for rank in sorted({q for q in AMPLIFICATION_RANKS if q < r_eff} | {r_eff}):
         amp_rows.append({"module": bound.module, "rank": rank,
@@ -191,35 +201,40 @@ def compare(
     k: int = 10,
     epsilon: float = 0.5,
     progress: bool = False,
+    device: str = "cpu",
+    workers: int | None = None,
+    executor: str | Executor | None = None,
+    ray_address: str | None = None,
 ) -> CompareResult:
-    """Compare a LoRA adapter with a full fine-tune of the same base (see module docstring)."""
-    from tqdm.auto import tqdm
+    """Compare a LoRA adapter with a full fine-tune of the same base (see module docstring).
 
+    ``device`` runs the dense float64 SVDs (``ΔW_full``, ``W_base``, ``W_base + ΔW``) with torch there;
+    ``workers`` modules at a time (default 1: each holds several dense copies of its matrix); ``executor``
+    and ``ray_address`` as for :func:`rankscope.spectrum` (a Ray task re-reads the adapter by path).
+    """
     include_re = compile_regexes(include, "--include")
     if k < 1:
         raise RankscopeError(f"--k: must be at least 1, got {k}")
     if not 0 < epsilon < 1:
         raise RankscopeError(f"--epsilon: must be in (0, 1), got {epsilon}")
+    runner = make_executor(executor, device, workers or 1, ray_address)
     t0 = time.perf_counter()
     ad = read_adapter(adapter)
     with open_checkpoint(base) as b_ckpt, open_checkpoint(finetuned) as f_ckpt:
         bound = bind_to_base(ad, b_ckpt)
         alignment = align(b_ckpt, f_ckpt)
-        pairs = {p.base.name: p for p in alignment.pairs if p.is_matrix}
+        pairs = {p.base.name: p for p in alignment.pairs if p.is_matrix and not p.fused}  # LoRA adapts 2-D weights
         selected = [b for b in bound if b.base_tensor in pairs and (not include_re or any(p.search(b.module)
                                                                                          for p in include_re))]
         if not selected:
             raise RankscopeError(f"no module of adapter {adapter} is also a 2-D tensor of both {base} and {finetuned}")
         kinds = assign_kinds([b.module for b in selected])
+        source = AdapterSource(str(Path(ad.path).resolve()), uuid.uuid4().hex, {b.base_tensor: b for b in selected})
+        results = runner.run([pairs[b.base_tensor] for b in selected], compare_pair, (b_ckpt, f_ckpt),
+                             (source, phi_max, k, epsilon), progress, desc="compare")
         rows, phi, amps, intruders = [], {}, [], []
-        for b in tqdm(selected, desc="compare", unit="module", disable=None if progress else True, leave=False):
-            pair = pairs[b.base_tensor]
-            w = read_matrix(b_ckpt, pair.base.name, pair.stored_rows, pair.transpose)
-            delta_full = read_matrix(f_ckpt, pair.finetuned.name, pair.stored_rows, pair.transpose) - w
-            for stored, values in ((pair.base, w), (pair.finetuned, delta_full)):
-                if not np.isfinite(values).all():
-                    raise RankscopeError(f"{stored.file}: tensor '{stored.name}' contains NaN or Inf")
-            row, grids, amp, intr = compare_module(w, delta_full, b, phi_max=phi_max, k=k, epsilon=epsilon)
+        for b in selected:
+            row, grids, amp, intr = results[pairs[b.base_tensor].module]
             layer, kind = kinds[b.module]
             rows.append({"module": row.pop("module"), "layer": layer, "kind": kind, **row})
             phi.update(grids)
@@ -229,12 +244,57 @@ def compare(
     table = pd.DataFrame(rows)
     table["layer"] = table["layer"].astype("Int64")
     skipped = alignment.skipped_tensors + ad.skipped_tensors
-    info = {"command": "compare", "inputs": inputs, "seed": None, "device": "cpu",
+    info = {"command": "compare", "inputs": inputs, "seed": None, "device": runner.device,
+            "executor": runner.describe(),
             "options": {"include": list(include), "phi_max": phi_max, "k": k, "epsilon": epsilon,
                         "epsilons": list(DEFAULT_EPSILONS)},
             "skipped_tensors": skipped, "notes": skipped_notes(skipped),
             "seconds": {"analysis": round(time.perf_counter() - t0, 3)}, "versions": versions()}
     return CompareResult(table, phi, {"amplification": pd.DataFrame(amps), "intruders": pd.DataFrame(intruders)}, info)
+
+
+_ADAPTERS: dict[str, Any] = {"key": None, "bound": None}
+_ADAPTERS_LOCK = threading.Lock()
+
+
+@dataclass
+class AdapterSource:
+    """The adapter of a :func:`compare` run as its jobs need it: the bound modules (by base tensor) in memory
+    where it was read, re-read by ``path`` (once per worker process and run) where a pickled copy lands (Ray),
+    so no factor travels through the executor."""
+
+    path: str
+    run: str
+    bound: dict[str, BoundModule] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "bound": None}
+
+    def modules(self, base: Checkpoint) -> dict[str, BoundModule]:
+        """Base tensor name → bound module."""
+        if self.bound is None:
+            with _ADAPTERS_LOCK:
+                if _ADAPTERS["key"] != (self.path, self.run):
+                    if not Path(self.path).exists():
+                        raise RankscopeError(f"{self.path}: not found on {node_name()}; every Ray node must see the "
+                                             f"adapter at the same path (a shared filesystem)")
+                    bound = bind_to_base(read_adapter(self.path), base)
+                    _ADAPTERS.update(key=(self.path, self.run), bound={b.base_tensor: b for b in bound})
+                self.bound = _ADAPTERS["bound"]
+        return self.bound
+
+
+def compare_pair(pair: TensorPair, base: Checkpoint, ft: Checkpoint, device: str, adapter: AdapterSource,
+                 phi_max: int, k: int, epsilon: float) -> tuple[dict[str, Any], dict[str, np.ndarray], list, list]:
+    """The job of one module on ``device`` (an executor's work function): read ``W``, ``ΔW_full``, then
+    :func:`compare_module`."""
+    w = read_matrix(base, pair.base.name, pair.stored_rows, pair.transpose)
+    delta_full = read_matrix(ft, pair.finetuned.name, pair.stored_rows, pair.transpose) - w
+    for stored, values in ((pair.base, w), (pair.finetuned, delta_full)):
+        if not np.isfinite(values).all():
+            raise RankscopeError(f"{stored.file}: tensor '{stored.name}' contains NaN or Inf")
+    return compare_module(w, delta_full, adapter.modules(base)[pair.base.name], phi_max=phi_max, k=k,
+                          epsilon=epsilon, device=device)
 
 
 def _row_space(a: np.ndarray) -> np.ndarray:

@@ -57,9 +57,10 @@ from .numerics.truncation import (
     randomized_truncation,
     relative_error,
 )
-from .options import compile_regexes, resolve_device
+from .options import compile_regexes
 from .pairing.align import TensorPair, align
-from .pairing.deltas import DeltaNorms, delta_norms, read_delta, run_parallel
+from .pairing.deltas import DeltaNorms, delta_norms, read_delta
+from .pairing.executors import Executor, make_executor
 from .pairing.model_layout import (
     MODEL_CHECKS,
     OUTPUT_HEADS,
@@ -265,6 +266,8 @@ def extract(
     workers: int | None = None,
     check_model: str | bool = "auto",
     progress: bool = False,
+    executor: str | Executor | None = None,
+    ray_address: str | None = None,
 ) -> ExtractResult:
     """A peft LoRA adapter whose merge gives ``base + rank-r truncation of ΔW`` for every targeted module.
 
@@ -289,7 +292,9 @@ def extract(
             ``oversample`` and ``seed`` drive the randomized solver.
         optimum: compute the Eckart–Young optimum of every module (exact spectrum).
         device: ``cpu``, ``cuda`` (``cuda:N``) or ``auto``: where the SVDs run (torch on GPUs).
-        workers: modules in parallel (default: CPU count on CPU, 1 on a GPU).
+        workers: modules in parallel (default: CPU count on CPU, one per GPU).
+        executor, ray_address: ``local`` (threads; ``cuda`` uses every GPU visible) or ``ray`` (one task per
+            module on the cluster at ``ray_address``), as for :func:`rankscope.spectrum`.
         check_model: cross-check module names and layer types against the model class built on
             the meta device (imports transformers: ~2–3 s): ``always``, ``never`` or ``auto`` (only
             when :func:`rankscope.pairing.model_layout.naming_suspicion` finds the names unusual).  ``True``/``False`` mean
@@ -322,7 +327,8 @@ def extract(
         raise RankscopeError("--power-iterations and --oversample must be >= 0")
     exclude_re = compile_regexes(list(exclude), "--exclude")
     save_re = compile_regexes(list(save_modules), "--save-modules")
-    device = resolve_device(device)
+    runner = make_executor(executor, device, workers, ray_address)
+    device = runner.device
     opts = Options(method, power_iterations, oversample, seed, optimum, device)
     warnings: list[str] = []
     with open_checkpoint(base) as b_ckpt, open_checkpoint(finetuned) as f_ckpt:
@@ -346,7 +352,8 @@ def extract(
         check_ranks(plans)
         check_vocab(plans, warnings)
         t_open = time.perf_counter()
-        results, n_workers = _compute(plans, b_ckpt, f_ckpt, opts, workers, progress)
+        results = runner.run([p.pair for p in plans], extract_pair, (b_ckpt, f_ckpt),
+                             ({p.pair.module: p for p in plans}, opts), progress)
         drop_zero_updates(plans, results, warnings)
         t_done = time.perf_counter()
         layout = layout_probe.result() if layout_probe else None
@@ -386,9 +393,10 @@ def extract(
         "spec": spec.describe(),
         "options": {"embeddings": embeddings, "save_modules": list(save_modules), "exclude": list(exclude),
                     "bias": bias, "method": method, "power_iterations": power_iterations, "oversample": oversample,
-                    "optimum": optimum, "workers": n_workers, "check_model": check_model},
+                    "optimum": optimum, "workers": runner.workers, "check_model": check_model},
         "seed": seed,
         "device": device,
+        "executor": runner.describe(),
         "task_type": task,
         "adapter": {"lora_modules": len(lora_table), "lora_parameters": int(lora_table["lora_params"].sum()),
                     "modules_to_save": saved, "bias_tensors": vec_summary["written"],
@@ -416,17 +424,10 @@ def _check_choice(value: str, choices: Sequence[str], option: str) -> None:
         raise RankscopeError(f"{option}: '{value}' is not one of {', '.join(choices)}")
 
 
-def _compute(plans: list[ModulePlan], b_ckpt: Checkpoint, f_ckpt: Checkpoint, opts: Options, workers: int | None,
-             progress: bool) -> tuple[dict[str, Any], int]:
-    """Run :func:`extract_module` for every plan, in threads with a single-threaded BLAS each (as spectrum)."""
-    ops = TorchOps(opts.device) if opts.device != "cpu" else None
-    by_module = {p.pair.module: p for p in plans}
-    n_workers = workers or ((os.cpu_count() or 1) if opts.device == "cpu" else 1)
-
-    def work(pair: TensorPair) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
-        return extract_module(by_module[pair.module], b_ckpt, f_ckpt, opts, ops)
-
-    return run_parallel([p.pair for p in plans], work, n_workers, progress), n_workers
+def extract_pair(pair: TensorPair, base: Checkpoint, ft: Checkpoint, device: str, plans: dict[str, ModulePlan],
+                 opts: Options) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """The job of one pair on ``device`` (an executor's work function): :func:`extract_module` of its plan."""
+    return extract_module(plans[pair.module], base, ft, opts, TorchOps(device) if device != "cpu" else None)
 
 
 def _read_ft(pair: TensorPair, ft: Checkpoint) -> np.ndarray:

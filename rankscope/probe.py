@@ -18,6 +18,11 @@
     over those ``steps``, clipping and learning rate of ``train --method full``; the last weights, not the best on
     validation, and no test evaluation).
 
+``objective="causal-lm"`` (a decoder and a causal-LM file, :mod:`rankscope.training.lm_data`): the task model is
+the decoder with its own LM head, as ``train --objective causal-lm`` builds it, and ``L`` is the mean cross-entropy
+over the counted tokens (the response tokens of prompt/response examples) of those batches; ``update`` runs that
+objective's loop.
+
 Modules are named and oriented as ``rankscope spectrum BASE <that task model>`` would name them
 (:func:`rankscope.pairing.align.align`: the base checkpoint's names without the task model's prefix such as
 ``bert.``, rows = output dimension, GPT-2 ``Conv1D`` transposed): every 2-D weight of the backbone, embeddings
@@ -140,10 +145,11 @@ def task_model_checkpoint(net: torch.nn.Module, path: Path) -> Checkpoint:
     return Checkpoint(f"the task model {type(net).__name__}", path, [], tensors, net.config.to_dict())
 
 
-def describe_task_model(net: torch.nn.Module, seed: int) -> dict[str, Any]:
+def describe_task_model(net: torch.nn.Module, seed: int, objective: str = "classification") -> dict[str, Any]:
     """The task model for ``run.json`` (its ``architectures`` give ``recommend`` the peft task type)."""
     config = net.config
-    return {"given": f"the probe's {type(net).__name__} (the base with a fresh head seeded by {seed})",
+    made = "its own LM head" if objective == "causal-lm" else f"a fresh head seeded by {seed}"
+    return {"given": f"the probe's {type(net).__name__} (the base with {made})",
             "resolved": None, "format": "in memory", "model_type": getattr(config, "model_type", None),
             "architectures": [type(net).__name__],
             "is_encoder_decoder": bool(getattr(config, "is_encoder_decoder", False))}
@@ -171,6 +177,7 @@ def gradient_signal(net: torch.nn.Module, task_data: TaskData, tokenizer: Any, n
     from tqdm.auto import tqdm
 
     from .training.engine import (
+        batch_loss,
         collate,
         deterministic_algorithms,
         encode,
@@ -198,49 +205,50 @@ def gradient_signal(net: torch.nn.Module, task_data: TaskData, tokenizer: Any, n
     for n, p in net.named_parameters():
         p.requires_grad_(n in names)
     acc = {n: torch.zeros(p.shape, dtype=torch.float64, device=dev) for n, p in params.items()}
-    count, loss_sum = 0, 0.0
+    count, terms, loss_sum = 0, 0, 0.0
     with deterministic_algorithms(), num_threads(threads), tqdm(total=len(order), desc="gradient", unit="batch",
                                                                 disable=not progress, dynamic_ncols=True) as bar:
         for idx in order:
             batch = {k: v.to(dev) for k, v in collate(train_data, idx, pad_id, left).items()}
             logits = logits_of(net, batch).to(torch.float64)
-            loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
+            loss, n_terms = batch_loss(logits, batch["labels"])  # classification: one term per example
             net.zero_grad(set_to_none=True)
             loss.backward()
             for n, p in params.items():
                 if p.grad is not None:
                     acc[n] += p.grad.double()
-            count, loss_sum = count + len(idx), loss_sum + loss.item()
+            count, terms, loss_sum = count + len(idx), terms + n_terms, loss_sum + loss.item()
             bar.update(1)
     net.zero_grad(set_to_none=True)
     for p in net.parameters():
         p.requires_grad_(True)
-    grads = {n: (a / count).cpu() for n, a in acc.items()}
+    grads = {n: (a / terms).cpu() for n, a in acc.items()}
     per_epoch = math.ceil(len(train_data) / batch_size)
-    return grads, {"examples": count, "epochs": round(batches / per_epoch, 4), "mean_loss": loss_sum / count}
+    tokens = {} if train_data.token_labels is None else {"tokens": terms}
+    return grads, {"examples": count, **tokens, "epochs": round(batches / per_epoch, 4), "mean_loss": loss_sum / terms}
 
 
 def update_signal(net: torch.nn.Module, task_data: TaskData, tokenizer: Any, names: set[str], *, steps: int,
                   lr: float | None, batch_size: int, max_length: int, seed: int, device: str, threads: int | None,
-                  progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                  progress: bool, objective: str = "classification") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``ΔW = W_after − W_before`` (float64, on the CPU) of the parameters ``names`` after ``steps`` steps of the
     training engine, as ``train --method full`` runs them (module docstring); and the run's metrics."""
     import torch
 
-    from .training.data import Split
     from .training.engine import TrainConfig, train_model
 
     before = {n: p.detach().to("cpu", torch.float64, copy=True) for n, p in net.named_parameters() if n in names}
     per_epoch = math.ceil(len(task_data.train) / batch_size)
     config = TrainConfig(epochs=math.ceil(steps / per_epoch), lr=lr, method="full", batch_size=batch_size,
                          max_length=max_length, seed=seed, device=device, restore_best=False, progress=progress,
-                         threads=threads, max_steps=steps)
-    loop = train_model(net, replace(task_data, test=Split([], [])), tokenizer, config)  # no test evaluation
+                         threads=threads, max_steps=steps, objective=objective)
+    empty = type(task_data.test)([], [])  # no test evaluation
+    loop = train_model(net, replace(task_data, test=empty), tokenizer, config)
     after = dict(net.named_parameters())
     deltas = {n: after[n].detach().to("cpu", torch.float64) - b for n, b in before.items()}
-    keep = ("steps", "epochs_completed", "train_loss", "validation_loss", "validation_accuracy", "train_seconds",
-            "eval_seconds", "examples_per_second", "device", "threads")
-    return deltas, {"lr": config.learning_rate, **{k: loop[k] for k in keep}}
+    keep = ("steps", "epochs_completed", "train_loss", "validation_loss", "validation_accuracy", "validation_perplexity",
+            "train_seconds", "eval_seconds", "examples_per_second", "device", "threads")
+    return deltas, {"lr": config.learning_rate, **{k: loop[k] for k in keep if k in loop}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,7 +326,7 @@ def probe(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
           batches: int = DEFAULT_BATCHES, steps: int = DEFAULT_STEPS, lr: float | None = None, seed: int = 0,
           keep_vectors: int = DEFAULT_KEEP, device: str = "cpu", threads: int | None = None,
           include: Sequence[str] = (), exclude: Sequence[str] = (), taus: Sequence[float] = DEFAULT_TAUS,
-          workers: int | None = None, progress: bool = False) -> ProbeResult:
+          workers: int | None = None, progress: bool = False, objective: str = "classification") -> ProbeResult:
     """The ``gradient`` or ``update`` matrices of every module of ``model`` on ``task``, with exact spectra.
 
     Args:
@@ -333,12 +341,13 @@ def probe(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
             always float64 on the CPU, ``workers`` matrices at a time (default: the CPU count).
         include, exclude: regular expressions on module names (``re.search``), as ``spectrum``.
         taus: energy thresholds for the ``rank_XX`` columns.
+        objective: ``classification`` or ``causal-lm`` (a decoder and a causal-LM ``data`` file), as ``train``.
 
     Returns:
         :class:`ProbeResult` (``.save(out)`` writes the folder).
     """
-    from .training.data import load_task
     from .training.engine import torch_device
+    from .training.lm_data import load_task_for
     from .training.models import build_model
 
     t_start = time.perf_counter()
@@ -346,9 +355,9 @@ def probe(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     include, exclude = tuple(include), tuple(exclude)
     check_options(signal, batches, steps, keep_vectors, batch_size, max_length, lr, taus, include, exclude)
     dev = str(torch_device(device))
-    task_data = load_task(task, data, text_column=text_column, label_column=label_column, split_seed=split_seed,
-                          max_train=max_train)
-    net, tokenizer, path = build_model(model, task_data.label_names, "full", None, seed)
+    task_data = load_task_for(objective, task, data, text_column=text_column, label_column=label_column,
+                              split_seed=split_seed, max_train=max_train)
+    net, tokenizer, path = build_model(model, task_data.label_names, "full", None, seed, objective=objective)
     with open_checkpoint(model) as base_ckpt:
         alignment = align(base_ckpt, task_model_checkpoint(net, path))
         base_description = base_ckpt.describe()
@@ -362,7 +371,7 @@ def probe(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     names = {p.finetuned.name for p in selected}
     params = dict(net.named_parameters())
     base_sq = {n: float(params[n].detach().double().pow(2).sum()) for n in names}
-    inputs = {"base": base_description, "finetuned": describe_task_model(net, seed), "model": str(model),
+    inputs = {"base": base_description, "finetuned": describe_task_model(net, seed, objective), "model": str(model),
               "model_resolved": str(path), "task": task, "data": None if data is None else str(data)}
     del params
     t_loaded = time.perf_counter()
@@ -371,7 +380,7 @@ def probe(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     if signal == "gradient":
         signals, run = gradient_signal(net, task_data, tokenizer, names, batches=batches, **common)
     else:
-        signals, run = update_signal(net, task_data, tokenizer, names, steps=steps, lr=lr, **common)
+        signals, run = update_signal(net, task_data, tokenizer, names, steps=steps, lr=lr, objective=objective, **common)
     del net
     t_signal = time.perf_counter()
     n_workers = workers or (os.cpu_count() or 1)
@@ -399,7 +408,7 @@ def probe(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
         "keep_vectors": keep_vectors,
         "inputs": inputs,
         "task": task_data.describe(),
-        "options": {"signal": signal, "batches": batches if signal == "gradient" else None,
+        "options": {"objective": objective, "signal": signal, "batches": batches if signal == "gradient" else None,
                     "steps": steps if signal == "update" else None, "lr": run.get("lr"), "batch_size": batch_size,
                     "max_length": max_length, "max_train": max_train, "split_seed": split_seed, "seed": seed,
                     "keep_vectors": keep_vectors, "include": list(include), "exclude": list(exclude),

@@ -71,6 +71,7 @@ from .numerics.rank_rules import (
     rule_rank,
     validate_rank_options,
 )
+from .pairing.experts import expert_module
 from .pairing.model_layout import (
     EMBEDDING_OR_HEAD,
     OUTPUT_HEADS,
@@ -83,6 +84,16 @@ from .pairing.model_layout import (
 
 if TYPE_CHECKING:
     from .spectrum import SpectrumResult
+
+
+def fused_expert_modules(info: dict[str, Any]) -> set[str]:
+    """Module names of the experts of fused 3-D tensors in a spectrum result (``alignment.fused_experts``)."""
+    fused = (info.get("alignment") or {}).get("fused_experts") or {}
+    out: set[str] = set()
+    for tensor, entry in fused.items():
+        count = entry.get("experts", 0) if isinstance(entry, dict) else 0
+        out.update(expert_module(tensor, e) for e in range(int(count)))
+    return out
 
 
 def select_targets(table: pd.DataFrame, targets: Sequence[str], exclude_embeddings: bool = True) -> np.ndarray:
@@ -428,6 +439,15 @@ def recommend(
     warnings += task.notes
     heads = head_names(task.task)
     mask = select_targets(table, tokens, exclude_embeddings)
+    fused = fused_expert_modules(spec.info)
+    is_fused = table["module"].astype(str).isin(fused).to_numpy(dtype=bool)
+    if (mask & is_fused).any():
+        warnings.append(f"{int((mask & is_fused).sum())} experts of fused 3-D expert tensors are left out of the plan: "
+                        f"peft adapts those through target_parameters, which this LoRA config does not write")
+        mask &= ~is_fused
+        if not mask.any():
+            raise RankscopeError("--targets: selects only experts of fused 3-D expert tensors, which the LoRA config "
+                                 "cannot target (peft target_parameters is not written)")
     is_head = table["module"].astype(str).map(lambda m: head_owner(m, heads) is not None).to_numpy(dtype=bool)
     dropped = list(table["module"][mask & is_head])
     mask &= ~is_head
@@ -548,7 +568,7 @@ def plan_alpha(alpha: AlphaPolicy, rank: int, use_rslora: bool = False) -> float
 
 def _plan_table(rows: pd.DataFrame, spectra: list[np.ndarray], ranks: np.ndarray, rule_ranks: np.ndarray | None,
                 uniform: np.ndarray, alpha: AlphaPolicy, use_rslora: bool = False) -> pd.DataFrame:
-    out = rows[["module", "layer", "kind", "rows", "cols"]].copy()
+    out = rows[["module", "layer", "kind", *(["expert"] if "expert" in rows else []), "rows", "cols"]].copy()
     out["layer"] = out["layer"].astype("Int64")
     out["rank"] = ranks.astype(int)
     out["alpha"] = [plan_alpha(alpha, int(r), use_rslora) for r in ranks]

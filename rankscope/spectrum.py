@@ -24,9 +24,11 @@ from .io.checkpoints import Checkpoint, open_checkpoint
 from .io.results import peak_rss_mb, read_arrays, read_json, read_table, result_folder, versions
 from .io.skipped import skipped_notes
 from .numerics import linalg, metrics
-from .options import compile_regexes, resolve_device
+from .options import compile_regexes
 from .pairing.align import TensorPair, align
-from .pairing.deltas import DeltaNorms, delta_blocks, delta_norms, run_parallel, select_pairs
+from .pairing.align import module_name as module_of_tensor
+from .pairing.deltas import DeltaNorms, delta_blocks, delta_norms, select_pairs
+from .pairing.executors import Executor, make_executor
 
 DEFAULT_TAUS = (0.5, 0.9, 0.99)
 TABLE_COLUMNS = ("module", "layer", "kind", "rows", "cols")
@@ -66,10 +68,15 @@ class SpectrumResult:
         return Path(out)
 
     def write_data(self, folder: Path) -> None:
-        """The data files of a result: ``modules.csv``, ``vectors.csv`` and ``spectra.npz``."""
+        """The data files of a result: ``modules.csv``, ``vectors.csv``, ``spectra.npz`` and (not for LoRA
+        results) ``lora_energy.csv``, the most of each module's update a rank-r LoRA could hold, r = 4 … 64."""
+        from .figures.spectrum import lora_energy_table
+
         self.table.to_csv(folder / "modules.csv", index=False)
         self.vectors.to_csv(folder / "vectors.csv", index=False)
         np.savez(folder / "spectra.npz", **self.spectra)
+        if self.info.get("command") != "lora":
+            lora_energy_table(self).to_csv(folder / "lora_energy.csv", index=False)
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> SpectrumResult:
@@ -82,7 +89,7 @@ class SpectrumResult:
         info = read_json(out / "run.json")
         vectors = (read_table(out / "vectors.csv", ("module",), VECTOR_NUMBERS) if (out / "vectors.csv").is_file()
                    else pd.DataFrame())
-        table = read_table(out / "modules.csv", TABLE_COLUMNS, TABLE_NUMBERS)
+        table = expert_column(read_table(out / "modules.csv", TABLE_COLUMNS, TABLE_NUMBERS))
         spectra = read_arrays(out / "spectra.npz", ndim=1)
         for row in table.itertuples():
             if row.module not in spectra:
@@ -121,6 +128,26 @@ class SpectrumResult:
         return "\n".join(lines)
 
 
+def fused_experts(pairs: Sequence[TensorPair]) -> dict[str, dict[str, Any]]:
+    """``{fused tensor: {"experts": E, "layout": "[E, in, out]" | "[E, out, in]"}}`` for ``run.json``."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in pairs:
+        if p.fused:
+            entry = out.setdefault(module_of_tensor(p.base.name), {"experts": 0})
+            entry["experts"] += 1
+            entry["layout"] = "[E, in, out]" if p.transpose else "[E, out, in]"
+    return out
+
+
+def expert_column(table: pd.DataFrame) -> pd.DataFrame:
+    """``expert`` as a nullable integer column, kept only when some module is an MoE expert."""
+    if "expert" not in table:
+        return table
+    if table["expert"].isna().all():
+        return table.drop(columns="expert")
+    return table.assign(expert=table["expert"].astype("Int64"))
+
+
 def analyse_matrix(
     pair: TensorPair, base: Checkpoint, ft: Checkpoint, taus: Sequence[float], method: str, device: str
 ) -> tuple[dict[str, Any], np.ndarray]:
@@ -138,6 +165,7 @@ def analyse_matrix(
         "module": pair.module,
         "layer": pair.layer,
         "kind": pair.kind,
+        "expert": pair.expert,
         "rows": pair.rows,
         "cols": pair.cols,
         "params": pair.rows * pair.cols,
@@ -177,6 +205,8 @@ def spectrum(
     method: str = "auto",
     workers: int | None = None,
     progress: bool = False,
+    executor: str | Executor | None = None,
+    ray_address: str | None = None,
 ) -> SpectrumResult:
     """Exact singular-value spectra of every ``ΔW = W_finetuned - W_base``.
 
@@ -186,8 +216,10 @@ def spectrum(
         taus: energy thresholds for the ``rank_XX`` columns.
         device: ``cpu``, ``cuda`` (``cuda:N``) or ``auto``.
         method: ``auto`` (fastest exact per shape), ``gram``, ``svd`` or ``torch``.
-        workers: parallel matrices (default: CPU count on CPU, 1 on GPU).
+        workers: parallel matrices (default: CPU count on CPU, one per GPU).
         progress: show a progress bar on stderr.
+        executor, ray_address: ``local`` (threads; ``cuda`` uses every GPU visible) or ``ray`` (one task per
+            matrix on the cluster at ``ray_address``), see :mod:`rankscope.pairing.executors`.
 
     Returns:
         :class:`SpectrumResult` with ``.table``, ``.spectra``, ``.vectors`` and ``.info``.
@@ -199,7 +231,8 @@ def spectrum(
             raise RankscopeError(f"--tau: {tau} is not in (0, 1]")
     if method not in linalg.METHODS:
         raise RankscopeError(f"--method: unknown method '{method}' (choose from {', '.join(linalg.METHODS)})")
-    device = resolve_device(device)
+    runner = make_executor(executor, device, workers, ray_address)
+    device = runner.device
     include, exclude = tuple(include), tuple(exclude)
     compile_regexes(include, "--include"), compile_regexes(exclude, "--exclude")  # bad patterns fail before any work
     with open_checkpoint(base) as b_ckpt, open_checkpoint(finetuned) as f_ckpt:
@@ -216,12 +249,11 @@ def spectrum(
         if not matrices:
             raise RankscopeError("--include/--exclude leave no 2-D tensor to analyse")
         t_open = time.perf_counter()
-        n_workers = workers or ((os.cpu_count() or 1) if device == "cpu" else 1)
-        results = _compute(matrices, vectors, b_ckpt, f_ckpt, taus, method, device, n_workers, progress)
+        results = runner.run(matrices + vectors, analyse_pair, (b_ckpt, f_ckpt), (taus, method), progress)
         t_done = time.perf_counter()
         inputs = {"base": b_ckpt.describe(), "finetuned": f_ckpt.describe()}
     rows = [results[p.module][0] for p in matrices]
-    table = pd.DataFrame(rows)
+    table = expert_column(pd.DataFrame(rows))
     table["layer"] = table["layer"].astype("Int64")
     spectra = {p.module: results[p.module][1] for p in matrices}
     vec_table = pd.DataFrame([results[p.module] for p in vectors],
@@ -232,9 +264,10 @@ def spectrum(
         "command": "spectrum",
         "inputs": inputs,
         "options": {"include": list(include), "exclude": list(exclude), "taus": list(taus), "method": method,
-                    "workers": n_workers},
+                    "workers": runner.workers},
         "seed": None,
         "device": device,
+        "executor": runner.describe(),
         "methods_by_shape": methods,
         "alignment": {
             "base_prefix": alignment.base_prefix,
@@ -244,7 +277,9 @@ def spectrum(
             "only_in_base": alignment.only_in_base,
             "only_in_finetuned": alignment.only_in_finetuned,
             "skipped": alignment.skipped,
-            "transposed_conv1d": [p.module for p in matrices if p.transpose],
+            "transposed_conv1d": [p.module for p in matrices if p.transpose and p.expert is None],
+            **({"fused_experts": fused_experts(matrices)} if any(p.fused for p in matrices) else {}),
+            **({"tied": alignment.tied} if alignment.tied else {}),
         },
         "warnings": alignment.warnings,
         "skipped_tensors": alignment.skipped_tensors,
@@ -257,10 +292,9 @@ def spectrum(
     return SpectrumResult(table, spectra, vec_table, info)
 
 
-def _compute(matrices, vectors, b_ckpt, f_ckpt, taus, method, device, workers, progress) -> dict[str, Any]:
-    def work(pair: TensorPair):
-        if pair.is_matrix:
-            return analyse_matrix(pair, b_ckpt, f_ckpt, taus, method, device)
-        return analyse_vector(pair, b_ckpt, f_ckpt)
-
-    return run_parallel(matrices + vectors, work, workers, progress)
+def analyse_pair(pair: TensorPair, base: Checkpoint, ft: Checkpoint, device: str, taus: Sequence[float],
+                 method: str) -> Any:
+    """The job of one pair on ``device`` (an executor's work function): :func:`analyse_matrix` or :func:`analyse_vector`."""
+    if pair.is_matrix:
+        return analyse_matrix(pair, base, ft, taus, method, device)
+    return analyse_vector(pair, base, ft)

@@ -1,4 +1,4 @@
-"""The train API: fine-tune a checkpoint on a classification task (full or LoRA), evaluate one, report the run.
+"""The train API: fine-tune a checkpoint on a classification or causal-LM task (full or LoRA), evaluate one, report it.
 
 Data flow::
 
@@ -6,7 +6,8 @@ Data flow::
                                                                        └─ save_model, metrics.json, run.json ─► OUT/
 
 The pieces live in :mod:`rankscope.training`: :mod:`~rankscope.training.data` (tasks and splits),
-:mod:`~rankscope.training.models` (tokenizer, seeded classifier head, peft LoRA, saving),
+:mod:`~rankscope.training.lm_data` (causal-LM files: plain text or prompt/response, response-only labels),
+:mod:`~rankscope.training.models` (tokenizer, seeded classifier head or causal LM, peft LoRA, saving),
 :mod:`~rankscope.training.lora` (the LoRA options as given) and :mod:`~rankscope.training.engine` (the loop:
 AdamW, warm-up and linear decay, clipping, length-sorted buckets, best-on-validation weights, seeding; its
 docstring gives the defaults and the determinism rules).  :func:`train` returns a :class:`TrainResult`, a
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import RankscopeError
-from .training.data import TaskData, load_task
-from .training.engine import TrainConfig, encode, evaluate, torch_device, train_model, usable_length
+from .training.data import TaskData
+from .training.engine import OBJECTIVES, TrainConfig, encode, evaluate, torch_device, train_model, usable_length
+from .training.lm_data import LMTaskData, load_task_for
 from .training.lora import LoraSpec, init_options, load_pattern, parse_target_modules
 from .training.models import METHODS, build_init_model, build_model, lora_summary, save_model
 
@@ -32,7 +34,7 @@ if TYPE_CHECKING:  # torch and pandas are imported inside functions so that `ran
     import pandas as pd
     import torch
 
-__all__ = ["METHODS", "TrainResult", "evaluate_checkpoint", "summary_line", "train"]
+__all__ = ["METHODS", "OBJECTIVES", "TrainResult", "evaluate_checkpoint", "majority_warning", "summary_line", "train"]
 
 
 class TrainResult(Mapping[str, Any]):
@@ -97,7 +99,7 @@ class TrainResult(Mapping[str, Any]):
         return cls(read_json(out / "metrics.json"), info)
 
 
-def _run_info(inputs: dict[str, Any], task_data: TaskData, config: TrainConfig, model: torch.nn.Module,
+def _run_info(inputs: dict[str, Any], task_data: TaskData | LMTaskData, config: TrainConfig, model: torch.nn.Module,
               metrics: dict[str, Any], argv: str | None) -> dict[str, Any]:
     """Provenance for ``run.json``: inputs as given and resolved, task, options, seed, environment."""
     from .io.results import versions
@@ -126,8 +128,14 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
           r: int = 8, alpha: float = 16, target_modules: str | Sequence[str] | None = None,
           rank_pattern: dict | str | None = None, alpha_pattern: dict | str | None = None, use_rslora: bool = False,
           lora_dropout: float = 0.0, init: str | os.PathLike | None = None, threads: int | None = None,
-          progress: bool = True, argv: str | None = None, overwrite: bool = False) -> TrainResult:
+          progress: bool = True, argv: str | None = None, overwrite: bool = False, objective: str = "classification",
+          tokenizer: str | os.PathLike | None = None) -> TrainResult:
     """Fine-tune ``model`` on ``task`` with ``method`` (``full`` or ``lora``); return the metrics as a :class:`TrainResult`.
+
+    ``objective``: ``classification`` (a sequence classifier with a fresh seeded head; accuracy) or ``causal-lm``
+    (a decoder with its LM head on a plain-text or prompt/response file, the loss on the response tokens only,
+    :mod:`rankscope.training.lm_data`; held-out mean token loss and perplexity, no labels: ``label_column`` unused).
+    ``tokenizer``: a folder, ``bundled:NAME`` or Hub id to take the tokenizer from (default: the model folder's).
 
     With ``out``, writes (atomically) the trained model at the top of ``out`` (``full``: a Hugging Face
     checkpoint, ``model.safetensors`` + ``config.json``; ``lora``: ``adapter_model.safetensors`` +
@@ -152,35 +160,41 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     t_start = time.perf_counter()
     if method not in METHODS:
         raise RankscopeError(f"--method: unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if objective not in OBJECTIVES:
+        raise RankscopeError(f"--objective: unknown objective '{objective}' (choose from {', '.join(OBJECTIVES)})")
     if out is not None:
         check_output_target(Path(out), "train", overwrite)
     config = TrainConfig(epochs=epochs, lr=lr, method=method, batch_size=batch_size, max_length=max_length,
                          warmup_ratio=warmup_ratio, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
                          device=device, eval_every=eval_every, patience=patience, restore_best=restore_best,
-                         progress=progress, threads=threads)
+                         progress=progress, threads=threads, objective=objective)
     torch_device(device)  # fail on a bad device before loading anything
     if method == "lora":  # and on a bad pattern file
         load_pattern(rank_pattern, "--rank-pattern")
         load_pattern(alpha_pattern, "--alpha-pattern")
-    init_opts = _init_options(init, method, target_modules, rank_pattern, alpha_pattern, use_rslora)
+    init_opts = _init_options(init, method, target_modules, rank_pattern, alpha_pattern, use_rslora, objective)
     if init_opts is not None:
         r, alpha, target_modules = init_opts["r"], init_opts["alpha"], init_opts["target_modules"]
         rank_pattern, alpha_pattern, use_rslora = init_opts["rank_pattern"], init_opts["alpha_pattern"], init_opts["use_rslora"]
-    task_data = load_task(task, data, text_column=text_column, label_column=label_column, split_seed=split_seed,
-                          max_train=max_train, max_eval=max_eval)
+    task_data = load_task_for(objective, task, data, text_column=text_column, label_column=label_column,
+                              split_seed=split_seed, max_train=max_train, max_eval=max_eval)
     lora = LoraSpec(r, alpha, parse_target_modules(target_modules), rank_pattern, alpha_pattern, use_rslora,
                     lora_dropout) if method == "lora" else None
     warnings: list[str] = []
     notes: list[str] = []
     if init_opts is None:
-        net, tokenizer, path = build_model(model, task_data.label_names, method, lora, seed)
+        net, tok, path = build_model(model, task_data.label_names, method, lora, seed, objective=objective,
+                                     tokenizer=tokenizer)
     else:
-        net, tokenizer, path, loaded = build_init_model(model, task_data.label_names, init, lora, seed)
+        net, tok, path, loaded = build_init_model(model, task_data.label_names, init, lora, seed, objective=objective,
+                                                  tokenizer=tokenizer)
         init_info = _init_record(init, init_opts, loaded, path, warnings, notes)
     t_built = time.perf_counter()
-    loop = train_model(net, task_data, tokenizer, config)
+    loop = train_model(net, task_data, tok, config)
     metrics = {"method": method, "task": task_data.name, "model": str(model), **loop}
-    inputs = {"model": str(model), "model_resolved": str(path), "task": task, "data": None if data is None else str(data)}
+    warnings += _loop_warnings(metrics, task_data, config.max_length)
+    inputs = {"model": str(model), "model_resolved": str(path), "task": task, "data": None if data is None else str(data),
+              "tokenizer": None if tokenizer is None else str(tokenizer)}
     info = _run_info(inputs, task_data, config, net, metrics, argv)
     if init_opts is not None:
         info["init"] = init_info
@@ -189,7 +203,7 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
         return TrainResult(metrics, info)
     with atomic_output(out, "train", overwrite, info) as tmp:
         t_save = time.perf_counter()
-        files = save_model(net, tokenizer, tmp, final=resolve_output(out))
+        files = save_model(net, tok, tmp, final=resolve_output(out))
         write_json(tmp / "metrics.json", metrics)
         info["outputs"] = sorted([*files, "metrics.json", "run.json"])
         info["seconds"] = {"load": round(t_built - t_start, 3), "train": metrics["train_seconds"],
@@ -199,8 +213,37 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     return TrainResult(metrics, info)
 
 
+def majority_warning(metrics: Mapping[str, Any], task_data: TaskData) -> str | None:
+    """A warning when the validation accuracy equals the majority-class rate of the validation split (the model may
+    predict one class only: chance level), else None."""
+    accuracy = metrics.get("validation_accuracy")
+    counts = task_data.validation.label_counts(task_data.num_labels)
+    n = sum(counts)
+    if accuracy is None or not n:
+        return None
+    top = max(counts)
+    if round(accuracy * n) != top:
+        return None
+    name = task_data.label_names[counts.index(top)]
+    return (f"validation accuracy {accuracy:.4f} equals the majority-class rate ({top} of {n} validation examples are "
+            f"'{name}'): the model may predict one class only (train longer, another --lr?)")
+
+
+def _loop_warnings(metrics: Mapping[str, Any], task_data: TaskData | LMTaskData, max_length: int) -> list[str]:
+    """Warnings on a finished loop: accuracy at the majority-class rate; causal-LM examples dropped for having no
+    counted token within ``max_length``."""
+    if isinstance(task_data, TaskData):
+        warning = majority_warning(metrics, task_data)
+        return [warning] if warning else []
+    dropped = {k: v for k, v in metrics.get("dropped_examples", {}).items() if v}
+    if not dropped:
+        return []
+    what = ", ".join(f"{v} {k}" for k, v in dropped.items())
+    return [f"{what} example(s) left out: no response token within --max-length {max_length} (a longer --max-length?)"]
+
+
 def _init_options(init: str | os.PathLike | None, method: str, target_modules: Any, rank_pattern: Any,
-                  alpha_pattern: Any, use_rslora: bool) -> dict[str, Any] | None:
+                  alpha_pattern: Any, use_rslora: bool, objective: str = "classification") -> dict[str, Any] | None:
     """The adapter's LoRA options for ``init`` (None without it), after checking that nothing else sets them."""
     if init is None:
         return None
@@ -212,7 +255,7 @@ def _init_options(init: str | os.PathLike | None, method: str, target_modules: A
     if given:
         raise RankscopeError(f"--init {init} sets the ranks, alphas and targets from its adapter_config.json: "
                              f"{', '.join(given)} cannot be given with it")
-    return init_options(init)
+    return init_options(init, objective)
 
 
 def _init_record(init: str | os.PathLike, opts: dict[str, Any], loaded: dict[str, Any], model_path: Path,
@@ -237,16 +280,18 @@ def evaluate_checkpoint(model: str | os.PathLike = "bundled:minilm-base", task: 
                         adapter: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
                         text_column: str = "text", label_column: str = "label", split_seed: int = 0,
                         max_eval: int | None = None, max_length: int = 128, batch_size: int = 64,
-                        device: str = "cpu") -> dict[str, Any]:
+                        device: str = "cpu", objective: str = "classification",
+                        tokenizer: str | os.PathLike | None = None) -> dict[str, Any]:
     """Validation and test accuracy and loss of a checkpoint, optionally with a peft adapter, without training.
 
     The splits are those of :func:`train` with the same ``split_seed``, so the numbers compare with its
     ``metrics.json``.  A head missing from ``model`` (a bare ``BertModel``) is seeded fresh unless the adapter
-    brings it (``modules_to_save``), as adapters extracted from a full fine-tune do.
+    brings it (``modules_to_save``), as adapters extracted from a full fine-tune do.  ``objective="causal-lm"``:
+    mean token loss and perplexity instead of accuracy.
     """
-    task_data = load_task(task, data, text_column=text_column, label_column=label_column, split_seed=split_seed,
-                          max_eval=max_eval)
-    net, tokenizer, _ = build_model(model, task_data.label_names, "full", None, 0)
+    task_data = load_task_for(objective, task, data, text_column=text_column, label_column=label_column,
+                              split_seed=split_seed, max_eval=max_eval)
+    net, tok, _ = build_model(model, task_data.label_names, "full", None, 0, objective=objective, tokenizer=tokenizer)
     if adapter is not None:
         from peft import PeftModel
 
@@ -256,17 +301,27 @@ def evaluate_checkpoint(model: str | os.PathLike = "bundled:minilm-base", task: 
     config = TrainConfig(max_length=max_length, eval_batch_size=batch_size, device=device, progress=False)
     dev = torch_device(device)
     net.to(dev)
-    pad_id, left = tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right") == "left"
+    pad_id, left = tok.pad_token_id, getattr(tok, "padding_side", "right") == "left"
     length = usable_length(net, max_length)
-    scores = {name: evaluate(net, encode(split, tokenizer, length), pad_id, config, dev, left)
+    scores = {name: evaluate(net, encode(split, tok, length), pad_id, config, dev, left)
               for name, split in (("validation", task_data.validation), ("test", task_data.test))}
     return {"model": str(model), "adapter": None if adapter is None else str(adapter), "task": task_data.name,
             **{f"{name}_{k}": v for name, s in scores.items() for k, v in s.items()}}
 
 
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def summary_line(metrics: Mapping[str, Any]) -> str:
-    """One line: accuracies, trainable parameters and time."""
-    return (f"{metrics['method']} on {metrics['task']}: validation accuracy {metrics['validation_accuracy']:.4f}, "
-            f"test accuracy {metrics['test_accuracy']:.4f}, {metrics['trainable_params']:,} of "
+    """One line: accuracies (causal LM: token loss and perplexity), trainable parameters and time."""
+    if "validation_perplexity" in metrics:
+        scores = (f"validation loss {_score(metrics['validation_loss'])} (perplexity "
+                  f"{_score(metrics['validation_perplexity'])}), test loss {_score(metrics['test_loss'])} (perplexity "
+                  f"{_score(metrics['test_perplexity'])})")
+    else:
+        scores = (f"validation accuracy {_score(metrics['validation_accuracy'])}, test accuracy "
+                  f"{_score(metrics['test_accuracy'])}")
+    return (f"{metrics['method']} on {metrics['task']}: {scores}, {metrics['trainable_params']:,} of "
             f"{metrics['total_params']:,} parameters trainable, {metrics['steps']} steps in {metrics['seconds']:.1f} s "
             f"({metrics['examples_per_second']:.1f} examples/s)")

@@ -35,7 +35,8 @@ LAYERS: dict[int, tuple[str, ...]] = {
     5: ("rankscope.training",),
     6: ("rankscope.subspace",),
     7: ("rankscope.spectrum", "rankscope.lora", "rankscope.compare", "rankscope.ranks", "rankscope.extract",
-        "rankscope.train", "rankscope.resize", "rankscope.probe", "rankscope.init_adapter"),
+        "rankscope.train", "rankscope.resize", "rankscope.probe", "rankscope.init_adapter", "rankscope.summaries",
+        "rankscope.report"),
     8: ("rankscope.cli",),
 }
 """Layer of each module: a name here covers the module and everything under it. Imports go down or sideways."""

@@ -174,7 +174,7 @@ def compared(inputs, tmp_path_factory) -> tuple[Path, str]:
 def test_compare_writes_its_files_and_marker(compared):
     out, text = compared
     assert sorted(p.name for p in out.iterdir()) == ["amplification.csv", "compare.csv", "figures", "intruders.csv",
-                                                     "phi.npz", "run.json"]
+                                                     "phi.npz", "run.json", "summary.json"]
     info = assert_marker(out, "compare")
     figures = {"energy.png", "phi_diagonal.png", "intruders.png",
                "phi_encoder.layer.0.attention.self.query.png", "phi_encoder.layer.1.attention.self.query.png",
@@ -259,7 +259,7 @@ def test_compare_no_plots_writes_the_same_tables_without_figures(compared, input
     text = invoke("compare", inputs["base"], inputs["ft"], inputs["adapter"], "-o", out, "--no-plots", "-q")
     assert text == ""
     assert sorted(p.name for p in out.iterdir()) == ["amplification.csv", "compare.csv", "intruders.csv", "phi.npz",
-                                                     "run.json"]
+                                                     "run.json", "summary.json"]
     info = assert_marker(out, "compare")
     assert "figures" not in info.get("outputs", {})
     with_plots, _ = compared
@@ -292,7 +292,7 @@ def test_compare_adapters_matches_numpy(inputs, tmp_path, plots):
     out = tmp_path / "adapters"
     text = invoke("compare-adapters", inputs["adapter"], inputs["adapter_r4"], "-o", out,
                   *([] if plots else ["--no-plots"]))
-    expected = ["compare.csv", "phi.npz", "run.json", *(["figures"] if plots else [])]
+    expected = ["compare.csv", "phi.npz", "run.json", "summary.json", *(["figures"] if plots else [])]
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     info = assert_marker(out, "compare-adapters")
     if plots:

@@ -28,7 +28,7 @@ WORDS = "embeddings.word_embeddings"
 OUTSIDE_BLOCKS = {WORDS, "embeddings.position_embeddings", "embeddings.token_type_embeddings", POOLER}
 CHECKED = [WORDS, QUERY0, "encoder.layer.5.intermediate.dense", "encoder.layer.3.output.dense",
            "embeddings.position_embeddings", "embeddings.token_type_embeddings", POOLER]
-FIGURES = {"spectra.png", "energy.png", "heatmaps.png", "rank_by_layer.png"}
+FIGURES = {"spectra.png", "energy.png", "heatmaps.png", "rank_by_layer.png", "lora_energy.png"}
 
 
 def _package_folder(package: str) -> Path:
@@ -54,7 +54,8 @@ def cli_run(tmp_path_factory):
 def test_cli_exit_and_files(cli_run):
     res, out = cli_run
     assert res.exit_code == 0, res.output
-    assert {p.name for p in out.iterdir()} == {"modules.csv", "vectors.csv", "spectra.npz", "run.json", "figures"}
+    assert {p.name for p in out.iterdir()} == {"modules.csv", "vectors.csv", "spectra.npz", "lora_energy.csv",
+                                               "summary.json", "run.json", "figures"}
     assert {p.name for p in (out / "figures").iterdir()} == FIGURES
     assert all((out / "figures" / f).stat().st_size > 5000 for f in FIGURES)
     assert "40 matrices" in res.output

@@ -465,7 +465,7 @@ def test_vocabulary_growth_compares_common_rows(make_pair, arch):
 # --------------------------------------------------------------------------------------------------
 
 RUN_JSON_KEYS = {"inputs", "versions", "device", "methods_by_shape", "seconds", "peak_rss_mb", "seed"}
-FIGURES = {"spectra.png", "energy.png", "heatmaps.png", "rank_by_layer.png"}
+FIGURES = {"spectra.png", "energy.png", "heatmaps.png", "rank_by_layer.png", "lora_energy.png"}
 
 
 def test_save_load_round_trip(make_pair, tmp_path):
@@ -473,7 +473,8 @@ def test_save_load_round_trip(make_pair, tmp_path):
     result = run_spectrum(pair.base, pair.finetuned)
     out = tmp_path / "out"
     assert result.save(out, plots=False) == out
-    assert sorted(p.name for p in out.iterdir()) == ["modules.csv", "run.json", "spectra.npz", "vectors.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["lora_energy.csv", "modules.csv", "run.json", "spectra.npz",
+                                                     "summary.json", "vectors.csv"]
     assert not list(tmp_path.glob(".out.partial-*"))
 
     csv = pd.read_csv(out / "modules.csv")
@@ -508,7 +509,7 @@ def test_save_load_round_trip(make_pair, tmp_path):
     assert loaded.info["methods_by_shape"] == result.info["methods_by_shape"]
 
 
-def test_save_with_plots_writes_four_figures(make_pair, tmp_path):
+def test_save_with_plots_writes_every_figure(make_pair, tmp_path):
     pair = make_pair("llama", "single", "fp32")
     result = run_spectrum(pair.base, pair.finetuned)
     out = result.save(tmp_path / "out", plots=True)
@@ -525,7 +526,8 @@ def test_cli_spectrum_then_plot(make_pair, tmp_path):
     res = runner.invoke(cli_main, ["spectrum", str(pair.base), str(pair.finetuned), "-o", str(out),
                                    "--tau", "0.5,0.9", "--method", "gram", "--workers", "2", "--no-plots", "-q"])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["modules.csv", "run.json", "spectra.npz", "vectors.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["lora_energy.csv", "modules.csv", "run.json", "spectra.npz",
+                                                     "summary.json", "vectors.csv"]
     csv = pd.read_csv(out / "modules.csv")
     assert "rank_50" in csv and "rank_90" in csv and "rank_99" not in csv
     assert set(csv["method"]) == {"gram"}

@@ -23,6 +23,7 @@ from .lora import lora_cmd  # noqa: E402
 from .plot import plot_cmd  # noqa: E402
 from .probe import probe_cmd  # noqa: E402
 from .recommend import recommend_cmd  # noqa: E402
+from .report import report_cmd  # noqa: E402
 from .resize import resize_cmd  # noqa: E402
 from .spectrum import spectrum_cmd  # noqa: E402
 from .train import train_cmd  # noqa: E402
@@ -40,7 +41,7 @@ def main(debug: bool) -> None:
 
 
 COMMANDS = (spectrum_cmd, lora_cmd, compare_cmd, compare_adapters_cmd, train_cmd, plot_cmd, recommend_cmd, extract_cmd,
-            intrinsic_dim_cmd, probe_cmd, resize_cmd)
+            intrinsic_dim_cmd, probe_cmd, resize_cmd, report_cmd)
 for _command in COMMANDS:
     main.add_command(_command)
 

@@ -12,6 +12,8 @@ import click
 from ..options import compile_regex, compile_regexes
 from .support import (
     OneLineCommand,
+    device_option,
+    executor_option,
     finish,
     handle_errors,
     include_option,
@@ -19,6 +21,8 @@ from .support import (
     out_option,
     overwrite_option,
     quiet_option,
+    ray_address_option,
+    workers_option,
 )
 
 
@@ -35,12 +39,18 @@ from .support import (
 @click.option("--epsilon", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
               help="Intruder threshold on the best |cos| with the base's singular vectors.")
 @click.option("--phi-modules", metavar="REGEX", default=None, help="Modules for φ(i, j) heatmaps [default: first/last layers].")
+@device_option("Where the dense float64 SVDs run: cpu, cuda, cuda:N or auto.")
+@workers_option("Modules in parallel [default: 1; each holds several dense copies of its matrix].")
+@executor_option("local: threads on this machine (with --device cuda, one per visible GPU); ray: one Ray task per "
+                 "module, checkpoints and adapter re-read by path on the nodes (pip install 'rankscope[ray]').")
+@ray_address_option()
 @no_plots_option()
 @quiet_option("No progress bar and no summary table.")
 @overwrite_option()
 @handle_errors
 def compare_cmd(base: str, finetuned: str, adapter: str, out: Path, include: tuple[str, ...], phi_max: int, k: int,
-                epsilon: float, phi_modules: str | None, no_plots: bool, quiet: bool, overwrite: bool) -> None:
+                epsilon: float, phi_modules: str | None, device: str, workers: int | None, executor: str,
+                ray_address: str | None, no_plots: bool, quiet: bool, overwrite: bool) -> None:
     """Compare a LoRA ADAPTER with the full fine-tune FINETUNED of the same BASE, module by module.
 
     Writes OUT/compare.csv, amplification.csv, intruders.csv, phi.npz, run.json and figures/.
@@ -55,7 +65,7 @@ def compare_cmd(base: str, finetuned: str, adapter: str, out: Path, include: tup
         compile_regex(phi_modules, "--phi-modules")
     compile_regexes(include, "--include")
     result = compare(base, finetuned, adapter, include=include, phi_max=phi_max, k=k, epsilon=epsilon,
-                     progress=not quiet)
+                     progress=not quiet, device=device, workers=workers, executor=executor, ray_address=ray_address)
     result.info["options"]["phi_modules"] = phi_modules
     finish(result, out, quiet=quiet, overwrite=overwrite, plots=not no_plots,
            summary=result.summary)

@@ -18,11 +18,13 @@ from .support import (  # noqa: E402
     OneLineCommand,
     device_option,
     exclude_option,
+    executor_option,
     finish,
     handle_errors,
     out_option,
     overwrite_option,
     quiet_option,
+    ray_address_option,
     workers_option,
 )
 
@@ -66,7 +68,10 @@ def _targets(ctx: click.Context, param: click.Parameter, value: str | None) -> s
 @click.option("--no-optimum", is_flag=True,
               help="Skip the exact spectrum (Eckart–Young optimum column); lets auto pick the randomized SVD.")
 @device_option()
-@workers_option("Modules in parallel [default: CPU count].")
+@workers_option("Modules in parallel [default: CPU count; one per GPU].")
+@executor_option("local: threads on this machine (with --device cuda, one per visible GPU); ray: one Ray task per "
+                 "module, checkpoints re-opened by path on the nodes (pip install 'rankscope[ray]').")
+@ray_address_option()
 @click.option("--model-check", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Cross-check module names and layer types with the model class built on the meta device "
                    "(imports transformers, ~2-3 s); auto: only when the checkpoint's names look unusual.")
@@ -76,8 +81,8 @@ def _targets(ctx: click.Context, param: click.Parameter, value: str | None) -> s
 def extract_cmd(base: str, finetuned: str, out: Path, rank: int | None, config: Path | None, alpha: float | None,
                 use_rslora: bool, targets: str | None, exclude: tuple[str, ...], embeddings: str,
                 save_modules: tuple[str, ...], bias: str | None, method: str, power_iterations: int, oversample: int,
-                seed: int, no_optimum: bool, device: str, workers: int | None, model_check: str, quiet: bool,
-                overwrite: bool) -> None:
+                seed: int, no_optimum: bool, device: str, workers: int | None, executor: str, ray_address: str | None,
+                model_check: str, quiet: bool, overwrite: bool) -> None:
     """Extract a LoRA adapter from a full fine-tune: rank-r truncated SVD of every ΔW = FINETUNED − BASE.
 
     Writes a peft adapter (OUT/adapter_config.json, OUT/adapter_model.safetensors) whose merge gives
@@ -100,7 +105,7 @@ def extract_cmd(base: str, finetuned: str, out: Path, rank: int | None, config: 
                      use_rslora=use_rslora, exclude=exclude, embeddings=embeddings, save_modules=save_modules,
                      bias=bias, method=method, power_iterations=power_iterations, oversample=oversample, seed=seed,
                      optimum=not no_optimum, device=device, workers=workers, check_model=model_check,
-                     progress=not quiet)
+                     progress=not quiet, executor=executor, ray_address=ray_address)
     finish(result, out, quiet=quiet, overwrite=overwrite, started=t0)
 
 

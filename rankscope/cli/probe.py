@@ -24,7 +24,7 @@ from .support import (
     quiet_option,
     tau_option,
 )
-from .train import task_help
+from .train import objective_option, task_help
 
 SIGNALS = ("gradient", "update")
 ONLY_FOR = {"batches": "gradient", "steps": "update", "lr": "update"}
@@ -48,6 +48,7 @@ def misplaced_options(signal: str) -> list[str]:
               help="CSV/TSV/JSONL file with a text and a label column (instead of a built-in task).")
 @click.option("--text-column", default="text", show_default=True, help="Text column of --data.")
 @click.option("--label-column", default="label", show_default=True, help="Label column of --data.")
+@objective_option()
 @click.option("--signal", type=click.Choice(SIGNALS), default="gradient", show_default=True,
               help="gradient: ∂L/∂W at the base weights; update: ΔW after --steps full fine-tuning steps.")
 @click.option("--batches", type=int, default=8, show_default=True,
@@ -72,9 +73,9 @@ def misplaced_options(signal: str) -> list[str]:
 @quiet_option("No progress bars and no summary.")
 @overwrite_option()
 @handle_errors
-def probe_cmd(model: str, task: str | None, data: Path | None, text_column: str, label_column: str, signal: str,
-              batches: int, steps: int, lr: float | None, batch_size: int, max_length: int, max_train: int | None,
-              seed: int, split_seed: int, keep_vectors: int, device: str, threads: int | None,
+def probe_cmd(model: str, task: str | None, data: Path | None, text_column: str, label_column: str, objective: str,
+              signal: str, batches: int, steps: int, lr: float | None, batch_size: int, max_length: int,
+              max_train: int | None, seed: int, split_seed: int, keep_vectors: int, device: str, threads: int | None,
               include: tuple[str, ...], exclude: tuple[str, ...], taus: tuple[float, ...], out: Path,
               no_plots: bool, quiet: bool, overwrite: bool) -> None:
     """Spectra of the loss gradient at the base weights, or of a short full fine-tune's ΔW.
@@ -100,5 +101,6 @@ def probe_cmd(model: str, task: str | None, data: Path | None, text_column: str,
     result = probe(model, task, signal, data=data, text_column=text_column, label_column=label_column,
                    split_seed=split_seed, max_train=max_train, max_length=max_length, batch_size=batch_size,
                    batches=batches, steps=steps, lr=lr, seed=seed, keep_vectors=keep_vectors, device=device,
-                   threads=threads, include=include, exclude=exclude, taus=taus, progress=not quiet)
+                   threads=threads, include=include, exclude=exclude, taus=taus, progress=not quiet,
+                   objective=objective)
     finish(result, out, quiet=quiet, overwrite=overwrite, plots=not no_plots, started=t0)

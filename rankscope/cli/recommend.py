@@ -13,12 +13,14 @@ import click
 from .support import (
     OneLineCommand,
     device_option,
+    executor_option,
     finish,
     handle_errors,
     no_plots_option,
     out_option,
     overwrite_option,
     quiet_option,
+    ray_address_option,
     workers_option,
 )
 
@@ -52,6 +54,9 @@ from .support import (
               help="Gradient probe: LoRA-One's gamma, s*B*A = -(s/gamma)*G_r/sigma_1  [default: 128].")
 @device_option("Spectra on the fly: cpu, cuda, cuda:N or auto.")
 @workers_option("Spectra on the fly: matrices in parallel.")
+@executor_option("Spectra on the fly: local threads (with --device cuda, one per visible GPU) or one Ray task "
+                 "per matrix (pip install 'rankscope[ray]').")
+@ray_address_option()
 @no_plots_option("Skip the figure.")
 @quiet_option()
 @overwrite_option()
@@ -59,7 +64,8 @@ from .support import (
 def recommend_cmd(source: str, finetuned: str | None, out: Path, rule: str, targets: str, min_rank: int,
                   max_rank: int | None, snap: str | None, alpha: str, gain: str, use_rslora: bool,
                   exclude_embeddings: bool, init_from: str | None, init_scale: float | None, device: str,
-                  workers: int | None, no_plots: bool, quiet: bool, overwrite: bool) -> None:
+                  workers: int | None, executor: str, ray_address: str | None, no_plots: bool, quiet: bool,
+                  overwrite: bool) -> None:
     """Recommend a LoRA rank per module from the spectra of SOURCE.
 
     SOURCE is a `rankscope spectrum`, `rankscope probe` or `rankscope lora` result folder, or give
@@ -71,12 +77,15 @@ def recommend_cmd(source: str, finetuned: str | None, out: Path, rule: str, targ
     Example: rankscope recommend bundled:minilm-base bundled:minilm-finetuned --rule budget:500k -o out/ranks
     """
     from ..io.results import check_output_target
+    from ..pairing.executors import executor_defaults
     from ..ranks import recommend
 
     t0 = time.perf_counter()
     check_output_target(out, "recommend", overwrite)
-    plan = recommend(source, finetuned, rule=rule, targets=targets, min_rank=min_rank, max_rank=max_rank, snap=snap,
-                     alpha=alpha, gain=gain, use_rslora=use_rslora, exclude_embeddings=exclude_embeddings,
-                     init_from=init_from, init_scale=init_scale, device=device, workers=workers, progress=not quiet)
+    with executor_defaults(executor, ray_address):  # the executor of the spectra computed on the fly
+        plan = recommend(source, finetuned, rule=rule, targets=targets, min_rank=min_rank, max_rank=max_rank,
+                         snap=snap, alpha=alpha, gain=gain, use_rslora=use_rslora,
+                         exclude_embeddings=exclude_embeddings, init_from=init_from, init_scale=init_scale,
+                         device=device, workers=workers, progress=not quiet)
     finish(plan, out, quiet=quiet, overwrite=overwrite, plots=not no_plots, started=t0,
            notes=plan.spectrum.info if plan.spectrum is not None else {})

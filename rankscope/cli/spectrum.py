@@ -11,6 +11,7 @@ from .support import (
     OneLineCommand,
     device_option,
     exclude_option,
+    executor_option,
     finish,
     handle_errors,
     include_option,
@@ -18,6 +19,7 @@ from .support import (
     out_option,
     overwrite_option,
     quiet_option,
+    ray_address_option,
     tau_option,
     workers_option,
 )
@@ -33,14 +35,16 @@ from .support import (
 @device_option()
 @click.option("--method", type=click.Choice(["auto", "gram", "svd", "torch"]), default="auto", show_default=True,
               help="Exact singular-value method; auto picks the fastest measured one per shape.")
-@workers_option()
+@workers_option("Matrices processed in parallel [default: CPU count; one per GPU].")
+@executor_option()
+@ray_address_option()
 @no_plots_option("Skip figures (render later with `rankscope plot OUT`).")
 @quiet_option("No progress bar and no summary table.")
 @overwrite_option()
 @handle_errors
 def spectrum_cmd(base: str, finetuned: str, out: Path, include: tuple[str, ...], exclude: tuple[str, ...],
-                 taus: tuple[float, ...], device: str, method: str, workers: int | None, no_plots: bool, quiet: bool,
-                 overwrite: bool) -> None:
+                 taus: tuple[float, ...], device: str, method: str, workers: int | None, executor: str,
+                 ray_address: str | None, no_plots: bool, quiet: bool, overwrite: bool) -> None:
     """Exact singular-value spectrum of every ΔW = FINETUNED − BASE, with per-module ranks.
 
     Writes OUT/modules.csv, OUT/vectors.csv, OUT/spectra.npz, OUT/run.json and OUT/figures/.
@@ -53,5 +57,5 @@ def spectrum_cmd(base: str, finetuned: str, out: Path, include: tuple[str, ...],
     t0 = time.perf_counter()
     check_output_target(out, "spectrum", overwrite)
     result = spectrum(base, finetuned, include=include, exclude=exclude, taus=taus, device=device, method=method,
-                      workers=workers, progress=not quiet)
+                      workers=workers, progress=not quiet, executor=executor, ray_address=ray_address)
     finish(result, out, quiet=quiet, overwrite=overwrite, plots=not no_plots, started=t0)

@@ -1,7 +1,7 @@
 """Click plumbing shared by every command: one-line errors with exit status 2, the shared options, the ending.
 
-Every option that several commands take (``-o/--out``, ``--tau``, ``--device``, ``--workers``, ``--no-plots``,
-``-q/--quiet``, ``--overwrite``, ``--include``/``--exclude``) is defined once here, as a decorator factory
+Every option that several commands take (``-o/--out``, ``--tau``, ``--device``, ``--workers``, ``--executor``,
+``--ray-address``, ``--no-plots``, ``-q/--quiet``, ``--overwrite``, ``--include``/``--exclude``) is defined once here, as a decorator factory
 whose help text a command may reword; :func:`finish` is the one way a command ends.
 """
 
@@ -70,8 +70,28 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()) if "\n" in text or "\r" in text else text
 
 
+JSON_HELP = "Print the result's key figures (its summary.json) as JSON on stdout instead of the text summary."
+NO_JSON = ("plot", "report")
+"""Commands that write no result folder, hence no summary.json."""
+
+
+def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta["rankscope.json"] = bool(value)
+    return value
+
+
 class OneLineCommand(click.Command):
-    """Option and argument errors follow the same contract as input errors: one line, status 2."""
+    """Option and argument errors follow the same contract as input errors: one line, status 2.
+
+    Every command that writes a result folder also gets ``--json`` (like ``--debug``, on every command):
+    :func:`finish` then prints ``summary.json`` instead of the text summary.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.name not in NO_JSON:
+            self.params.append(click.Option(["--json", "json_summary"], is_flag=True, expose_value=False,
+                                            is_eager=True, callback=_remember_json, help=JSON_HELP))
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
@@ -117,6 +137,23 @@ def device_option(help: str = DEVICE_HELP) -> Decorator:
 def workers_option(help: str = "Matrices processed in parallel [default: CPU count].") -> Decorator:
     """``--workers N``: parallel workers (None: the analysis picks)."""
     return click.option("--workers", type=click.IntRange(min=1), default=None, help=help)
+
+
+EXECUTOR_HELP = ("local: threads on this machine (with --device cuda, one per visible GPU); ray: one Ray task per "
+                 "matrix, checkpoints re-opened by path on the nodes (pip install 'rankscope[ray]').")
+RAY_ADDRESS_HELP = ("With --executor ray: auto (the running cluster), HOST:PORT or ray://HOST:PORT  "
+                    "[default: start or join a local cluster].")
+
+
+def executor_option(help: str = EXECUTOR_HELP) -> Decorator:
+    """``--executor local|ray``: where the per-matrix jobs run (:mod:`rankscope.pairing.executors`)."""
+    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help=help)
+
+
+def ray_address_option(help: str = RAY_ADDRESS_HELP) -> Decorator:
+    """``--ray-address ADDR``: the Ray cluster of ``--executor ray`` (None: ``ray.init()`` starts or joins one)."""
+    return click.option("--ray-address", metavar="ADDR", default=None, help=help)
 
 
 def no_plots_option(help: str = "Skip figures.") -> Decorator:
@@ -181,6 +218,11 @@ def finish(result: Any, out: Path, *, quiet: bool, overwrite: bool = False, plot
     if not saved:
         result.info["argv"] = argv_line()
         result.save(out, overwrite=overwrite, **({} if plots is None else {"plots": plots}))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("rankscope.json"):
+        summary_file = Path(out) / "summary.json"
+        click.echo(summary_file.read_text() if summary_file.is_file() else "{}")
+        return
     if quiet:
         return
     click.echo(result.summary() if summary is None else summary())

@@ -1,16 +1,17 @@
-"""``rankscope train``: fine-tune a classifier, full or LoRA, and save it with its metrics.
+"""``rankscope train``: fine-tune a classifier or a causal LM, full or LoRA, and save it with its metrics.
 
 A thin layer over :func:`rankscope.train.train`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from ..errors import RankscopeError
-from ..train import METHODS  # light: torch loads only when training starts
+from ..train import METHODS, OBJECTIVES  # light: torch loads only when training starts
 from ..training.data import task_names
 from .support import (
     OneLineCommand,
@@ -32,6 +33,26 @@ def task_help() -> str:
 LORA_ONLY = ("r", "alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora")
 
 
+def typed(name: str) -> bool:
+    """Whether the option ``name`` was typed on the command line."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
+def objective_option() -> Callable[[Callable], Callable]:
+    """``--objective classification|causal-lm`` (shared by the commands that train through the engine)."""
+    return click.option("--objective", type=click.Choice(OBJECTIVES), default="classification", show_default=True,
+                        help="classification: a label per text (accuracy); causal-lm: next-token loss of a decoder on "
+                             "a .txt or .jsonl file (text, or prompt/response with the loss on the response).")
+
+
+def tokenizer_option() -> Callable[[Callable], Callable]:
+    """``--tokenizer NAME_OR_PATH``: the tokenizer when the model folder has none."""
+    return click.option("--tokenizer", default=None, metavar="NAME_OR_PATH",
+                        help="Tokenizer folder or Hub id  [default: the model folder's].")
+
+
 def lora_options_given() -> list[str]:
     """The LoRA-only options that were typed on the command line."""
     from click.core import ParameterSource
@@ -45,11 +66,14 @@ def lora_options_given() -> list[str]:
               help="Local HF folder, Hub id or bundled:minilm-base.")
 @click.option("--task", default=None, metavar="TASK", help=task_help() + "  [default: rotten-tomatoes]")
 @click.option("--data", type=click.Path(path_type=Path), default=None, metavar="FILE",
-              help="CSV/TSV/JSONL file with a text and a label column (instead of a built-in task).")
+              help="CSV/TSV/JSONL file with a text and a label column (instead of a built-in task); causal-lm: "
+                   ".txt or .jsonl.")
 @click.option("--text-column", default="text", show_default=True, help="Text column of --data.")
 @click.option("--label-column", default="label", show_default=True, help="Label column of --data.")
+@objective_option()
+@tokenizer_option()
 @click.option("--method", type=click.Choice(METHODS), default="full", show_default=True,
-              help="full: every weight trainable; lora: a peft LoRA adapter plus the classifier head.")
+              help="full: every weight trainable; lora: a peft LoRA adapter (plus the classifier head).")
 @click.option("--r", "r", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True,
               help="LoRA alpha (scale alpha/r, alpha/sqrt(r) with --use-rslora).")
@@ -83,22 +107,29 @@ def lora_options_given() -> list[str]:
 @quiet_option()
 @overwrite_option()
 @handle_errors
-def train_cmd(model: str, task: str | None, data: Path | None, text_column: str, label_column: str, method: str, r: int,
-              alpha: float, target_modules: str | None, rank_pattern: str | None, alpha_pattern: str | None,
+def train_cmd(model: str, task: str | None, data: Path | None, text_column: str, label_column: str, objective: str,
+              tokenizer: str | None, method: str, r: int, alpha: float, target_modules: str | None, rank_pattern: str | None, alpha_pattern: str | None,
               use_rslora: bool, lora_config: str | None, init: str | None, epochs: int, lr: float | None, batch_size: int,
               max_length: int, max_train: int | None, max_eval: int | None, seed: int, split_seed: int, device: str,
               eval_every: int | None, patience: int | None, threads: int | None, last: bool, out: Path, quiet: bool,
               overwrite: bool) -> None:
-    """Fine-tune MODEL on a classification task (full or LoRA) and save it with its metrics.
+    """Fine-tune MODEL on a classification task, or a decoder on text (--objective causal-lm), full or LoRA.
 
     Writes the model (full: HF checkpoint; lora: peft adapter), the tokenizer, OUT/metrics.json and
-    OUT/run.json.  The test accuracy is that of the best validation checkpoint (--last: the final one).
+    OUT/run.json.  The test scores are those of the best validation checkpoint (--last: the final one):
+    accuracy, or for causal-lm the mean token loss and perplexity.
 
     Example: rankscope train --task rotten-tomatoes --method lora --max-train 2000 -o runs/lora
     """
     from ..io.results import check_output_target
 
     check_output_target(out, "train", overwrite)
+    if objective == "causal-lm":
+        if data is None and task is None:
+            raise RankscopeError("--objective causal-lm needs --data FILE (.txt, or .jsonl with text or "
+                                 "prompt/response)")
+        if typed("label_column"):
+            raise RankscopeError("--label-column only applies to --objective classification")
     if task is None:
         task = Path(data).stem if data is not None else "rotten-tomatoes"
     given = lora_options_given()
@@ -128,6 +159,7 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
                     batch_size=batch_size, max_length=max_length, device=device, eval_every=eval_every,
                     patience=patience, restore_best=not last, r=r, alpha=alpha, target_modules=target_modules,
                     rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_rslora=use_rslora, init=init,
-                    threads=threads, progress=not quiet, argv=argv_line(), overwrite=overwrite)
+                    threads=threads, progress=not quiet, argv=argv_line(), overwrite=overwrite, objective=objective,
+                    tokenizer=tokenizer)
     finish(None, out, quiet=quiet, saved=True, summary=lambda: summary_line(metrics),
            notes={"warnings": metrics.info.get("warnings", []), "notes": metrics.info.get("notes", [])})

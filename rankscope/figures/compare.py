@@ -88,7 +88,7 @@ def plot_intruders(result: CompareLike, path: Path, plt: Any, sns: Any) -> str |
                              layout="constrained")
     vmax = max(1, int(layered[["intruders_full", "intruders_lora"]].to_numpy().max()))
     for ax, col, title in zip(axes, ("intruders_full", "intruders_lora"), ("full fine-tuning", "LoRA"), strict=True):
-        grid = layered.pivot_table(index="layer", columns="kind", values=col, aggfunc="first")[kinds]
+        grid = layered.pivot_table(index="layer", columns="kind", values=col, aggfunc="median").reindex(columns=kinds)
         sns.heatmap(grid, ax=ax, annot=True, fmt=".0f", cmap="rocket_r", vmin=0, vmax=vmax, cbar_kws={"shrink": 0.8})
         ax.set_title(f"{title}: intruders among top-{k} (ε = {eps})")
         ax.set_xlabel("module kind")

@@ -40,7 +40,7 @@ def render_rank_figure(plan: RankPlanLike, path: Path) -> str:
         ax.set_axis_off()
     else:
         lkinds = list(dict.fromkeys(layered["kind"]))
-        grid = layered.pivot_table(index="layer", columns="kind", values="rank", aggfunc="first")[lkinds]
+        grid = layered.pivot_table(index="layer", columns="kind", values="rank", aggfunc="median").reindex(columns=lkinds)
         sns.heatmap(grid, ax=ax, annot=grid.size <= 400, fmt=".0f", cmap="mako_r", cbar_kws={"shrink": 0.8},
                     annot_kws={"fontsize": 7})
         ax.set_title("recommended rank")

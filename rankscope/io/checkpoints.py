@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import RankscopeError
 from .hub import HUB_ID, from_hub
+from .quantized import QuantSpec, apply_block_scales, find_quantized, fp8_values, mxfp4_values
 
 SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, int]] = {
     "F64": (np.dtype("<f8"), 8),
@@ -71,10 +72,11 @@ class TensorInfo:
     dtype: str
     file: Path
     offset: int = 0  # absolute byte offset of the data (safetensors only)
+    quant: QuantSpec | None = None  # stored quantized: read dequantized (rankscope.io.quantized)
 
     @property
     def is_float(self) -> bool:
-        return self.dtype in SAFETENSORS_DTYPES
+        return self.dtype in SAFETENSORS_DTYPES or self.quant is not None
 
     @property
     def numel(self) -> int:
@@ -222,37 +224,90 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
     config: dict[str, Any] | None = None
     fmt: str = "safetensors"
+    physical: dict[str, TensorInfo] = field(default_factory=dict, repr=False)
+    """Stored parts of dequantized weights (FP8 weights and scales, MXFP4 blocks and scales), by name."""
     _fds: dict[Path, int] = field(default_factory=dict, repr=False)
     _torch_state: dict[Path, dict] = field(default_factory=dict, repr=False)
 
-    def read_rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def read_rows(self, name: str, start: int = 0, stop: int | None = None, expert: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of tensor ``name`` as a 2-D float array.
+
+        Without ``expert`` the tensor is viewed as ``(shape[0], prod(shape[1:]))``; with ``expert`` a 3-D
+        ``[E, a, b]`` tensor is expert ``expert``'s ``a x b`` matrix.  Dequantized weights (FP8 block-scaled,
+        MXFP4) come back as exact float64, other float types as float32 (float64 for F64 data).
+        """
         info = self.tensors[name]
-        rows = info.shape[0] if info.shape else 1
-        cols = info.numel // rows if rows else 0
+        if expert is not None:
+            rows, cols = info.shape[1], info.numel // (info.shape[0] * info.shape[1])
+        else:
+            rows = info.shape[0] if info.shape else 1
+            cols = info.numel // rows if rows else 0
         stop = rows if stop is None else stop
+        if info.quant is not None:
+            return self._read_quantized(info, start, stop, cols, expert)
+        first = start if expert is None else expert * rows + start
         if self.fmt == "bin":
-            return self._read_torch(info, start, stop, cols)
-        dtype, item = SAFETENSORS_DTYPES[info.dtype]
-        count = (stop - start) * cols
-        buf = np.empty(count, dtype=dtype)
+            return self._read_torch(info, first, first + stop - start, cols)
+        return self._read_plain(info, first, stop - start, cols)
+
+    def _pread(self, info: TensorInfo, byte_offset: int, buf: np.ndarray) -> None:
         fd = self._fds.get(info.file)
         if fd is None:
             fd = self._fds.setdefault(info.file, os.open(info.file, os.O_RDONLY))
-        want = count * item
-        got = os.preadv(fd, [memoryview(buf).cast("B")], info.offset + start * cols * item)
-        if got != want:
-            raise RankscopeError(f"{info.file}: short read of tensor '{name}' (file changed or truncated)")
+        got = os.preadv(fd, [memoryview(buf).cast("B")], info.offset + byte_offset)
+        if got != buf.nbytes:
+            raise RankscopeError(f"{info.file}: short read of tensor '{info.name}' (file changed or truncated)")
+
+    def _read_plain(self, info: TensorInfo, first: int, count: int, cols: int) -> np.ndarray:
+        """``count`` rows of ``cols`` values from flat row ``first`` of a float tensor, widened to float32/64."""
+        dtype, item = SAFETENSORS_DTYPES[info.dtype]
+        buf = np.empty(count * cols, dtype=dtype)
+        self._pread(info, first * cols * item, buf)
         if info.dtype == "BF16":
             buf = _bf16_to_f32(buf)
         elif info.dtype == "F16":
             buf = buf.astype(np.float32)
-        return buf.reshape(stop - start, cols)
+        return buf.reshape(count, cols)
+
+    def _read_bytes(self, info: TensorInfo, byte_offset: int, count: int) -> np.ndarray:
+        buf = np.empty(count, dtype=np.uint8)
+        self._pread(info, byte_offset, buf)
+        return buf
+
+    def _read_quantized(self, info: TensorInfo, start: int, stop: int, cols: int, expert: int | None) -> np.ndarray:
+        spec = info.quant
+        assert spec is not None
+        if spec.scheme == "fp8-block":
+            weight, scale = (self.physical[n] for n in spec.parts)
+            codes = self._read_bytes(weight, start * cols, (stop - start) * cols).reshape(stop - start, cols)
+            values = fp8_values(codes, weight.dtype)
+            if stop <= start:
+                return values
+            first, last = start // spec.block[0], (stop - 1) // spec.block[0] + 1
+            scales = self._read_plain(scale, first, last - first, scale.shape[1]).astype(np.float64)
+            return apply_block_scales(values, scales, spec.block, start)
+        if expert is None:  # the whole [E, in, out] tensor viewed as (E, in*out)
+            e0, e1 = start, stop
+            per = [self._read_mxfp4(info, e, 0, info.shape[1]).reshape(-1) for e in range(e0, e1)]
+            return np.stack(per) if per else np.zeros((0, cols))
+        return self._read_mxfp4(info, expert, start, stop)
+
+    def _read_mxfp4(self, info: TensorInfo, expert: int, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (input features) of expert ``expert`` of an MXFP4 ``[E, 32G, R]`` weight."""
+        assert info.quant is not None
+        blocks, scales = (self.physical[n] for n in info.quant.parts)
+        _, rows, groups, nbytes = blocks.shape
+        g0, g1 = start // 32, max(start // 32, (stop - 1) // 32 + 1)
+        raw = self._read_bytes(blocks, expert * rows * groups * nbytes, rows * groups * nbytes)
+        exps = self._read_bytes(scales, expert * rows * groups, rows * groups)
+        values = mxfp4_values(raw.reshape(rows, groups, nbytes)[:, g0:g1], exps.reshape(rows, groups)[:, g0:g1])
+        return np.ascontiguousarray(values.T[start - 32 * g0:stop - 32 * g0])
 
     def _read_torch(self, info: TensorInfo, start: int, stop: int, cols: int) -> np.ndarray:
         import torch
 
         tensor = self._torch_state[info.file][info.name]
-        block = tensor.reshape(tensor.shape[0] if tensor.dim() else 1, cols)[start:stop]
+        block = tensor.reshape(-1, max(cols, 1))[start:stop]
         dtype = torch.float64 if block.dtype == torch.float64 else torch.float32
         return block.to(dtype).contiguous().numpy()
 
@@ -281,6 +336,9 @@ class Checkpoint:
             "model_type": config.get("model_type"),
             "architectures": config.get("architectures"),
             "is_encoder_decoder": bool(config.get("is_encoder_decoder", False)),
+            **({"dequantized": {s: sum(1 for t in self.tensors.values() if t.quant and t.quant.scheme == s)
+                                for s in sorted({t.quant.scheme for t in self.tensors.values() if t.quant})}}
+               if self.physical else {}),
         }
 
 
@@ -457,10 +515,33 @@ def open_checkpoint(given: str | os.PathLike) -> Checkpoint:
         tensors.update(read_safetensors_header(f))
     if not tensors:
         raise RankscopeError(f"{path}: checkpoint holds no tensors")
-    return Checkpoint(str(given), path, files, tensors, config, "safetensors")
+    tensors, physical = _dequantized_views(tensors, config)
+    return Checkpoint(str(given), path, files, tensors, config, "safetensors", physical=physical)
 
 
-def read_matrix(ckpt: Checkpoint, name: str, rows: int | None = None, transpose: bool = False) -> np.ndarray:
-    """A whole tensor as a float64 ``out x in`` matrix (first ``rows`` stored rows; Conv1D transposed)."""
-    block = ckpt.read_rows(name, 0, rows).astype(np.float64)
+def _dequantized_views(tensors: dict[str, TensorInfo], config: dict[str, Any] | None,
+                       ) -> tuple[dict[str, TensorInfo], dict[str, TensorInfo]]:
+    """Replace the parts of FP8 block-scaled and MXFP4 weights by one logical tensor each (read dequantized)."""
+    found, _ = find_quantized({n: (t.shape, t.dtype) for n, t in tensors.items()}, config)
+    if not found:
+        return tensors, {}
+    physical: dict[str, TensorInfo] = {}
+    for spec in (spec for _, _, spec in found.values()):
+        for part in spec.parts:
+            physical[part] = tensors[part]
+    out = {n: t for n, t in tensors.items() if n not in physical}
+    for logical, (shape, dtype, spec) in found.items():
+        first = tensors[spec.parts[0]]
+        out[logical] = TensorInfo(logical, shape, dtype, first.file, first.offset, spec)
+    return out, physical
+
+
+def read_matrix(ckpt: Checkpoint, name: str, rows: int | None = None, transpose: bool = False,
+                expert: int | None = None) -> np.ndarray:
+    """A whole tensor (or one expert of a fused ``[E, a, b]`` tensor) as a float64 ``out x in`` matrix.
+
+    ``rows`` keeps the first stored rows; ``transpose`` turns an ``in x out`` layout (Conv1D, gpt-oss experts)
+    into ``out x in``.
+    """
+    block = ckpt.read_rows(name, 0, rows, expert=expert).astype(np.float64)
     return np.ascontiguousarray(block.T) if transpose else block

@@ -32,7 +32,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -371,6 +371,7 @@ def atomic_output(out: str | os.PathLike, command: str | None = None, overwrite:
         held = interrupts.release(held)  # a pending signal raises here, inside the clean-up's reach
         yield tmp
         if info is not None:
+            write_summary(tmp, info)
             files = sorted({*(f for f in _relative_files(tmp) if f != PARTIAL_MARKER), "run.json"})
             info[MARKER] = make_marker(command or str(info.get("command")), files)
             write_json(tmp / "run.json", info)
@@ -383,6 +384,30 @@ def atomic_output(out: str | os.PathLike, command: str | None = None, overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
         interrupts.release(held)
         raise
+
+
+SUMMARY_FILE = "summary.json"
+_SUMMARY_MAKERS: list[Callable[[Path, dict[str, Any]], dict[str, Any] | None]] = []
+
+
+def register_summary(maker: Callable[[Path, dict[str, Any]], dict[str, Any] | None]) -> None:
+    """Have every result folder get ``summary.json`` = ``maker(folder, info)`` (the key figures of its command).
+
+    Registered by :mod:`rankscope.summaries` (which knows every command's results) when rankscope is imported;
+    called by :func:`atomic_output` after the command's files and before ``run.json``.
+    """
+    if maker not in _SUMMARY_MAKERS:
+        _SUMMARY_MAKERS.append(maker)
+
+
+def write_summary(folder: Path, info: dict[str, Any]) -> str | None:
+    """Write ``folder/summary.json`` from the registered maker; returns its name (None when nothing is registered)."""
+    for maker in _SUMMARY_MAKERS:
+        figures = maker(folder, info)
+        if figures is not None:
+            write_json(folder / SUMMARY_FILE, figures)
+            return SUMMARY_FILE
+    return None
 
 
 @contextmanager

@@ -69,18 +69,33 @@ def svd_spectrum(blocks: Iterable[np.ndarray], rows: int, cols: int) -> np.ndarr
     return scipy.linalg.svdvals(full, overwrite_a=True, check_finite=False).astype(np.float64)
 
 
-def torch_spectrum(blocks: Iterable[np.ndarray], rows: int, cols: int, device: str) -> np.ndarray:
-    """The float64 Gram method with torch on ``device`` (e.g. ``cuda``)."""
+def torch_spectrum(blocks: Iterable[np.ndarray], rows: int, cols: int, device: str,
+                   block_bytes: int = 32 * 1024 * 1024) -> np.ndarray:
+    """The float64 Gram method with torch on ``device`` (e.g. ``cuda``), the device holding the Gram matrix and
+    one slice of at most ``block_bytes`` of the matrix at a time.
+
+    Tall (``rows >= cols``): ``G = Σ DᵢᵀDᵢ`` over row slices as they arrive.  Wide: the row blocks are joined on
+    the host (as the CPU route does) and ``G = Σ D[:, j]D[:, j]ᵀ`` runs over column slices.
+    """
     import torch
+
+    def slices(matrix: np.ndarray, axis: int) -> Iterable[torch.Tensor]:
+        other = matrix.shape[1 - axis]
+        step = max(1, block_bytes // (8 * max(1, other)))
+        for start in range(0, matrix.shape[axis], step):
+            part = matrix[start:start + step] if axis == 0 else matrix[:, start:start + step]
+            yield torch.from_numpy(np.ascontiguousarray(part, dtype=np.float64)).to(device)
 
     if rows >= cols:
         gram = torch.zeros((cols, cols), dtype=torch.float64, device=device)
         for block in blocks:
-            d = torch.from_numpy(block).to(device)
-            gram.addmm_(d.T, d)
+            for d in slices(block, 0):
+                gram.addmm_(d.T, d)
     else:
-        d = torch.from_numpy(np.concatenate(list(blocks), axis=0)).to(device)
-        gram = d @ d.T
+        full = np.concatenate(list(blocks), axis=0) if rows else np.zeros((0, cols))
+        gram = torch.zeros((rows, rows), dtype=torch.float64, device=device)
+        for d in slices(full, 1):
+            gram.addmm_(d, d.T)
     if gram.shape[0] == 0:
         return np.zeros(0)
     lam = torch.linalg.eigvalsh(gram).cpu().numpy()

@@ -11,6 +11,14 @@
 * **Layer and kind.** ``layer`` is the block index; ``kind`` is the shortest dotted suffix of the
   in-block path that is unique within the block (``query``, ``q_proj``, ``intermediate.dense``,
   ``attention.output.dense``); outside blocks it is the whole module name.
+* **Experts.** Mixture-of-experts tensors give one pair per expert with its ``expert`` index, per-expert
+  2-D and fused 3-D alike, oriented by the architecture (:mod:`rankscope.pairing.experts`); experts share
+  their kind (``gate_up_proj``).  Expert biases (``…_bias``, 2-D) are vectors.
+* **Quantized weights.** FP8 block-scaled and MXFP4 weights are paired as the dequantized matrices
+  (:mod:`rankscope.io.quantized`), so a bf16 fine-tune of an FP8 base is diffed exactly.
+* **Tied embeddings.** An output head stored with the same values as the input embedding in both
+  checkpoints (``tie_word_embeddings``) is analysed once, as the embedding; the head is listed as skipped
+  with that reason.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from dataclasses import dataclass, field
 
 from ..io.checkpoints import Checkpoint, TensorInfo
 from ..io.skipped import dtype_reason, skipped_entry
-from .model_layout import may_have_vocabulary_rows
+from .experts import expert_module, expert_of, fused_layout, is_fused_experts, without_expert
+from .model_layout import is_input_embedding, is_output_head, may_have_vocabulary_rows
 
 CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
 CONV1D_LEAVES = {"c_attn", "c_proj", "c_fc", "q_attn"}
@@ -41,15 +50,31 @@ class TensorPair:
     transpose: bool  # stored as in x out (Conv1D)
     layer: int | None = None
     kind: str = ""
+    expert: int | None = None  # the expert of an MoE tensor (for a fused [E, ·, ·] tensor: the slice read)
 
     @property
     def is_matrix(self) -> bool:
-        return len(self.base.shape) >= 2
+        return len(self.base.shape) >= 2 and not self.module.rsplit(".", 1)[-1].endswith("bias")
+
+    @property
+    def fused(self) -> bool:
+        """One expert of a fused 3-D ``[E, ·, ·]`` tensor (read with ``expert=``)."""
+        return self.expert is not None and len(self.base.shape) == 3
 
     @property
     def stored_rows(self) -> int:
         """Rows to read from storage (before orientation)."""
         return self.cols if self.transpose else self.rows
+
+    @property
+    def stored_cols(self) -> int:
+        """Columns of the stored matrix (before orientation)."""
+        return self.rows if self.transpose else self.cols
+
+    @property
+    def read_expert(self) -> int | None:
+        """The ``expert=`` argument of :meth:`Checkpoint.read_rows` for this pair (fused experts only)."""
+        return self.expert if self.fused else None
 
 
 @dataclass
@@ -61,6 +86,8 @@ class Alignment:
     only_in_finetuned: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # name -> reason
     warnings: list[str] = field(default_factory=list)
+    tied: dict[str, str] = field(default_factory=dict)
+    """Output heads analysed once, as the input embedding they are tied to: ``{head module: embedding module}``."""
     skipped_tensors: list[dict[str, str]] = field(default_factory=list)
     """Every tensor left out of ``pairs``: ``{"tensor", "checkpoint" (base/finetuned/both), "dtype", "reason"}``."""
 
@@ -132,7 +159,7 @@ def assign_kinds(modules: list[str]) -> dict[str, tuple[int | None, str]]:
     by_layer: dict[int | None, list[tuple[str, list[str]]]] = defaultdict(list)
     for m in modules:
         layer, inner = layer_of(m)
-        by_layer[layer].append((m, inner.split(".")))
+        by_layer[layer].append((m, without_expert(inner).split(".")))  # experts share one kind
     out: dict[str, tuple[int | None, str]] = {}
     for layer, items in by_layer.items():
         for m, parts in items:
@@ -141,7 +168,7 @@ def assign_kinds(modules: list[str]) -> dict[str, tuple[int | None, str]]:
                 continue
             for k in range(1, len(parts) + 1):
                 kind = ".".join(parts[-k:])
-                clash = any(".".join(o[-k:]) == kind for om, o in items if om != m)
+                clash = any(".".join(o[-k:]) == kind for om, o in items if o != parts)
                 if not clash:
                     break
             out[m] = (layer, kind)
@@ -176,7 +203,7 @@ def align(base: Checkpoint, finetuned: Checkpoint) -> Alignment:
     result.only_in_finetuned = sorted(ft_core.keys() - base_core.keys())
     skipped = _unpaired({_strip(n, bp): t for n, t in base.tensors.items()},
                         {_strip(n, fp): t for n, t in finetuned.tensors.items()})
-    staged: list[tuple[str, TensorInfo, TensorInfo, int, int, bool]] = []
+    staged: list[tuple[str, TensorInfo, TensorInfo, int, int, bool, int | None]] = []
     for core, b in base_core.items():
         f = ft_core.get(core)
         if f is None:
@@ -200,16 +227,52 @@ def align(base: Checkpoint, finetuned: Checkpoint) -> Alignment:
         if _prod(shape) == 0:
             skipped.append(skipped_entry(core, "both", b.dtype, "empty tensor, nothing to analyse"))
             continue
+        if is_fused_experts(module, shape):
+            in_out, why = fused_layout(module, shape, base.config or finetuned.config)
+            if in_out is None:
+                skipped.append(skipped_entry(core, "both", b.dtype, why))
+                continue
+            rows, cols = (shape[2], shape[1]) if in_out else (shape[1], shape[2])
+            staged += [(expert_module(module, e), b, f, rows, cols, in_out, e) for e in range(shape[0])]
+            continue
         cols = int(_prod(shape[1:]))
         transpose = len(shape) == 2 and is_conv1d(base, module)
         rows, cols = (cols, shape[0]) if transpose else (shape[0], cols)
-        staged.append((module, b, f, rows, cols, transpose))
+        staged.append((module, b, f, rows, cols, transpose, expert_of(module) if len(shape) >= 2 else None))
+    staged = _drop_tied_head(staged, base, finetuned, skipped, result)
     kinds = assign_kinds([s[0] for s in staged if len(s[1].shape) >= 2])
-    for module, b, f, rows, cols, transpose in staged:
+    for module, b, f, rows, cols, transpose, expert in staged:
         layer, kind = kinds.get(module, layer_of(module)[0:1] + (module,))
-        result.pairs.append(TensorPair(module, b, f, rows, cols, transpose, layer, kind))
+        result.pairs.append(TensorPair(module, b, f, rows, cols, transpose, layer, kind, expert))
     result.skipped_tensors = sorted(skipped, key=lambda s: (s["tensor"], s["checkpoint"]))
     return result
+
+
+def _same_rows(ckpt: Checkpoint, a: TensorInfo, b: TensorInfo, rows: int = 8) -> bool:
+    """Whether the first ``rows`` rows of two equally shaped tensors hold the same values (a tied copy)."""
+    import numpy as np
+
+    n = min(rows, a.shape[0])
+    return bool(np.array_equal(ckpt.read_rows(a.name, 0, n), ckpt.read_rows(b.name, 0, n)))
+
+
+def _drop_tied_head(staged: list, base: Checkpoint, finetuned: Checkpoint, skipped: list[dict[str, str]],
+                    result: Alignment) -> list:
+    """Analyse tied input/output embeddings once: drop the head when it stores the embedding's values on both sides."""
+    heads = [s for s in staged if is_output_head(s[0]) and len(s[1].shape) == 2]
+    embeddings = [s for s in staged if is_input_embedding(s[0]) and len(s[1].shape) == 2]
+    drop = set()
+    for head in heads:
+        for emb in embeddings:
+            if head[1].shape != emb[1].shape or head[2].shape != emb[2].shape:
+                continue
+            if _same_rows(base, head[1], emb[1]) and _same_rows(finetuned, head[2], emb[2]):
+                drop.add(head[0])
+                reason = f"tied to '{emb[0]}' (same values in both checkpoints): analysed once, as '{emb[0]}'"
+                skipped.append(skipped_entry(_strip(head[1].name, result.base_prefix), "both", head[1].dtype, reason))
+                result.tied[head[0]] = emb[0]
+                break
+    return [s for s in staged if s[0] not in drop]
 
 
 def _prod(dims: tuple[int, ...]) -> int:

@@ -9,9 +9,7 @@ checked for NaN/Inf, with the squared norms of ``W_base`` and ``ΔW`` accumulate
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +36,13 @@ def delta_blocks(pair: TensorPair, base: Checkpoint, ft: Checkpoint, norms: Delt
     """Float64 row blocks of ``ΔW`` as stored; accumulates squared norms into ``norms`` and rejects NaN/Inf."""
     info = pair.base
     rows = pair.stored_rows  # a 1-D tensor of shape (n,) is n rows of 1
-    cols = max(1, (info.numel // info.shape[0]) if info.shape else 1)
+    cols = max(1, pair.stored_cols)
     step = max(1, BLOCK_BYTES // (8 * cols))
+    expert = pair.read_expert
     for start in range(0, rows, step):
         stop = min(rows, start + step)
-        b = base.read_rows(info.name, start, stop)
-        d = ft.read_rows(pair.finetuned.name, start, stop).astype(np.float64)
+        b = base.read_rows(info.name, start, stop, expert=expert)
+        d = ft.read_rows(pair.finetuned.name, start, stop, expert=expert).astype(np.float64)
         d -= b  # float64 difference of the stored values (exact inputs, one rounding)
         b_sq = float(np.einsum("ij,ij->", b, b, dtype=np.float64))  # float64 accumulation, no float64 copy of b
         d_sq = float(np.vdot(d, d))
@@ -67,9 +66,7 @@ def delta_norms(pair: TensorPair, base: Checkpoint, ft: Checkpoint) -> DeltaNorm
 def read_delta(pair: TensorPair, base: Checkpoint, ft: Checkpoint) -> tuple[np.ndarray, DeltaNorms]:
     """``ΔW`` as stored (float64, rows as stored) and its squared norms, streamed in row blocks."""
     norms = DeltaNorms()
-    info = pair.base
-    cols = info.numel // info.shape[0]
-    delta = np.empty((pair.stored_rows, cols))
+    delta = np.empty((pair.stored_rows, pair.stored_cols))
     row = 0
     for block in delta_blocks(pair, base, ft, norms):
         delta[row:row + block.shape[0]] = block
@@ -90,35 +87,10 @@ def run_parallel(jobs: list[TensorPair], work: Callable[[TensorPair], Any], work
                  progress: bool) -> dict[str, Any]:
     """``{pair.module: work(pair)}`` for every pair, largest first, with a progress bar; the first error wins.
 
-    With ``workers > 1`` the jobs run in that many threads, each with a single-threaded BLAS (threadpoolctl).
+    With ``workers > 1`` the jobs run in that many threads, each with a single-threaded BLAS (threadpoolctl);
+    :mod:`rankscope.pairing.executors` runs the threads (and, for checkpoint pairs, on every GPU or with Ray).
     """
-    if workers > 1:
-        from threadpoolctl import threadpool_limits
+    from .executors import run_threads, single_threaded_blas
 
-        with threadpool_limits(limits=1, user_api="blas"):
-            return _run(jobs, work, workers, progress)
-    return _run(jobs, work, 1, progress)
-
-
-def _run(jobs: list[TensorPair], work: Callable[[TensorPair], Any], workers: int, progress: bool) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    results: dict[str, Any] = {}
-    order = sorted(jobs, key=lambda p: -p.rows * p.cols * min(p.rows, p.cols))
-    bar = tqdm(total=len(jobs), unit="module", desc="spectra", disable=None if progress else True, file=sys.stderr,
-               leave=False)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(work, p): p for p in order}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                if fut.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    bar.close()
-                    raise fut.exception()
-                results[futures[fut].module] = fut.result()
-                bar.update(1)
-    bar.close()
-    return results
+    with single_threaded_blas(workers > 1):
+        return run_threads(jobs, lambda pair, _device: work(pair), ["cpu"] * max(1, workers), progress)[0]

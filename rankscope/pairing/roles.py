@@ -74,6 +74,9 @@ def plan_roles(pairs: list[TensorPair], spec: LoraSpec, embeddings: str, save_na
             continue
         if not p.is_matrix:
             continue
+        if p.fused:  # one expert of a fused [E, ·, ·] tensor: no nn.Linear to adapt
+            plans.append(ModulePlan(p, p.module, "skip", "other"))
+            continue
         if len(p.base.shape) != 2 or not tensor.endswith(".weight"):
             plans.append(ModulePlan(p, name, "skip", "other"))
             continue

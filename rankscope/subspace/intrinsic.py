@@ -194,7 +194,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 CACHE_NAME = re.compile(r"^(?:baseline-s-?\d+|(?:did|said)-d\d+-s-?\d+)\.json$")
 """Names of the run-cache files in ``OUT/runs/`` (the only files ``--restart`` removes)."""
-OUTPUT_NAMES = ("search.json", "runs.csv", "result.json", "run.json", "figures/intrinsic-dim.png")
+OUTPUT_NAMES = ("search.json", "runs.csv", "result.json", "run.json", "figures/intrinsic-dim.png", "summary.json")
 
 
 def _search_marker(marker: Path) -> dict[str, Any] | None:
@@ -554,10 +554,12 @@ def write_result(result: IntrinsicDimResult, out: Path, t_start: float | None = 
         result.info["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
     result.info["peak_rss_mb"] = round(peak_rss_mb(), 1)
     result.info["outputs"] = ["runs/", "search.json", "runs.csv", "result.json", "figures/intrinsic-dim.png", "run.json"]
-    from ..io.results import MARKER, make_marker
+    from ..io.results import MARKER, make_marker, write_summary
 
+    summary = write_summary(out, result.info)
     cached = sorted(f"runs/{p.name}" for p in (out / "runs").glob("*.json") if CACHE_NAME.match(p.name))
-    files = sorted([*cached, "search.json", "runs.csv", "result.json", "figures/intrinsic-dim.png", "run.json"])
+    files = sorted([*cached, "search.json", "runs.csv", "result.json", "figures/intrinsic-dim.png", "run.json",
+                    *([summary] if summary else [])])
     result.info[MARKER] = make_marker("intrinsic-dim", files)
     write_atomic(out / "run.json", json.dumps(result.info, indent=2, default=str) + "\n")
 

@@ -5,6 +5,13 @@
 returns logits (or an object with ``.logits``) trains with it: a peft model, a full fine-tune, or a
 subspace model whose only trainable tensor is ``θ_d`` (:mod:`rankscope.subspace`).
 
+Objectives (:data:`OBJECTIVES`, chosen by the data: a :class:`~rankscope.training.data.TaskData` or a
+:class:`~rankscope.training.lm_data.LMTaskData`): ``classification`` — logits ``(batch, labels)``, mean
+cross-entropy over the examples, accuracy; ``causal-lm`` — logits ``(batch, tokens, vocabulary)``, the logits at
+position ``t`` predict the label at ``t+1`` (:func:`batch_loss`), mean cross-entropy over the tokens that count
+(labels other than -100: not the prompt, not the padding; batches are right-padded), perplexity ``exp(loss)``.
+The best evaluation is the highest accuracy (ties: lower loss) or the lowest loss.
+
 The loop: AdamW (fused; weight decay 0.01, none on biases and norms), linear warm-up over the first 10 % of the
 steps then linear decay to 0, gradient clipping at norm 1.0, dynamic padding with length-sorted
 buckets (a bucket of 32 batches is drawn in seeded random order, sorted by length, cut into batches
@@ -42,6 +49,7 @@ import numpy as np
 
 from ..errors import RankscopeError
 from .data import Split, TaskData
+from .lm_data import IGNORE, LMTaskData, TextSplit, tokenize
 
 if TYPE_CHECKING:  # torch is imported inside functions so that `rankscope --help` stays fast
     import torch
@@ -51,6 +59,8 @@ DEFAULT_LR = {"full": 5e-5, "lora": 5e-4}
 """Learning rate of :class:`TrainConfig` by ``method`` when ``lr`` is None (module docstring)."""
 BUCKET_BATCHES = 32
 """Batches per length-sorted bucket: large enough to cut padding, small enough to keep batches random."""
+OBJECTIVES = ("classification", "causal-lm")
+"""What a model is trained for: a class per example, or the next token of every counted token."""
 
 
 @dataclass
@@ -76,6 +86,8 @@ class TrainConfig:
     max_steps: int | None = None
     """Stop after this many optimisation steps (None: ``epochs`` full epochs).  The schedule then runs over
     ``min(max_steps, epochs × steps per epoch)`` steps and the weights are validated once more at the stop."""
+    objective: str = "classification"
+    """``classification`` or ``causal-lm`` (:data:`OBJECTIVES`); it must match the task data."""
 
     @property
     def learning_rate(self) -> float:
@@ -147,17 +159,32 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 @dataclass
 class Encoded:
-    """A tokenised split: one list of token ids per example, and the labels."""
+    """A tokenised split: one list of token ids per example, and the labels.
+
+    ``token_labels`` (causal LM): one label per token (-100: does not count), and ``labels`` is empty;
+    ``dropped``: examples left out because no token of theirs counts (:func:`rankscope.training.lm_data.tokenize`).
+    """
 
     ids: list[list[int]]
     labels: list[int]
+    token_labels: list[list[int]] | None = None
+    dropped: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def tokens(self) -> int:
+        """Counted tokens (causal LM: the labels ``1..`` that are not -100 of every example; classification: 0)."""
+        return sum(sum(label != IGNORE for label in labels[1:]) for labels in self.token_labels or [])
 
-def encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
-    """Tokenise (truncate to ``max_length``, no padding) every text of ``split``."""
+
+def encode(split: Split | TextSplit, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
+    """Tokenise (truncate to ``max_length``, no padding) every example of ``split``: a classification split's texts,
+    or a causal-LM split with per-token labels (:func:`rankscope.training.lm_data.tokenize`)."""
+    if isinstance(split, TextSplit):
+        ids, labels, dropped = tokenize(split, tokenizer, max_length)
+        return Encoded(ids, [], labels, dropped)
     ids = tokenizer(list(split.texts), truncation=True, max_length=max_length)["input_ids"] if len(split) else []
     return Encoded([list(x) for x in ids], list(split.labels))
 
@@ -169,18 +196,21 @@ def usable_length(model: torch.nn.Module, requested: int) -> int:
 
 
 def collate(data: Encoded, idx: Sequence[int], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
-    """A padded batch (to its longest member) of the examples ``idx``."""
+    """A padded batch (to its longest member) of the examples ``idx``; causal-LM labels are padded with -100."""
     import torch
 
     width = max(len(data.ids[i]) for i in idx)
     input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
+    tokens = None if data.token_labels is None else torch.full((len(idx), width), IGNORE, dtype=torch.long)
     for row, i in enumerate(idx):
         seq = data.ids[i]
         cols = slice(width - len(seq), width) if left else slice(0, len(seq))
         input_ids[row, cols] = torch.tensor(seq, dtype=torch.long)
         mask[row, cols] = 1
-    labels = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
+        if tokens is not None:
+            tokens[row, cols] = torch.tensor(data.token_labels[i], dtype=torch.long)
+    labels = tokens if tokens is not None else torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
@@ -214,21 +244,51 @@ def logits_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     return getattr(out, "logits", out)
 
 
-def evaluate(model: torch.nn.Module, data: Encoded, pad_id: int, config: TrainConfig, device: torch.device,
-             left: bool = False) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``data``."""
+def batch_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(summed cross-entropy, number of terms) of a batch.
+
+    Classification (``labels`` of shape ``(batch,)``): one term per example.  Causal LM (``labels`` of shape
+    ``(batch, tokens)``): the logits at position ``t`` against the label at ``t+1``, one term per label that is
+    not -100 (prompt and padding tokens do not count).
+    """
     import torch
+
+    if labels.dim() == 1:
+        return torch.nn.functional.cross_entropy(logits, labels, reduction="sum"), labels.shape[0]
+    shifted = labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+    return loss, int((shifted != IGNORE).sum().item())
+
+
+def evaluate(model: torch.nn.Module, data: Encoded, pad_id: int, config: TrainConfig, device: torch.device,
+             left: bool = False, desc: str | None = None) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``data`` (causal LM: mean token loss, perplexity, tokens).
+
+    ``desc``: show a progress bar of the batches under this name (when ``config.progress``; it vanishes at the end).
+    """
+    import torch
+    from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
-    with torch.no_grad():
-        for idx in eval_batches(data, config.eval_batch_size):
+    loss_sum, correct, count = 0.0, 0, 0
+    batches = eval_batches(data, config.eval_batch_size)
+    with torch.no_grad(), tqdm(total=len(batches), desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                               disable=not (config.progress and desc)) as bar:
+        for idx in batches:
             batch = {k: v.to(device) for k, v in collate(data, idx, pad_id, left).items()}
             logits = logits_of(model, batch).float()
-            loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
-            correct += (logits.argmax(-1) == batch["labels"]).sum().item()
+            loss, terms = batch_loss(logits, batch["labels"])
+            loss_sum, count = loss_sum + loss.item(), count + terms
+            if data.token_labels is None:
+                correct += (logits.argmax(-1) == batch["labels"]).sum().item()
+            bar.update(1)
     model.train(was_training)
+    if data.token_labels is not None:
+        loss = loss_sum / count if count else math.nan
+        perplexity = math.exp(loss) if loss < 700 else (math.inf if loss >= 700 else math.nan)
+        return {"loss": loss, "perplexity": perplexity, "tokens": count}
     n = max(len(data), 1)
     return {"loss": loss_sum / n, "accuracy": correct / n}
 
@@ -282,12 +342,14 @@ class _Best:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def update(self, model: torch.nn.Module, scores: dict[str, float], step: int, epoch: float) -> bool:
-        """Record an evaluation; return True when it improves on the best (accuracy, then loss)."""
+        """Record an evaluation; return True when it improves on the best (accuracy, then loss; causal LM: loss)."""
+        metric = "accuracy" if "accuracy" in scores else "perplexity"
         self.history.append({"step": step, "epoch": round(epoch, 4), "validation_loss": scores["loss"],
-                             "validation_accuracy": scores["accuracy"]})
-        better = scores["accuracy"] > self.accuracy or (scores["accuracy"] == self.accuracy and scores["loss"] < self.loss)
+                             f"validation_{metric}": scores[metric]})
+        accuracy = scores.get("accuracy", 0.0)
+        better = accuracy > self.accuracy or (accuracy == self.accuracy and scores["loss"] < self.loss)
         if better:
-            self.accuracy, self.loss, self.step, self.epoch, self.stale = scores["accuracy"], scores["loss"], step, epoch, 0
+            self.accuracy, self.loss, self.step, self.epoch, self.stale = accuracy, scores["loss"], step, epoch, 0
             self.state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         else:
             self.stale += 1
@@ -304,7 +366,12 @@ class _Best:
                         p.copy_(self.state[n])
 
 
-def _check_config(config: TrainConfig, task_data: TaskData) -> None:
+def _check_config(config: TrainConfig, task_data: TaskData | LMTaskData) -> None:
+    if config.objective not in OBJECTIVES:
+        raise RankscopeError(f"--objective: unknown objective '{config.objective}' (choose from {', '.join(OBJECTIVES)})")
+    given = "causal-lm" if isinstance(task_data, LMTaskData) else "classification"
+    if given != config.objective:
+        raise RankscopeError(f"--objective {config.objective}: the task '{task_data.name}' is {given} data")
     for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
         if getattr(config, name) < 1:
             raise RankscopeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
@@ -320,10 +387,12 @@ def _check_config(config: TrainConfig, task_data: TaskData) -> None:
 
 def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float | None) -> float:
-    """One optimisation step on ``batch`` (cross-entropy, optional clipping); returns the batch loss."""
+    """One optimisation step on ``batch`` (the mean cross-entropy of :func:`batch_loss`, optional clipping); returns
+    the batch loss."""
     import torch
 
-    loss = torch.nn.functional.cross_entropy(logits_of(model, batch).float(), batch["labels"])
+    total, terms = batch_loss(logits_of(model, batch).float(), batch["labels"])
+    loss = total / max(terms, 1)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
@@ -344,6 +413,8 @@ class _Counters:
     step: int = 0
     examples: int = 0
     epoch_losses: list[float] = field(default_factory=list)
+    tokens: tuple[int, int, int] = (0, 0, 0)
+    dropped: tuple[int, int, int] = (0, 0, 0)
     stopped: bool = False
     eval_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -355,14 +426,27 @@ def _metrics(best: _Best, config: TrainConfig, test: dict[str, float | None], mo
              counters: _Counters) -> dict[str, Any]:
     """The metrics dictionary of :func:`train_model`."""
     last = best.history[-1]
-    chosen = {"validation_loss": best.loss, "validation_accuracy": best.accuracy} if config.restore_best else \
-        {"validation_loss": last["validation_loss"], "validation_accuracy": last["validation_accuracy"]}
+    metric = "validation_accuracy" if "validation_accuracy" in last else "validation_perplexity"
+    if config.restore_best:
+        kept = next((h for h in best.history if h["step"] == best.step), last) if metric != "validation_accuracy" \
+            else {"validation_loss": best.loss, "validation_accuracy": best.accuracy}
+    else:
+        kept = last
+    chosen = {"validation_loss": kept["validation_loss"], metric: kept[metric]}
     n_trainable, n_total = count_parameters(model)
+    if metric == "validation_accuracy":
+        scores = {"test_loss": test["loss"], "test_accuracy": test["accuracy"],
+                  "last_validation_accuracy": last["validation_accuracy"]}
+    else:
+        scores = {"test_loss": test["loss"], "test_perplexity": test["perplexity"],
+                  "last_validation_loss": last["validation_loss"], "last_validation_perplexity": last[metric],
+                  "train_tokens": counters.tokens[0], "validation_tokens": counters.tokens[1],
+                  "test_tokens": counters.tokens[2],
+                  "dropped_examples": dict(zip(("train", "validation", "test"), counters.dropped, strict=True))}
     return {
+        "objective": config.objective,
         **chosen,
-        "test_loss": test["loss"],
-        "test_accuracy": test["accuracy"],
-        "last_validation_accuracy": last["validation_accuracy"],
+        **scores,
         "train_loss": counters.epoch_losses[-1],
         "train_loss_by_epoch": counters.epoch_losses,
         "weights": "best" if config.restore_best else "last",
@@ -387,13 +471,18 @@ def _metrics(best: _Best, config: TrainConfig, test: dict[str, float | None], mo
     }
 
 
-def train_model(model: torch.nn.Module, task_data: TaskData, tokenizer: PreTrainedTokenizerBase,
+def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokenizer: PreTrainedTokenizerBase,
                 config: TrainConfig) -> dict[str, Any]:
     """Train every ``requires_grad`` parameter of ``model`` on ``task_data``; return the metrics.
 
     The model is left on ``config.device`` holding the weights that were tested: those of the best
     validation evaluation, or the last ones when ``config.restore_best`` is False.  The returned
     ``validation_*`` scores belong to those same weights (``last_validation_accuracy``: the final one).
+    Causal LM (``config.objective``): ``validation_loss`` / ``validation_perplexity``, ``test_loss`` /
+    ``test_perplexity`` and the token counts instead of accuracies; the tokenizer pads on the right.
+
+    Progress: one bar of the optimisation steps; while it evaluates, its description says so, a second bar counts
+    the evaluation batches, and the step bar's clock is paused (its rate and ETA count training time only).
     """
     import torch
     from tqdm.auto import tqdm
@@ -402,9 +491,13 @@ def train_model(model: torch.nn.Module, task_data: TaskData, tokenizer: PreTrain
     device = torch_device(config.device)
     t_start = time.perf_counter()
     pad_id, left = tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right") == "left"
+    left = left and config.objective == "classification"  # causal LM: labels line up with right padding
     max_length = usable_length(model, config.max_length)
     train_data, val_data, test_data = (encode(s, tokenizer, max_length)
                                        for s in (task_data.train, task_data.validation, task_data.test))
+    if len(train_data) == 0 or len(val_data) == 0:
+        raise RankscopeError(f"task '{task_data.name}': no {'train' if len(train_data) == 0 else 'validation'} "
+                             f"example keeps a response token within --max-length {max_length}")
     steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
     total = steps_per_epoch * config.epochs
     if config.max_steps is not None:
@@ -415,11 +508,18 @@ def train_model(model: torch.nn.Module, task_data: TaskData, tokenizer: PreTrain
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler = linear_schedule(optimizer, int(round(config.warmup_ratio * total)), total)
     best = _Best()
-    c = _Counters(steps_per_epoch, (len(train_data), len(val_data), len(test_data)), str(device))
+    c = _Counters(steps_per_epoch, (len(train_data), len(val_data), len(test_data)), str(device),
+                  tokens=(train_data.tokens, val_data.tokens, test_data.tokens),
+                  dropped=(train_data.dropped, val_data.dropped, test_data.dropped))
+    metric, short = ("accuracy", "val_acc") if config.objective == "classification" else ("perplexity", "val_ppl")
 
-    def validate() -> None:
+    def validate(bar: Any) -> None:
         t_eval = time.perf_counter()
-        best.update(model, evaluate(model, val_data, pad_id, config, device, left), c.step, c.step / steps_per_epoch)
+        bar.set_description_str("train (validating)", refresh=True)
+        scores = evaluate(model, val_data, pad_id, config, device, left, desc="validate")
+        best.update(model, scores, c.step, c.step / steps_per_epoch)
+        bar.set_description_str("train", refresh=False)
+        bar.unpause()  # the step bar's rate and ETA leave the evaluation out
         c.eval_seconds += time.perf_counter() - t_eval
         c.stopped = bool(config.patience and best.stale >= config.patience)
 
@@ -432,14 +532,15 @@ def train_model(model: torch.nn.Module, task_data: TaskData, tokenizer: PreTrain
             for idx in train_batches(train_data, config.batch_size, generator):
                 batch = {k: v.to(device) for k, v in collate(train_data, idx, pad_id, left).items()}
                 loss = train_step(model, batch, optimizer, scheduler, config.grad_clip)
+                weight = len(idx) if train_data.token_labels is None else int((batch["labels"][:, 1:] != IGNORE).sum())
                 c.step, c.examples = c.step + 1, c.examples + len(idx)
-                loss_sum, seen = loss_sum + loss * len(idx), seen + len(idx)
+                loss_sum, seen = loss_sum + loss * weight, seen + weight
                 bar.update(1)
                 last = c.step == total  # the end of the last epoch, or max_steps
                 if c.step % steps_per_epoch == 0 or (config.eval_every and c.step % config.eval_every == 0) or last:
-                    validate()
-                bar.set_postfix(loss=f"{loss:.4f}", val_acc=f"{best.history[-1]['validation_accuracy']:.4f}"
-                                if best.history else "-")
+                    validate(bar)
+                bar.set_postfix({"loss": f"{loss:.4f}",
+                                 short: f"{best.history[-1][f'validation_{metric}']:.4f}" if best.history else "-"})
                 if c.stopped or last:
                     break
             c.epoch_losses.append(loss_sum / max(seen, 1))
@@ -450,7 +551,8 @@ def train_model(model: torch.nn.Module, task_data: TaskData, tokenizer: PreTrain
         best.restore(model)
     t_test = time.perf_counter()
     with num_threads(config.threads):
-        test = evaluate(model, test_data, pad_id, config, device, left) if len(test_data) else {"loss": None, "accuracy": None}
+        test = evaluate(model, test_data, pad_id, config, device, left, desc="test") if len(test_data) else \
+            {"loss": None, metric: None}
     c.eval_seconds += time.perf_counter() - t_test
     c.seconds = time.perf_counter() - t_start
     return _metrics(best, config, test, model, c)

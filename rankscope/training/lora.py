@@ -15,12 +15,14 @@ from typing import Any
 from ..errors import RankscopeError
 from ..io.peft import LoraSpec
 
-__all__ = ["INIT_TASKS", "LoraSpec", "TargetModulesRegex", "init_options", "load_pattern", "lora_options_from_config",
-           "parse_target_modules"]
+__all__ = ["INIT_TASKS", "INIT_TASKS_CAUSAL_LM", "LoraSpec", "TargetModulesRegex", "init_options", "load_pattern",
+           "lora_options_from_config", "parse_target_modules"]
 
 INIT_TASKS = (None, "SEQ_CLS", "FEATURE_EXTRACTION")
 """``task_type`` values of an adapter that ``train --init`` accepts: it trains a sequence classifier, whose backbone
 a ``FEATURE_EXTRACTION`` adapter (of the bare model: a plan from a bare pair, such as the bundled one) also fits."""
+INIT_TASKS_CAUSAL_LM = (None, "CAUSAL_LM", "FEATURE_EXTRACTION")
+"""The same for ``train --objective causal-lm --init``: a causal-LM adapter, or one of the bare decoder."""
 
 
 class TargetModulesRegex(str):
@@ -78,12 +80,13 @@ def lora_options_from_config(path: str | os.PathLike, option: str = "--lora-conf
             "use_rslora": bool(config.get("use_rslora"))}
 
 
-def init_options(adapter: str | os.PathLike) -> dict[str, Any]:
+def init_options(adapter: str | os.PathLike, objective: str = "classification") -> dict[str, Any]:
     """The LoRA options of ``train --init ADAPTER`` from its ``adapter_config.json`` (:func:`lora_options_from_config`),
     plus ``folder``, ``weights`` (``adapter_model.safetensors``), ``task_type`` and ``base_model_name_or_path``.
 
-    The adapter must be a folder holding both files, and its ``task_type`` one of :data:`INIT_TASKS`: anything else is
-    one :class:`RankscopeError` naming ``--init`` and the file.
+    The adapter must be a folder holding both files, and its ``task_type`` one of :data:`INIT_TASKS`
+    (:data:`INIT_TASKS_CAUSAL_LM` for ``objective="causal-lm"``): anything else is one :class:`RankscopeError`
+    naming ``--init`` and the file.
     """
     from ..io.checkpoints import resolve
 
@@ -96,9 +99,10 @@ def init_options(adapter: str | os.PathLike) -> dict[str, Any]:
     options = lora_options_from_config(config_file, option="--init")
     config = json.loads(config_file.read_text())
     task = config.get("task_type")
-    if task not in INIT_TASKS:
-        raise RankscopeError(f"--init {config_file}: an adapter for a {task} model; rankscope train builds a "
-                             f"sequence classifier (task_type SEQ_CLS)")
+    causal = objective == "causal-lm"
+    if task not in (INIT_TASKS_CAUSAL_LM if causal else INIT_TASKS):
+        built = "causal LM (task_type CAUSAL_LM)" if causal else "sequence classifier (task_type SEQ_CLS)"
+        raise RankscopeError(f"--init {config_file}: an adapter for a {task} model; rankscope train builds a {built}")
     base = config.get("base_model_name_or_path")
     return {**options, "folder": folder, "weights": weights, "task_type": task,
             "base_model_name_or_path": base if isinstance(base, str) else None}

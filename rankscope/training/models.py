@@ -1,4 +1,4 @@
-"""Building and saving the models that training runs on: tokenizer, classifier with a seeded head, peft LoRA.
+"""Building and saving the models that training runs on: tokenizer, classifier or causal LM, peft LoRA.
 
 Data flow::
 
@@ -6,9 +6,13 @@ Data flow::
                                                                   └─ save_model ──► OUT/
 
 :func:`build_model` makes the model (``AutoModelForSequenceClassification`` with a fresh, seeded
-classification head; for ``method="lora"`` wrapped by peft, :func:`apply_lora`; with ``init`` the LoRA factors
-then replaced by an adapter's, :func:`load_init_factors`); :func:`save_model` writes it (a Hugging Face
-checkpoint, or the peft adapter with :func:`write_base_view`) with its tokenizer.
+classification head, or for ``objective="causal-lm"`` the decoder's ``AutoModelForCausalLM`` with its own LM head,
+:func:`load_causal_lm`; for ``method="lora"`` wrapped by peft, :func:`apply_lora`, task type ``SEQ_CLS`` or
+``CAUSAL_LM``; with ``init`` the LoRA factors then replaced by an adapter's, :func:`load_init_factors`);
+:func:`save_model` writes it (a Hugging Face checkpoint, or the peft adapter with :func:`write_base_view`) with
+its tokenizer.  The tokenizer is the model folder's, or the one named by ``tokenizer`` (``--tokenizer``); a
+model folder without tokenizer files is one error line that says so (transformers would otherwise build an
+empty-vocabulary tokenizer from ``config.json`` alone).
 
 ``train --init ADAPTER`` builds the model exactly as without it — same seeded head, same peft ``LoraConfig``
 (ranks, alphas, targets and rsLoRA from the adapter's ``adapter_config.json``), same RNG draws — and only then
@@ -40,6 +44,9 @@ if TYPE_CHECKING:  # torch is imported inside functions so that `rankscope --hel
 
 METHODS = ("full", "lora")
 """Training methods: every parameter trainable (``full``), or LoRA factors plus the classifier head (``lora``)."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model", "vocab.model", "merges.txt")
+"""Files of which a folder needs one to hold a tokenizer."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,21 +75,42 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    """The checkpoint's tokenizer, with a pad token (eos, else unk) for decoders that have none."""
+def load_tokenizer(path: Path, tokenizer: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer (or ``tokenizer``: a folder, ``bundled:NAME`` or a Hub id), with a pad token (eos,
+    else unk) for decoders that have none.  A folder without tokenizer files is one error line naming it."""
     from transformers import AutoTokenizer
 
+    source: str | Path = path
+    where = f"{path}"
+    if tokenizer is not None:
+        where = f"--tokenizer {tokenizer}"
+        given = Path(tokenizer).expanduser()
+        if str(tokenizer).startswith("bundled:"):
+            from ..io.checkpoints import resolve
+
+            source = resolve(tokenizer)
+        else:
+            source = given if given.exists() else str(tokenizer)
+    if isinstance(source, Path):
+        if not source.is_dir():
+            raise RankscopeError(f"{where}: a tokenizer is a folder (tokenizer.json, tokenizer_config.json, ...)")
+        if not any((source / name).is_file() for name in TOKENIZER_FILES):
+            hint = "" if tokenizer is not None else "; name one with --tokenizer NAME_OR_PATH"
+            raise RankscopeError(f"{where}: no tokenizer in {source} (none of tokenizer.json, tokenizer_config.json, "
+                                 f"vocab files){hint}")
     try:
         with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError) as exc:
-        raise RankscopeError(f"{path}: cannot load a tokenizer ({_first_line(exc)})") from exc
-    if tokenizer.pad_token is None:
-        fallback = tokenizer.eos_token or tokenizer.unk_token
+        raise RankscopeError(f"{where}: cannot load a tokenizer ({_first_line(exc)})") from exc
+    if len(tok) == 0:
+        raise RankscopeError(f"{where}: the tokenizer has an empty vocabulary")
+    if tok.pad_token is None:
+        fallback = tok.eos_token or tok.unk_token
         if fallback is None:
-            raise RankscopeError(f"{path}: the tokenizer has no pad, eos or unk token to pad batches with")
-        tokenizer.pad_token = fallback
-    return tokenizer
+            raise RankscopeError(f"{where}: the tokenizer has no pad, eos or unk token to pad batches with")
+        tok.pad_token = fallback
+    return tok
 
 
 def load_classifier(path: Path, label_names: Sequence[str], pad_token_id: int | None, seed: int) -> torch.nn.Module:
@@ -117,6 +145,72 @@ def load_classifier(path: Path, label_names: Sequence[str], pad_token_id: int | 
         raise RankscopeError(f"{path}: cannot load a sequence-classification model ({_first_line(exc)})") from exc
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id  # decoders pick the last non-pad token
+    return model
+
+
+def check_decoder(path: Path) -> None:
+    """``path`` must be a decoder-only model that ``AutoModelForCausalLM`` builds (GPT-2, Llama, ...): an
+    encoder-only (BERT) or encoder-decoder (T5) model is one error line."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise RankscopeError(f"{path}: cannot read the model's config.json ({_first_line(exc)})") from exc
+    kind = getattr(config, "model_type", None) or "unknown"
+    why = None
+    if getattr(config, "is_encoder_decoder", False):
+        why = f"is an encoder-decoder model ({kind})"
+    elif kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        why = f"has no causal-LM class in transformers ({kind})"
+    elif kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        why = f"is an encoder-only model ({kind})"
+    if why:
+        raise RankscopeError(f"{path}: {why}; --objective causal-lm trains decoder-only models (GPT-2, Llama, ...)")
+
+
+def load_causal_lm(path: Path, pad_token_id: int | None, seed: int) -> torch.nn.Module:
+    """``AutoModelForCausalLM`` in float32 (after :func:`check_decoder`), with its LM head from the checkpoint.
+
+    A checkpoint without LM head weights that are not tied to the input embeddings (a bare ``LlamaModel``) is
+    refused: its head would be random, and a LoRA adapter, which does not save the head, could not be reloaded.
+    """
+    import pickle
+    import warnings
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .engine import seed_everything
+
+    check_decoder(path)
+    seed_everything(seed)
+    try:
+        with _quiet_transformers(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, loading = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
+    except pickle.UnpicklingError as exc:
+        from ..io.checkpoints import load_torch_file
+
+        for weights in sorted(path.glob("*.bin")):
+            load_torch_file(weights)
+        raise RankscopeError(f"{path}: cannot load a causal-LM model ({_first_line(exc)})") from exc
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:
+        raise RankscopeError(f"{path}: cannot load a causal-LM model ({_first_line(exc)})") from exc
+    head = model.get_output_embeddings()
+    head_names = {n for n, m in model.named_modules() if m is head}
+    missing = sorted(k for k in loading.get("missing_keys", []) if k.rsplit(".", 1)[0] in head_names)
+    if missing:
+        raise RankscopeError(f"{path}: the checkpoint has no LM head ({missing[0]} is missing; a bare "
+                             f"{model.config.architectures[0] if model.config.architectures else 'model'}?): "
+                             f"--objective causal-lm needs a *ForCausalLM / *LMHeadModel checkpoint")
+    if model.config.pad_token_id is None and pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
     return model
 
 
@@ -163,24 +257,35 @@ def check_lora_targets(model: torch.nn.Module, spec: LoraSpec, where: str | None
                 raise RankscopeError(f"{option}: '{key}' matches no module of the model")
 
 
-def apply_lora(model: torch.nn.Module, spec: LoraSpec, where: str | None = None) -> torch.nn.Module:
-    """Wrap ``model`` with a peft LoRA adapter (task SEQ_CLS: the head goes to ``modules_to_save``).
+def apply_lora(model: torch.nn.Module, spec: LoraSpec, where: str | None = None,
+               task_type: str = "SEQ_CLS") -> torch.nn.Module:
+    """Wrap ``model`` with a peft LoRA adapter (task ``SEQ_CLS``: the head goes to ``modules_to_save``;
+    ``CAUSAL_LM``: only the LoRA factors train, and the LM head never gets LoRA — targeting it is an error).
 
     ``where``: the file the spec comes from (``train --init``'s ``adapter_config.json``), for messages.
     """
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     spec = replace(spec, rank_pattern=load_pattern(spec.rank_pattern, "--rank-pattern"),
                    alpha_pattern=load_pattern(spec.alpha_pattern, "--alpha-pattern"))
     check_lora_targets(model, spec, where)
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=spec.r, lora_alpha=spec.alpha, target_modules=spec.target_modules,
+    head = model.get_output_embeddings() if task_type == "CAUSAL_LM" else None
+    head_names = {n for n, m in model.named_modules() if head is not None and m is head}
+    config = LoraConfig(task_type=task_type, r=spec.r, lora_alpha=spec.alpha, target_modules=spec.target_modules,
                         rank_pattern=spec.rank_pattern or {}, alpha_pattern=spec.alpha_pattern or {},
                         use_rslora=spec.use_rslora, lora_dropout=spec.dropout)
     try:
         with _quiet_transformers():
-            return get_peft_model(model, config)
+            wrapped = get_peft_model(model, config)
     except (ValueError, TypeError) as exc:
         raise RankscopeError(f"LoRA: {_first_line(exc)}") from exc
+    adapted = sorted(n for n, m in wrapped.named_modules() if hasattr(m, "lora_A")
+                     and any(n == h or n.endswith("." + h) for h in head_names))
+    if adapted:
+        label = f"{where}: target_modules" if where else "--target-modules"
+        raise RankscopeError(f"{label}: '{adapted[0].rsplit('.', 1)[-1]}' is the LM head, which never gets LoRA "
+                             f"(it is the output embedding; all-linear leaves it out)")
+    return wrapped
 
 
 _LORA_PARAMETER = re.compile(r"^(?P<module>.+)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
@@ -271,30 +376,43 @@ _LORA_FILE_KEY = re.compile(r"^(?P<module>.+)\.(?P<factor>lora_A\.weight|lora_B\
 
 
 def build_model(checkpoint: str | os.PathLike, label_names: Sequence[str], method: str = "full",
-                lora: LoraSpec | None = None, seed: int = 0,
-                lora_source: str | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, Path]:
+                lora: LoraSpec | None = None, seed: int = 0, lora_source: str | None = None, *,
+                objective: str = "classification", tokenizer: str | os.PathLike | None = None,
+                ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, Path]:
     """(model, tokenizer, resolved path) ready for :func:`rankscope.training.engine.train_model`.
 
     ``full``: every parameter trainable.  ``lora``: only the LoRA factors and the classifier head (to start from
     an adapter's factors: :func:`build_init_model`); ``lora_source`` names the file ``lora`` was read from in
-    messages (:func:`apply_lora`).
+    messages (:func:`apply_lora`).  ``objective="causal-lm"``: the decoder with its LM head (:func:`load_causal_lm`;
+    ``label_names`` unused), a right-padding tokenizer, LoRA of task type ``CAUSAL_LM``.  ``tokenizer``: load the
+    tokenizer from there instead of the model folder.
     """
     from ..io.checkpoints import resolve
+    from .engine import OBJECTIVES
 
     if method not in METHODS:
         raise RankscopeError(f"--method: unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if objective not in OBJECTIVES:
+        raise RankscopeError(f"--objective: unknown objective '{objective}' (choose from {', '.join(OBJECTIVES)})")
     path = resolve(checkpoint)
     if not path.is_dir():
         raise RankscopeError(f"{checkpoint}: training needs a model folder (config, weights and tokenizer)")
-    tokenizer = load_tokenizer(path)
-    model = load_classifier(path, label_names, tokenizer.pad_token_id, seed)
+    if objective == "causal-lm":
+        check_decoder(path)
+    tok = load_tokenizer(path, tokenizer)
+    if objective == "causal-lm":
+        tok.padding_side = "right"
+        model = load_causal_lm(path, tok.pad_token_id, seed)
+    else:
+        model = load_classifier(path, label_names, tok.pad_token_id, seed)
     if method == "lora":
-        model = apply_lora(model, lora or LoraSpec(), lora_source)
-    return model, tokenizer, path
+        model = apply_lora(model, lora or LoraSpec(), lora_source, "CAUSAL_LM" if objective == "causal-lm" else "SEQ_CLS")
+    return model, tok, path
 
 
 def build_init_model(checkpoint: str | os.PathLike, label_names: Sequence[str], init: str | os.PathLike,
-                     lora: LoraSpec | None = None, seed: int = 0,
+                     lora: LoraSpec | None = None, seed: int = 0, *, objective: str = "classification",
+                     tokenizer: str | os.PathLike | None = None,
                      ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, Path, dict[str, Any]]:
     """:func:`build_model` with ``method="lora"`` started from the adapter ``init`` (module docstring).
 
@@ -303,14 +421,15 @@ def build_init_model(checkpoint: str | os.PathLike, label_names: Sequence[str], 
     """
     from .lora import init_options, parse_target_modules
 
-    opts = init_options(init)
+    opts = init_options(init, objective)
     if lora is None:
         lora = LoraSpec(opts["r"], opts["alpha"], parse_target_modules(opts["target_modules"]), opts["rank_pattern"],
                         opts["alpha_pattern"], opts["use_rslora"])
     where = f"--init {init}"
-    model, tokenizer, path = build_model(checkpoint, label_names, "lora", lora, seed, f"{where}/adapter_config.json")
+    model, tok, path = build_model(checkpoint, label_names, "lora", lora, seed, f"{where}/adapter_config.json",
+                                   objective=objective, tokenizer=tokenizer)
     loaded = load_init_factors(model, opts["weights"], where)
-    return model, tokenizer, path, loaded
+    return model, tok, path, loaded
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,7 +458,7 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folde
     """``save_pretrained`` of the model (HF safetensors checkpoint, or the peft adapter) and the tokenizer.
 
     A peft adapter also gets :func:`write_base_view`, so that ``AutoPeftModelForSequenceClassification
-    .from_pretrained(OUT)`` builds the base with the task's labels.  ``final`` is the folder ``folder`` becomes
+    .from_pretrained(OUT)`` builds the base with the task's labels (``AutoPeftModelForCausalLM``: the decoder).  ``final`` is the folder ``folder`` becomes
     (the output folder when ``folder`` is the work folder of :func:`rankscope.io.results.atomic_output`); by
     default it is derived from the work folder's name (``.NAME.partial-PID-XXXX`` → ``NAME``), else ``folder``.
     """
@@ -375,6 +494,9 @@ def write_base_view(model: torch.nn.Module, folder: Path, final: Path) -> Path |
     absolute path; nothing is copied), and ``adapter_config.json``'s ``base_model_name_or_path`` becomes
     ``final/base_model``.  The base must stay where it is, as before (the path was absolute already); a moved
     adapter still loads with ``PeftModel.from_pretrained(AutoModelFor….from_pretrained(BASE, num_labels=N), ADAPTER)``.
+
+    A causal-LM adapter gets the same view: there are no labels, but its ``config.json`` names the causal-LM class
+    (a bare ``GPT2Model`` base is seen as the ``GPT2LMHeadModel`` that was trained, its head tied to the embeddings).
 
     Nothing changes (``None``) when the base is not a local folder with ``model.safetensors`` (or its sharded index).
     """
