@@ -35,6 +35,8 @@ bench: setup
 	$(PY) benchmarks/spectrum.py
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/subspace.py
+	$(PY) benchmarks/llm.py
+	$(PY) benchmarks/llm.py --moe
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -345,7 +345,11 @@ def reference_spectra(folder: Path) -> dict[str, np.ndarray]:
 
 
 def adapter_check(adapter: Path, folder: Path, reference: dict[str, np.ndarray], rank: int) -> tuple[float, str, int]:
-    """Worst ``‖ΔW − s·B·A‖_F / ‖ΔW‖_F`` over the Eckart–Young optimum, from the adapter files alone."""
+    """Worst ``‖ΔW − s·B·A‖_F / ‖ΔW‖_F`` over the Eckart–Young optimum, from the adapter files alone.
+
+    Over the modules with ``rank < min(shape)`` (at full rank the optimum is 0 and the ratio would only
+    measure the dtype of the stored factors); returns ``(worst ratio, its module, modules in the adapter)``.
+    """
     config = json.loads((adapter / "adapter_config.json").read_text())
     path = adapter / "adapter_model.safetensors"
     names = set(read_header(path)[0])
@@ -355,6 +359,9 @@ def adapter_check(adapter: Path, folder: Path, reference: dict[str, np.ndarray],
         if f"{key}.lora_A.weight" not in names:
             continue
         module = name.removesuffix(".weight")
+        count += 1
+        if rank >= min(delta.shape):
+            continue
         r = int(config.get("rank_pattern", {}).get(module, config["r"]))
         alpha = float(config.get("alpha_pattern", {}).get(module, config["lora_alpha"]))
         scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
@@ -363,7 +370,6 @@ def adapter_check(adapter: Path, folder: Path, reference: dict[str, np.ndarray],
         sigma = reference[name]
         optimum = float(np.sqrt(np.sum(sigma[rank:] ** 2) / np.sum(sigma**2)))
         ratio = max(err, 1e-6) / max(optimum, 1e-6)
-        count += 1
         if ratio > worst:
             worst, worst_name = ratio, module
     return worst, worst_name, count
@@ -581,7 +587,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                               f"{acc.max_rel_err:.1e} ({acc.worst_module})")
             if tools[1].samples:
                 worst, module, count = adapter_check(tools[1].out, folder, reference, RANK)
-                checks.append(f"extract: worst error / Eckart–Young optimum over {count} modules {worst:.6f} ({module})")
+                checks.append(f"extract: {count} modules extracted; worst error / Eckart–Young optimum {worst:.6f} ({module})")
+            for tool in tools[2:]:
+                if tool.label == "mergekit" and tool.samples:
+                    worst, module, count = adapter_check(tool.out, folder, reference, RANK)
+                    checks.append(f"mergekit: {count} modules extracted; worst error / optimum {worst:.6f} ({module})")
         report["pair"] = recipe(shape, args.seed, shard_bytes)
 
     print()

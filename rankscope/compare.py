@@ -45,6 +45,9 @@ from .options import compile_regex, compile_regexes
 from .pairing.align import TensorPair, align, assign_kinds, common_prefixes
 from .pairing.bind import BoundModule, bind_to_base
 from .pairing.executors import Executor, make_executor, node_name
+from .pairing.order import checkpoint_swap_warning
+from .protocol import ResultView
+from .summaries import ResultFiles
 
 DEFAULT_EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 COMPARE_COLUMNS = ("module", "layer", "kind", "rows", "cols", "r", "energy_both", "energy_col", "energy_optimal",
@@ -61,7 +64,7 @@ ADAPTER_SUMMARY_COLUMNS = ("r_1", "r_2", "phi_A_1", "phi_A_min_r", "phi_B_1", "p
 
 
 @dataclass
-class CompareResult:
+class CompareResult(ResultView):
     """Result of :func:`compare` or :func:`compare_adapters`.
 
     Attributes:
@@ -69,6 +72,9 @@ class CompareResult:
         phi: ``"<module>:left"`` / ``"<module>:right"`` → ``φ(i, j)`` grid (``phi.npz``).
         details: long tables (``amplification``, ``intruders``) written as ``<name>.csv``.
         info: provenance and timings (``run.json``).
+
+    Also :meth:`summary` (medians per kind), :meth:`figures`, :meth:`key_figures` and a Jupyter view
+    (:mod:`rankscope.protocol`).
     """
 
     table: pd.DataFrame
@@ -84,17 +90,29 @@ class CompareResult:
                 frame.to_csv(tmp / f"{name}.csv", index=False)
             np.savez(tmp / "phi.npz", **self.phi)
             if plots:
-                from .figures.compare import render_compare_figures
-
-                self.info.setdefault("outputs", {})["figures"] = render_compare_figures(self, tmp / "figures")
+                self.info.setdefault("outputs", {})["figures"] = self.render_figures(tmp / "figures")
         return Path(out)
 
-    def summary(self) -> str:
-        """A concise console summary: per module kind, the median of the main measurements."""
+    def render_figures(self, folder: Path) -> list[str]:
+        """Draw the figures of :mod:`rankscope.figures.compare` into ``folder``; returns the file names."""
+        from .figures.compare import render_compare_figures
+
+        return render_compare_figures(self, folder)
+
+    def result_files(self) -> ResultFiles:
+        """``compare.csv``, as the key figures read it."""
+        return ResultFiles(tables={"compare.csv": self.table})
+
+    def summary(self) -> pd.DataFrame:
+        """Per module kind, the median of the main measurements (:data:`SUMMARY_COLUMNS`, or
+        :data:`ADAPTER_SUMMARY_COLUMNS` for ``compare-adapters``)."""
         adapters = self.info.get("command") == "compare-adapters"
         cols = list(ADAPTER_SUMMARY_COLUMNS if adapters else SUMMARY_COLUMNS)
-        medians = self.table.groupby("kind", sort=False)[cols].median()
-        return medians.to_string(float_format=lambda v: f"{v:.3f}")
+        return self.table.groupby("kind", sort=False)[cols].median()
+
+    def summary_text(self) -> str:
+        """The console summary: :meth:`summary` as text."""
+        return self.summary().to_string(float_format=lambda v: f"{v:.3f}")
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> CompareResult:
@@ -223,11 +241,12 @@ def compare(
     with open_checkpoint(base) as b_ckpt, open_checkpoint(finetuned) as f_ckpt:
         bound = bind_to_base(ad, b_ckpt)
         alignment = align(b_ckpt, f_ckpt)
+        swap = checkpoint_swap_warning(b_ckpt, f_ckpt)
         pairs = {p.base.name: p for p in alignment.pairs if p.is_matrix and not p.fused}  # LoRA adapts 2-D weights
         selected = [b for b in bound if b.base_tensor in pairs and (not include_re or any(p.search(b.module)
                                                                                          for p in include_re))]
         if not selected:
-            raise RankscopeError(f"no module of adapter {adapter} is also a 2-D tensor of both {base} and {finetuned}")
+            raise RankscopeError(f"no module of adapter {adapter} is also a 2-D tensor of both {b_ckpt.given} and {f_ckpt.given}")
         kinds = assign_kinds([b.module for b in selected])
         source = AdapterSource(str(Path(ad.path).resolve()), uuid.uuid4().hex, {b.base_tensor: b for b in selected})
         results = runner.run([pairs[b.base_tensor] for b in selected], compare_pair, (b_ckpt, f_ckpt),
@@ -248,7 +267,7 @@ def compare(
             "executor": runner.describe(),
             "options": {"include": list(include), "phi_max": phi_max, "k": k, "epsilon": epsilon,
                         "epsilons": list(DEFAULT_EPSILONS)},
-            "skipped_tensors": skipped, "notes": skipped_notes(skipped),
+            "skipped_tensors": skipped, "notes": skipped_notes(skipped), "warnings": [swap] if swap else [],
             "seconds": {"analysis": round(time.perf_counter() - t0, 3)}, "versions": versions()}
     return CompareResult(table, phi, {"amplification": pd.DataFrame(amps), "intruders": pd.DataFrame(intruders)}, info)
 

@@ -39,13 +39,14 @@ import numpy as np
 import pandas as pd
 
 from .errors import RankscopeError
-from .io.checkpoints import Checkpoint, open_checkpoint
+from .io.checkpoints import MEMORY_FORMAT, Checkpoint, open_checkpoint
 from .io.peft import BIAS, PEFT_PREFIX, WRAPPED_HEADS, LoraSpec, adapter_config, lora_tensor_keys
 from .io.results import peak_rss_mb, read_json, read_table, result_folder, versions, write_json
 from .io.skipped import skipped_notes
 from .numerics.truncation import (
     OVERSAMPLE,
     POWER_ITERATIONS,
+    STORAGE_DTYPES,
     TorchOps,
     choose_method,
     error_ratio,
@@ -56,6 +57,7 @@ from .numerics.truncation import (
     optimal_relative_error,
     randomized_truncation,
     relative_error,
+    stored_as,
 )
 from .options import compile_regexes
 from .pairing.align import TensorPair, align
@@ -69,6 +71,7 @@ from .pairing.model_layout import (
     is_vocab_module,
     naming_suspicion,
 )
+from .pairing.order import checkpoint_swap_warning
 from .pairing.roles import (
     ModulePlan,
     apply_layout,
@@ -80,6 +83,8 @@ from .pairing.roles import (
     plan_roles,
     vector_tensors,
 )
+from .protocol import ResultView
+from .summaries import ResultFiles
 
 METHODS = ("auto", "exact", "randomized")
 EMBEDDINGS = ("auto", "skip", "lora", "save")
@@ -101,6 +106,7 @@ class Options:
     seed: int = 0
     optimum: bool = True
     device: str = "cpu"
+    dtype: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,6 +154,7 @@ def extract_module(plan: ModulePlan, base: Checkpoint, ft: Checkpoint, opts: Opt
     if opts.optimum and trunc.top_energy is None:
         trunc.top_energy = exact_top_energy(delta, plan.r, ops)
     b, a = lora_factors(trunc, plan.scale)  # of ΔW as stored; Conv1D stores ΔWᵀ = (B A)ᵀ
+    b, a = storage_rounded(b, opts.dtype, f"{plan.name}.lora_B"), storage_rounded(a, opts.dtype, f"{plan.name}.lora_A")
     stored_left, stored_right = b, a
     if plan.pair.transpose:
         b, a = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
@@ -167,13 +174,14 @@ def extract_module(plan: ModulePlan, base: Checkpoint, ft: Checkpoint, opts: Opt
 
 
 @dataclass
-class ExtractResult:
+class ExtractResult(ResultView):
     """Result of :func:`extract`: a peft adapter in memory plus its report.
 
     Attributes:
         table: one row per 2-D tensor of the pair (``extract.csv``; columns in the README).
         tensors: ``adapter_model.safetensors`` content, key → array (float32 LoRA factors,
-            fine-tuned values of modules_to_save and biases).
+            fine-tuned values of modules_to_save and biases; with ``dtype``, float32 arrays holding the values
+            rounded to it, which :meth:`save` writes in that format).
         adapter_config: ``adapter_config.json`` content (a peft ``LoraConfig``).
         info: provenance, options, timings and warnings (``run.json``).
     """
@@ -183,18 +191,29 @@ class ExtractResult:
     adapter_config: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, out: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write ``adapter_config.json``, ``adapter_model.safetensors``, ``extract.csv`` and ``run.json`` atomically."""
-        from safetensors.numpy import save_file
+    def save(self, out: str | os.PathLike, plots: bool = True, overwrite: bool = False) -> Path:
+        """Write ``adapter_config.json``, ``adapter_model.safetensors`` (in ``info["options"]["dtype"]`` when set),
+        ``extract.csv``, the model card ``README.md``, ``figures/error.png`` (unless ``plots`` is false) and
+        ``run.json`` atomically."""
+        from .model_card import extract_card
 
         t0 = time.perf_counter()
         with result_folder(out, self.info, overwrite) as tmp:
             write_json(tmp / "adapter_config.json", self.adapter_config)
-            save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()},
-                      str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+            write_adapter_tensors(self.tensors, tmp / "adapter_model.safetensors",
+                                  (self.info.get("options") or {}).get("dtype"))
             self.table.to_csv(tmp / "extract.csv", index=False)
+            if plots:
+                self.info.setdefault("outputs", {})["figures"] = self.render_figures(tmp / "figures")
+            (tmp / "README.md").write_text(extract_card(self.table, self.adapter_config, self.info))
             self.info.setdefault("seconds", {})["save"] = round(time.perf_counter() - t0, 3)
         return Path(out)
+
+    def render_figures(self, folder: Path) -> list[str]:
+        """``error.png`` (:mod:`rankscope.figures.adapters`): the error per module against the optimum."""
+        from .figures.adapters import render_adapter_figures
+
+        return render_adapter_figures(self, folder)
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> ExtractResult:
@@ -215,14 +234,25 @@ class ExtractResult:
             tensors = {n: ckpt.read_rows(n).reshape(t.shape) for n, t in ckpt.tensors.items()}
         return cls(table, tensors, config, info)
 
-    def summary(self) -> str:
-        """One line per module kind: rank, captured error vs optimum."""
+    def result_files(self) -> ResultFiles:
+        """``extract.csv``, as the key figures read it."""
+        return ResultFiles(tables={"extract.csv": self.table})
+
+    def summary(self) -> pd.DataFrame:
+        """Per module kind of the LoRA modules: ``n`` and the medians of ``rank``, ``rel_delta``, ``rel_error``,
+        ``optimal_rel_error`` and ``ratio`` (error against the Eckart–Young optimum)."""
+        t = self.table[self.table["role"] == "lora"]
+        if t.empty:
+            return pd.DataFrame()
+        cols = [c for c in ("rank", "rel_delta", "rel_error", "optimal_rel_error", "ratio") if c in t]
+        return t.groupby("kind", sort=False).agg(n=("module", "count"), **{c: (c, "median") for c in cols})
+
+    def summary_text(self) -> str:
+        """One line per module kind (:meth:`summary`), then the adapter's totals."""
         t = self.table[self.table["role"] == "lora"]
         lines = []
         if not t.empty:
-            cols = [c for c in ("rank", "rel_delta", "rel_error", "optimal_rel_error", "ratio") if c in t]
-            agg = t.groupby("kind", sort=False).agg(n=("module", "count"), **{c: (c, "median") for c in cols})
-            lines.append(agg.to_string(float_format=lambda v: f"{v:.4g}"))
+            lines.append(self.summary().to_string(float_format=lambda v: f"{v:.4g}"))
         a = self.info.get("adapter", {})
         lines.append(f"{a.get('lora_modules', 0)} LoRA modules ({a.get('lora_parameters', 0):,} parameters), "
                      f"{len(a.get('modules_to_save') or [])} modules_to_save, "
@@ -238,6 +268,8 @@ class ExtractResult:
 
 def _base_model_path(ckpt: Checkpoint) -> str:
     given = ckpt.given
+    if ckpt.fmt == MEMORY_FORMAT:  # a model in memory: the folder or Hub id it was loaded from, when it says
+        return str((ckpt.config or {}).get("_name_or_path") or given)
     if given.startswith("bundled:") or Path(given).expanduser().exists():
         path = Path(ckpt.path).resolve()
         return str(path.parent if path.is_file() else path)
@@ -263,6 +295,7 @@ def extract(
     seed: int = 0,
     optimum: bool = True,
     device: str = "cpu",
+    dtype: str | None = None,
     workers: int | None = None,
     check_model: str | bool = "auto",
     progress: bool = False,
@@ -291,6 +324,9 @@ def extract(
         method: ``auto``, ``exact`` or ``randomized`` (:mod:`rankscope.numerics.truncation`); ``power_iterations``,
             ``oversample`` and ``seed`` drive the randomized solver.
         optimum: compute the Eckart–Young optimum of every module (exact spectrum).
+        dtype: ``fp32``, ``bf16`` or ``fp16``: every floating tensor of the adapter is written in it, and the errors
+            of ``extract.csv`` are those of the factors so rounded; ``None`` (default): LoRA factors in float32, other
+            tensors (``modules_to_save`` copies, biases) as read from the fine-tune.
         device: ``cpu``, ``cuda`` (``cuda:N``) or ``auto``: where the SVDs run (torch on GPUs).
         workers: modules in parallel (default: CPU count on CPU, one per GPU).
         executor, ray_address: ``local`` (threads; ``cuda`` uses every GPU visible) or ``ray`` (one task per
@@ -321,6 +357,8 @@ def extract(
     _check_choice(bias, BIAS, "--bias")
     _check_choice(embeddings, EMBEDDINGS, "--embeddings")
     _check_choice(method, METHODS, "--method")
+    if dtype is not None:
+        _check_choice(dtype, STORAGE_DTYPES, "--dtype")
     check_model = {True: "always", False: "never"}.get(check_model, check_model)
     _check_choice(check_model, MODEL_CHECKS, "--model-check")
     if power_iterations < 0 or oversample < 0:
@@ -329,25 +367,27 @@ def extract(
     save_re = compile_regexes(list(save_modules), "--save-modules")
     runner = make_executor(executor, device, workers, ray_address)
     device = runner.device
-    opts = Options(method, power_iterations, oversample, seed, optimum, device)
+    opts = Options(method, power_iterations, oversample, seed, optimum, device, dtype)
     warnings: list[str] = []
     with open_checkpoint(base) as b_ckpt, open_checkpoint(finetuned) as f_ckpt:
-        choice = choose_task(b_ckpt.config, f_ckpt.config, str(base), str(finetuned))
+        choice = choose_task(b_ckpt.config, f_ckpt.config, b_ckpt.given, f_ckpt.given)
         task, side = choice.task, choice.side  # names follow the task model's checkpoint (choose_task)
         model_ckpt = f_ckpt if side == "finetuned" else b_ckpt
         warnings += choice.notes
+        swap = checkpoint_swap_warning(b_ckpt, f_ckpt)
+        warnings += [swap] if swap else []
         suspicion = naming_suspicion(model_ckpt.config, list(model_ckpt.tensors))
         checking = check_model == "always" or (check_model == "auto" and suspicion is not None)
         layout_probe = ModelLayout(model_ckpt.config) if checking else None
         alignment = align(b_ckpt, f_ckpt)
         if not any(p.is_matrix for p in alignment.pairs):
-            raise RankscopeError(f"{base} and {finetuned} share no 2-D tensor: are they the same architecture?")
+            raise RankscopeError(f"{b_ckpt.given} and {f_ckpt.given} share no 2-D tensor: are they the same architecture?")
         warnings += alignment.warnings
         save_names = WRAPPED_HEADS.get(task, ()) + tuple(spec.modules_to_save)
         plans, saved = plan_roles(alignment.pairs, spec, embeddings, save_names, save_re, exclude_re, side)
         lora_plans = [p for p in plans if p.role == "lora"]
         if not lora_plans:
-            raise RankscopeError(f"{spec.source}: the targets select no 2-D module of {base} "
+            raise RankscopeError(f"{spec.source}: the targets select no 2-D module of {b_ckpt.given} "
                                  f"(target_modules={spec.target_modules!r}); nothing to extract")
         check_ranks(plans)
         check_vocab(plans, warnings)
@@ -371,6 +411,7 @@ def extract(
                                                 side)
         tensors.update({f"{PEFT_PREFIX}{names.get(owner, owner)}{name[len(owner):]}": value
                         for owner, name, _, value in ft_only})
+        tensors = {k: storage_rounded(v, dtype, k) for k, v in tensors.items()}
         taken = {core for _, _, core, _ in ft_only}
         _note_uncaptured(plans, results, vec_summary, [n for n in alignment.only_in_finetuned if n not in taken],
                          warnings)
@@ -393,7 +434,7 @@ def extract(
         "spec": spec.describe(),
         "options": {"embeddings": embeddings, "save_modules": list(save_modules), "exclude": list(exclude),
                     "bias": bias, "method": method, "power_iterations": power_iterations, "oversample": oversample,
-                    "optimum": optimum, "workers": runner.workers, "check_model": check_model},
+                    "optimum": optimum, "workers": runner.workers, "check_model": check_model, "dtype": dtype},
         "seed": seed,
         "device": device,
         "executor": runner.describe(),
@@ -401,7 +442,8 @@ def extract(
         "adapter": {"lora_modules": len(lora_table), "lora_parameters": int(lora_table["lora_params"].sum()),
                     "modules_to_save": saved, "bias_tensors": vec_summary["written"],
                     "methods": dict(Counter(lora_table["method"])),
-                    "bytes": int(sum(v.nbytes for v in tensors.values()))},
+                    "bytes": int(sum(v.size * {"fp32": 4, "bf16": 2, "fp16": 2}.get(dtype or "", v.itemsize)
+                                     if v.dtype.kind == "f" else v.nbytes for v in tensors.values()))},
         "model_layout_checked": layout is not None,
         "naming_suspicion": suspicion,
         "alignment": {"base_prefix": alignment.base_prefix, "finetuned_prefix": alignment.finetuned_prefix,
@@ -417,6 +459,36 @@ def extract(
         "versions": versions(),
     }
     return ExtractResult(table, tensors, peft_config, info)
+
+
+def write_adapter_tensors(tensors: dict[str, np.ndarray], path: Path, dtype: str | None = None) -> None:
+    """``adapter_model.safetensors`` of ``tensors`` (numpy arrays), every floating tensor in ``dtype`` (``fp32``,
+    ``bf16``, ``fp16``) when given, else as held."""
+    if dtype == "bf16":  # numpy has no bfloat16: through torch, as peft saves a bf16 adapter
+        import torch
+        from safetensors.torch import save_file as save_torch
+
+        save_torch({k: torch.from_numpy(np.ascontiguousarray(v)).to(torch.bfloat16) if v.dtype.kind == "f"
+                    else torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()},
+                   str(path), metadata={"format": "pt"})
+        return
+    from safetensors.numpy import save_file
+
+    target = {"fp32": np.float32, "fp16": np.float16}.get(dtype or "")
+    save_file({k: np.ascontiguousarray(v if target is None or v.dtype.kind != "f" else v.astype(target))
+               for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
+def storage_rounded(values: np.ndarray, dtype: str | None, name: str) -> np.ndarray:
+    """``values`` as ``--dtype`` stores them (:func:`rankscope.numerics.truncation.stored_as`; unchanged for None);
+    a value beyond the format's range is a :class:`RankscopeError` naming the tensor."""
+    if dtype is None or np.asarray(values).dtype.kind != "f":
+        return values
+    rounded = stored_as(values, dtype)
+    if not np.isfinite(rounded).all() and np.isfinite(values).all():
+        raise RankscopeError(f"--dtype {dtype}: tensor '{name}' has values beyond the range of {dtype} "
+                             f"(largest |value| {float(np.abs(values).max()):.4g}); use bf16 or fp32")
+    return rounded
 
 
 def _check_choice(value: str, choices: Sequence[str], option: str) -> None:

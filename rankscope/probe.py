@@ -111,8 +111,19 @@ class ProbeResult(SpectrumResult):
             result.singular_vectors[row.module] = (u, s, vt)
         return result
 
-    def summary(self) -> str:
-        """One line on the probe, then one line per module kind."""
+    def summary(self) -> pd.DataFrame:
+        """One row per module kind: ``n``, the first module's ``rows`` × ``cols``, and the medians of ``norm``
+        (``‖M‖_F``), ``effective_rank``, ``rank_90`` and ``gd_rank``."""
+        t = self.table
+        if t.empty:
+            return pd.DataFrame()
+        return t.groupby("kind", sort=False).agg(n=("module", "count"), rows=("rows", "first"), cols=("cols", "first"),
+                                                 norm=("delta_norm", "median"),
+                                                 effective_rank=("effective_rank", "median"),
+                                                 rank_90=("rank_90", "median"), gd_rank=("gd_rank", "median"))
+
+    def summary_text(self) -> str:
+        """One line on the probe, then :meth:`summary` as text."""
         info, t = self.info, self.table
         what = (f"{info.get('batches')} batches ({info.get('examples')} examples)" if info.get("signal") == "gradient"
                 else f"{info.get('steps')} full fine-tuning steps")
@@ -120,10 +131,7 @@ class ProbeResult(SpectrumResult):
                 f"{info.get('cost_seconds')} s")
         if t.empty:
             return head
-        by_kind = t.groupby("kind", sort=False).agg(n=("module", "count"), rows=("rows", "first"), cols=("cols", "first"),
-                                                    norm=("delta_norm", "median"),
-                                                    effective_rank=("effective_rank", "median"),
-                                                    rank_90=("rank_90", "median"), gd_rank=("gd_rank", "median"))
+        by_kind = self.summary()
         lines = [head, by_kind.to_string(float_format=lambda v: f"{v:.3g}"),
                  f"{len(t)} matrices; norm = median ‖M‖_F of the kind; top {info.get('keep_vectors')} singular triplets "
                  f"kept per module"]

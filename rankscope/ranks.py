@@ -57,6 +57,7 @@ import pandas as pd
 
 from .errors import RankscopeError
 from .init_adapter import INIT_FOLDER, InitSource, check_init_source, spectral_init
+from .io.checkpoints import is_in_memory, source_name
 from .io.peft import WRAPPED_HEADS, check_lora_config, head_modules, head_owner, lora_config_dict
 from .io.results import read_json, result_folder, versions, write_json
 from .numerics import metrics
@@ -71,7 +72,7 @@ from .numerics.rank_rules import (
     rule_rank,
     validate_rank_options,
 )
-from .pairing.experts import expert_module
+from .pairing.experts import fused_expert_modules
 from .pairing.model_layout import (
     EMBEDDING_OR_HEAD,
     OUTPUT_HEADS,
@@ -81,19 +82,12 @@ from .pairing.model_layout import (
     head_names,
     is_embedding_or_head,
 )
+from .pairing.order import SWAP_WARNING
+from .protocol import ResultView
+from .summaries import ResultFiles
 
 if TYPE_CHECKING:
     from .spectrum import SpectrumResult
-
-
-def fused_expert_modules(info: dict[str, Any]) -> set[str]:
-    """Module names of the experts of fused 3-D tensors in a spectrum result (``alignment.fused_experts``)."""
-    fused = (info.get("alignment") or {}).get("fused_experts") or {}
-    out: set[str] = set()
-    for tensor, entry in fused.items():
-        count = entry.get("experts", 0) if isinstance(entry, dict) else 0
-        out.update(expert_module(tensor, e) for e in range(int(count)))
-    return out
 
 
 def select_targets(table: pd.DataFrame, targets: Sequence[str], exclude_embeddings: bool = True) -> np.ndarray:
@@ -148,7 +142,7 @@ def _mean_energy(table: pd.DataFrame, col: str) -> float:
 
 
 @dataclass
-class RankPlan:
+class RankPlan(ResultView):
     """Result of :func:`recommend`.
 
     Attributes:
@@ -157,28 +151,49 @@ class RankPlan:
             rule's own answer before ``min_rank``/``max_rank``/``snap``; empty for global rules),
             ``delta_energy`` (``‖ΔW‖_F²``), ``uniform_rank``, ``uniform_params``, ``uniform_captured_energy``
             (the uniform alternative with the same budget).
-        lora_config: ``LoraConfig`` keyword arguments (``LoraConfig(**plan.lora_config)``).
+        config: the plan's ``LoraConfig`` keyword arguments (``lora_config.json``); :attr:`lora_config` builds the
+            ``peft.LoraConfig`` itself.
         info: provenance, options, totals and timings, written as ``run.json``.
         spectrum: the spectra, when they were computed on the fly (saved under ``OUT/spectrum/``).
+
+    Also :meth:`summary` (per kind), :meth:`figures`, :meth:`key_figures` and a Jupyter view (:mod:`rankscope.protocol`).
     """
 
     table: pd.DataFrame
-    lora_config: dict[str, Any]
+    config: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
     spectrum: Any = None
     init: Any = None
     """The spectral-init adapter (:class:`rankscope.init_adapter.InitAdapter`), when ``init_from`` was given."""
+    budget_curve: pd.DataFrame | None = None  # budget_curve.csv: captured ‖ΔW‖² against LoRA parameters
 
-    def summary(self) -> str:
-        """Console summary: one line per kind, then totals against the uniform alternative."""
+    @property
+    def lora_config(self) -> Any:
+        """The plan as a ``peft.LoraConfig`` (``get_peft_model(model, plan.lora_config)`` adapts every module at
+        its planned rank); built from :attr:`config`, peft imported on first use."""
+        from peft import LoraConfig
+
+        return LoraConfig(**self.config)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per kind: ``n`` modules, ``rank_min``/``rank_median``/``rank_max``, LoRA ``params``, and the
+        share of the kind's ``‖ΔW‖²`` the plan (``energy``) and the uniform alternative (``uniform``) capture at most."""
         t = self.table
-        res = self.info.get("results", {})
-        opts = self.info.get("options", {})
         by_kind = t.groupby("kind", sort=False).agg(
             n=("module", "count"), rank_min=("rank", "min"), rank_median=("rank", "median"),
             rank_max=("rank", "max"), params=("params", "sum"))
-        by_kind["energy"] = [_pct(_energy_share(g, "captured_energy")) for _, g in t.groupby("kind", sort=False)]
-        by_kind["uniform"] = [_pct(_energy_share(g, "uniform_captured_energy")) for _, g in t.groupby("kind", sort=False)]
+        by_kind["energy"] = [_energy_share(g, "captured_energy") for _, g in t.groupby("kind", sort=False)]
+        by_kind["uniform"] = [_energy_share(g, "uniform_captured_energy") for _, g in t.groupby("kind", sort=False)]
+        return by_kind
+
+    def summary_text(self) -> str:
+        """Console summary: :meth:`summary` as text, then totals against the uniform alternative."""
+        t = self.table
+        res = self.info.get("results", {})
+        opts = self.info.get("options", {})
+        by_kind = self.summary()
+        by_kind["energy"] = by_kind["energy"].map(_pct)
+        by_kind["uniform"] = by_kind["uniform"].map(_pct)
         by_kind["params"] = by_kind["params"].map(lambda v: f"{int(v):,}")
         alpha = f"{opts.get('alpha')}" + (" with rsLoRA (scale alpha/sqrt(r))" if opts.get("use_rslora") else "")
         lines = [f"signal: {self.info.get('signal', 'full-FT ΔW')}",
@@ -197,7 +212,7 @@ class RankPlan:
             what = "of ||ΔW||²" if opts.get("gain") == "absolute" else "per module"
             lines.append(f"allocation: {status} (no allocation of this budget captures more than "
                          f"{_pct(res['optimum_bound'])} {what})")
-        cfg = self.lora_config
+        cfg = self.config
         lines.append(f"lora_config: r={cfg['r']}, lora_alpha={cfg['lora_alpha']}, "
                      f"{len(cfg['rank_pattern'])} rank_pattern and {len(cfg['alpha_pattern'])} alpha_pattern entries")
         lines.append(_peft_line(cfg, self.info.get("peft") or {}, str(self.info.get("signal", ""))))
@@ -208,14 +223,17 @@ class RankPlan:
         return "\n".join(lines)
 
     def save(self, out: str | os.PathLike, plots: bool = True, overwrite: bool = False) -> Path:
-        """Write ``ranks.csv``, ``lora_config.json``, ``adapter_config.json`` (the same config, the file name
-        ``LoraConfig.from_pretrained(OUT)`` reads), ``run.json``, ``figures/ranks.png``, for spectra
+        """Write ``ranks.csv``, ``budget_curve.csv``, ``lora_config.json``, ``adapter_config.json`` (the same config,
+        the file name ``LoraConfig.from_pretrained(OUT)`` reads), ``run.json``, ``figures/ranks.png`` and
+        ``figures/budget_curve.png``, for spectra
         computed on the fly ``spectrum/`` (a spectrum result folder, reusable as SOURCE) and, with an init,
         ``init/`` (a peft adapter) — atomically."""
         with result_folder(out, self.info, overwrite) as tmp:
             self.table.to_csv(tmp / "ranks.csv", index=False)
-            write_json(tmp / "lora_config.json", self.lora_config)
-            write_json(tmp / "adapter_config.json", self.lora_config)
+            if self.budget_curve is not None:
+                self.budget_curve.to_csv(tmp / "budget_curve.csv", index=False)
+            write_json(tmp / "lora_config.json", self.config)
+            write_json(tmp / "adapter_config.json", self.config)
             outputs = self.info.setdefault("outputs", {})
             if self.spectrum is not None:
                 _save_spectrum(self.spectrum, tmp / "spectrum")
@@ -225,12 +243,20 @@ class RankPlan:
                 outputs["init"] = f"{INIT_FOLDER}/"
             if plots:
                 t0 = time.perf_counter()
-                (tmp / "figures").mkdir()
-                from .figures.ranks import render_rank_figure
-
-                outputs["figures"] = [render_rank_figure(self, tmp / "figures" / "ranks.png")]
+                outputs["figures"] = self.render_figures(tmp / "figures")
                 self.info.setdefault("seconds", {})["plots"] = round(time.perf_counter() - t0, 3)
         return Path(out)
+
+    def render_figures(self, folder: Path) -> list[str]:
+        """Draw the figures of :mod:`rankscope.figures.ranks` into ``folder``; returns the file names."""
+        from .figures.ranks import render_plan_figures
+
+        folder.mkdir(parents=True, exist_ok=True)
+        return render_plan_figures(self, folder)
+
+    def result_files(self) -> ResultFiles:
+        """``ranks.csv``, as the key figures read it."""
+        return ResultFiles(tables={"ranks.csv": self.table})
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> RankPlan:
@@ -247,7 +273,9 @@ class RankPlan:
                 table["rule_rank"] = table["rule_rank"].astype("Int64")
             except (TypeError, ValueError) as exc:
                 raise RankscopeError(f"{out / 'ranks.csv'}: column 'rule_rank' must hold whole numbers") from exc
-        return cls(table, read_json(out / "lora_config.json"), info)
+        p = out / "budget_curve.csv"  # absent in folders written before it
+        curve = read_table(p, ("allocation", "rank", "params", "captured_energy"), ("params",)) if p.is_file() else None
+        return cls(table, read_json(out / "lora_config.json"), info, budget_curve=curve)
 
 
 def _peft_line(cfg: dict[str, Any], peft: dict[str, Any], signal: str = "") -> str:
@@ -283,6 +311,9 @@ def _load_source(source, finetuned, targets: tuple[str, ...], exclude_embeddings
     if isinstance(source, SpectrumResult):
         return source, {"spectrum": "in memory", "spectrum_inputs": source.info.get("inputs")}, False
     if finetuned is None:
+        if is_in_memory(source):
+            raise RankscopeError(f"SOURCE {source_name(source)}: a model in memory is a base checkpoint; give the "
+                                 f"fine-tune too (recommend(base, finetuned)), or a spectrum result")
         folder = Path(source)
         if not folder.exists():
             raise RankscopeError(f"SOURCE {source}: no such folder (give a rankscope spectrum result folder, "
@@ -299,7 +330,7 @@ def _load_source(source, finetuned, targets: tuple[str, ...], exclude_embeddings
                         progress=progress)
     except RankscopeError as exc:
         if str(exc).startswith("--include/--exclude"):
-            raise RankscopeError(f"--targets {','.join(targets)}: matches no 2-D module of {source}") from exc
+            raise RankscopeError(f"--targets {','.join(targets)}: matches no 2-D module of {source_name(source)}") from exc
         raise
     return spec, spec.info.get("inputs", {}), True
 
@@ -437,6 +468,8 @@ def recommend(
     warnings: list[str] = []
     task = plan_task(spec.info)
     warnings += task.notes
+    if on_the_fly:  # the pair's order, as spectrum saw it
+        warnings += [w for w in spec.info.get("warnings", []) if w.startswith(SWAP_WARNING)]
     heads = head_names(task.task)
     mask = select_targets(table, tokens, exclude_embeddings)
     fused = fused_expert_modules(spec.info)
@@ -542,7 +575,9 @@ def recommend(
     if init is not None:
         info["init"] = {k: v for k, v in init.info.items() if k != "warnings"}
         info["seconds"]["init"] = init.info["seconds"]
-    return RankPlan(out, config, info, spec if on_the_fly else None, init)
+    from .numerics.allocation import budget_curve  # (the import line above is full)
+    curve = pd.DataFrame(budget_curve([spectra[i] for i in idx], live_shapes).columns()).astype({"rank": "Int64"})
+    return RankPlan(out, config, info, spec if on_the_fly else None, init, curve)
 
 
 def _init(source: InitSource | None, table: pd.DataFrame, config: dict[str, Any], base: Any, finetuned: Any,

@@ -30,7 +30,8 @@ import pandas as pd
 
 from .errors import RankscopeError
 from .io.results import versions
-from .summaries import key_figures
+from .protocol import inline_html
+from .summaries import TITLES, key_figures
 
 MARKER = "<!-- rankscope report -->"
 MAX_ROWS = 2000
@@ -38,28 +39,61 @@ MAX_ROWS = 2000
 TABLE_FILES = ("modules.csv", "ranks.csv", "extract.csv", "resize.csv", "compare.csv", "vectors.csv",
                "amplification.csv", "intruders.csv", "metrics.csv", "history.csv", "runs.csv")
 FORMATS = ("html", "md")
-TITLES = {
-    "spectrum": "How low-rank is this fine-tune?",
-    "probe": "How low-rank is the update this task asks for (probe)?",
-    "lora": "How much of its rank does this LoRA use?",
-    "compare": "Did the LoRA learn what full fine-tuning learnt?",
-    "compare-adapters": "Do the two adapters learn the same subspaces?",
-    "recommend": "Which LoRA rank per module?",
-    "extract": "How well does the extracted LoRA reproduce the fine-tune?",
-    "resize": "How well does the resized LoRA reproduce the original?",
-    "train": "How did training go?",
-    "intrinsic-dim": "How many dimensions does the task need?",
-}
 
 
 @dataclass
 class Report:
-    """A rendered report page: ``text`` (HTML or Markdown), the results it covers and their key figures."""
+    """A rendered report page: ``text`` (HTML or Markdown), the results it covers and their key figures.
+
+    Attributes:
+        text, fmt: the page and its format (``html`` or ``md``).
+        results: the result folders it covers.
+        key_figures: each result's key figures (``summary.json``, :func:`rankscope.summaries.key_figures`).
+        table: the key figures as the page shows them, one row per figure and one column per result
+            (also :meth:`summary`).
+
+    :meth:`figures` draws the results' figures in memory; :meth:`load` reads a saved page back.
+    """
 
     text: str
     fmt: str
     results: list[Path]
-    figures: list[dict[str, Any]] = field(default_factory=list)
+    key_figures: list[dict[str, Any]] = field(default_factory=list)
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def summary(self) -> pd.DataFrame:
+        """The key-figure table (:attr:`table`)."""
+        return self.table
+
+    def figures(self) -> dict[str, Any]:
+        """The figures of the results the page covers, drawn in memory from their folders
+        (``{name: matplotlib Figure}``; ``"<folder>/<name>"`` when the page covers several results)."""
+        from .loader import load
+
+        out: dict[str, Any] = {}
+        for folder in self.results:
+            for name, fig in load(folder).figures().items():
+                out[name if len(self.results) == 1 else f"{folder.name}/{name}"] = fig
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Report:
+        """A page written by :meth:`save`; the results it covers are read from its provenance block (HTML pages)
+        and their key figures recomputed from the folders that still exist."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RankscopeError(f"{path}: cannot read the report ({exc})") from exc
+        if text.split("\n", 1)[0].strip() != MARKER:
+            raise RankscopeError(f"{path}: not a rankscope report (no '{MARKER}' on its first line)")
+        fmt = "html" if "<!doctype html>" in text[:200] else "md"
+        found = re.search(r'<script type="application/json" id="run-json">(.*?)</script>', text, re.S)
+        runs = json.loads(found.group(1)) if found else []  # JSON reads the page's "<\/" as "</"
+        runs = [r for r in runs if isinstance(r, dict) and (Path(str(r.get("folder"))) / "run.json").is_file()]
+        folders = [Path(str(r["folder"])) for r in runs]
+        figures = [key_figures(f) for f in folders]
+        return cls(text, fmt, folders, figures, key_table(folders, [r.get("run") or {} for r in runs], figures))
 
     def save(self, out: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the page atomically (see module docstring for what may be replaced)."""
@@ -161,7 +195,15 @@ def report(results: Sequence[str | os.PathLike], fmt: str = "html", out: str | o
     figures = [key_figures(f, i) for f, i in zip(folders, infos, strict=True)]
     page = Page(commands[0], folders, infos, figures, Path(out).parent if out else Path.cwd())
     text = page.html() if fmt == "html" else page.markdown()
-    return Report(text, fmt, folders, figures)
+    return Report(text, fmt, folders, figures, page.key_table())
+
+
+def key_table(folders: Sequence[Path], infos: Sequence[dict[str, Any]], figures: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The key figures of several results: one row per figure (nested keys joined by dots), one column per result."""
+    flat = [_flatten(f) for f in figures]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    cols = {_label(folder, info): [f.get(k) for k in keys] for folder, info, f in zip(folders, infos, flat, strict=True)}
+    return pd.DataFrame(cols, index=keys)
 
 
 @dataclass
@@ -179,11 +221,7 @@ class Page:
         return f"rankscope {self.command}: {TITLES.get(self.command, 'result')}"
 
     def key_table(self) -> pd.DataFrame:
-        flat = [_flatten(f) for f in self.figures]
-        keys = list(dict.fromkeys(k for f in flat for k in f))
-        cols = {_label(folder, info): [f.get(k) for k in keys]
-                for folder, info, f in zip(self.folders, self.infos, flat, strict=True)}
-        return pd.DataFrame(cols, index=keys)
+        return key_table(self.folders, self.infos, self.figures)
 
     def tables(self, folder: Path) -> list[tuple[str, pd.DataFrame, int]]:
         out = []
@@ -208,7 +246,7 @@ class Page:
         for folder, info, fig in zip(self.folders, self.infos, self.figures, strict=True):
             if len(self.folders) > 1:
                 parts.append(f"<h3>{e(_label(folder, info))}</h3>")
-            parts.append("<ul class='answer'>" + "".join(f"<li>{_inline(s)}</li>" for s in fig.get("answer", []))
+            parts.append("<ul class='answer'>" + "".join(f"<li>{inline_html(s)}</li>" for s in fig.get("answer", []))
                          + "</ul>")
         parts.append("</section>")
         key = self.key_table()
@@ -286,12 +324,6 @@ def _md_table(t: pd.DataFrame) -> str:
     rule = "|" + "---|" * len(t.columns)
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in t.itertuples(index=False)]
     return "\n".join([head, rule, *rows])
-
-
-def _inline(text: str) -> str:
-    """Escape a sentence, turning `code` spans into <code>."""
-    parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 STYLE = """

@@ -74,8 +74,17 @@ from .numerics.rank_rules import (
     rule_rank,
     validate_rank_options,
 )
-from .numerics.truncation import Truncation, error_ratio, lora_factors, optimal_relative_error
+from .numerics.truncation import (
+    STORAGE_DTYPES,
+    Truncation,
+    error_ratio,
+    lora_factors,
+    optimal_relative_error,
+    stored_as,
+)
 from .pairing.align import assign_kinds
+from .protocol import ResultView
+from .summaries import ResultFiles
 
 TABLE_COLUMNS = ("module", "layer", "kind", "rows", "cols", "embedding", "action", "r_before", "r_after",
                  "planned_rank", "rule_rank", "capped", "alpha_before", "alpha_after", "scale_before", "scale_after",
@@ -97,7 +106,7 @@ BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
 
 @dataclass
-class ResizeResult:
+class ResizeResult(ResultView):
     """Result of :func:`resize`: the resized peft adapter in memory plus its report.
 
     Attributes:
@@ -113,9 +122,12 @@ class ResizeResult:
     adapter_config: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, out: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write ``adapter_config.json``, ``adapter_model.safetensors``, ``resize.csv`` and ``run.json`` atomically."""
+    def save(self, out: str | os.PathLike, plots: bool = True, overwrite: bool = False) -> Path:
+        """Write ``adapter_config.json``, ``adapter_model.safetensors``, ``resize.csv``, the model card ``README.md``,
+        ``figures/error.png`` (unless ``plots`` is false) and ``run.json`` atomically."""
         from safetensors.torch import save_file
+
+        from .model_card import resize_card
 
         t0 = time.perf_counter()
         with result_folder(out, self.info, overwrite) as tmp:
@@ -123,8 +135,17 @@ class ResizeResult:
             save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp / "adapter_model.safetensors"),
                       metadata={"format": "pt"})
             self.table.to_csv(tmp / "resize.csv", index=False)
+            if plots:
+                self.info.setdefault("outputs", {})["figures"] = self.render_figures(tmp / "figures")
+            (tmp / "README.md").write_text(resize_card(self.table, self.adapter_config, self.info))
             self.info.setdefault("seconds", {})["save"] = round(time.perf_counter() - t0, 3)
         return Path(out)
+
+    def render_figures(self, folder: Path) -> list[str]:
+        """``error.png`` (:mod:`rankscope.figures.adapters`): the error per module against the optimum."""
+        from .figures.adapters import render_adapter_figures
+
+        return render_adapter_figures(self, folder)
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> ResizeResult:
@@ -145,16 +166,24 @@ class ResizeResult:
             pass
         return cls(table, load_file(str(weights)), config, info)
 
-    def summary(self) -> str:
-        """One line per module kind (ranks before and after, errors), then the totals."""
-        t = self.table
-        res, opts = self.info.get("results", {}), self.info.get("options", {})
-        lines = [f"rule {opts.get('rule')} (gain {opts.get('gain')}), alpha {opts.get('alpha')}, {len(t)} LoRA modules"]
-        agg = t.groupby("kind", sort=False).agg(
+    def result_files(self) -> ResultFiles:
+        """``resize.csv``, as the key figures read it."""
+        return ResultFiles(tables={"resize.csv": self.table})
+
+    def summary(self) -> pd.DataFrame:
+        """Per module kind: ``n``, the median rank before, the ranks after (min, median, max) and the largest
+        ``rel_error`` and ``ratio`` (error against the Eckart–Young optimum)."""
+        return self.table.groupby("kind", sort=False).agg(
             n=("module", "count"), r_before=("r_before", "median"), r_min=("r_after", "min"),
             r_median=("r_after", "median"), r_max=("r_after", "max"), rel_error=("rel_error", "max"),
             ratio=("ratio", "max"))
-        lines.append(agg.to_string(float_format=lambda v: f"{v:.4g}"))
+
+    def summary_text(self) -> str:
+        """One line per module kind (:meth:`summary`), then the totals."""
+        t = self.table
+        res, opts = self.info.get("results", {}), self.info.get("options", {})
+        lines = [f"rule {opts.get('rule')} (gain {opts.get('gain')}), alpha {opts.get('alpha')}, {len(t)} LoRA modules"]
+        lines.append(self.summary().to_string(float_format=lambda v: f"{v:.4g}"))
         budget = res.get("budget")
         lines.append(f"LoRA parameters {res.get('params_before', 0):,} -> {res.get('params_after', 0):,}"
                      + (f" (budget {budget:,})" if budget else "")
@@ -296,13 +325,17 @@ def _stored_factors(raw: dict[str, Any]) -> dict[str, dict[str, tuple[str, Any]]
 
 
 def _new_factors(lm: LoraModule, u: np.ndarray, s: np.ndarray, vt: np.ndarray, rank: int, scale: float,
-                 stored: dict[str, tuple[str, Any]]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """The rank-``rank`` factors as peft stores them (float32, conv kernels reshaped as the original's) and
-    ``(B', A')`` (float64 values of what is stored) for the error."""
+                 stored: dict[str, tuple[str, Any]], dtype: str | None = None
+                 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The rank-``rank`` factors as peft stores them (float32 holding ``dtype``'s values, conv kernels reshaped as the
+    original's) and ``(B', A')`` (float64 values of what is stored) for the error."""
     import torch
+
+    from .extract import storage_rounded
 
     top = float(np.sum(s[:rank] ** 2))
     b, a = lora_factors(Truncation(u[:, :rank], s[:rank], vt[:rank], "factored", top), scale)
+    b, a = storage_rounded(b, dtype, f"{lm.module}.lora_B"), storage_rounded(a, dtype, f"{lm.module}.lora_A")
     out = {}
     for key, value in lora_tensor_keys(lm.module, lm.embedding, b, a).items():
         which = "lora_A" if key.endswith("lora_A.weight") else "lora_B" if key.endswith("lora_B.weight") else None
@@ -311,6 +344,23 @@ def _new_factors(lm: LoraModule, u: np.ndarray, s: np.ndarray, vt: np.ndarray, r
             value = value.reshape((rank, *shape[1:]) if which == "lora_A" else (shape[0], rank, *shape[2:]))
         out[key] = torch.from_numpy(np.ascontiguousarray(value))
     return out, b.astype(np.float64), a.astype(np.float64)
+
+
+def _cast(tensors: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """Every floating tensor in ``dtype`` (torch tensors; values beyond fp16's range refused, naming the tensor)."""
+    import torch
+
+    target = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    out = {}
+    for key, value in tensors.items():
+        if value.is_floating_point():
+            cast = value.to(target)
+            if not torch.isfinite(cast).all() and torch.isfinite(value).all():
+                raise RankscopeError(f"--dtype {dtype}: tensor '{key}' has values beyond the range of {dtype}; "
+                                     f"use bf16 or fp32")
+            value = cast
+        out[key] = value
+    return out
 
 
 def _other_tensors(raw: dict[str, Any], dropped: set[str], warnings: list[str]) -> dict[str, Any]:
@@ -341,6 +391,7 @@ def resize(
     snap: str | Sequence[int] | None = None,
     alpha: str | float | None = None,
     gain: str = "absolute",
+    dtype: str | None = None,
 ) -> ResizeResult:
     """Cut a peft LoRA adapter to per-module ranks under ``rule``, exactly from its factors (module docstring).
 
@@ -352,6 +403,9 @@ def resize(
             adapter rank is capped at it (warning, ``capped``).
         alpha: ``None`` (keep ``α/r``, or ``α`` with rsLoRA), or recommend's policy ``"r"``, ``"2r"``, ``"<c>r"``,
             a number.
+        dtype: ``fp32``, ``bf16`` or ``fp16``: every floating tensor of the written adapter in it (errors of the
+            factors so rounded; a copied module's error is that of its cast); ``None``: new factors float32, every
+            other tensor as stored.
 
     Returns:
         :class:`ResizeResult`; ``.save(OUT)`` writes the adapter, ``resize.csv`` and ``run.json``.
@@ -361,6 +415,8 @@ def resize(
     snap_ = parse_snap(snap)
     policy = parse_alpha(alpha) if alpha is not None else None
     validate_rank_options(min_rank, max_rank, gain)
+    if dtype is not None and dtype not in STORAGE_DTYPES:
+        raise RankscopeError(f"--dtype: '{dtype}' is not one of {', '.join(STORAGE_DTYPES)}")
     ad = read_adapter(adapter)  # refuses non-LoRA configs, NaN / Inf tensors, rank mismatches
     raw, not_tensors = _raw_tensors(ad.path)
     _check_adapter(ad, list(raw))
@@ -396,9 +452,13 @@ def resize(
             action, rel = "copied", 0.0
             a_new, s_new = float(lm.alpha), float(lm.scale)
             tensors.update({_factor_key(lm.module, which): value for which, (_, value) in stored[lm.module].items()})
+            if dtype is not None:  # the copy is cast (_cast below): its error is that of the rounding
+                b_cast, a_cast = stored_as(lm.B, dtype).astype(np.float64), stored_as(lm.A, dtype).astype(np.float64)
+                if energy > 0 and not (np.array_equal(b_cast, lm.B) and np.array_equal(a_cast, lm.A)):
+                    rel = difference_norm(lm.B, lm.A, lm.scale, b_cast, a_cast, lm.scale) / math.sqrt(energy)
         else:
             action = "resized"
-            new, b, a = _new_factors(lm, u, s, vt, k, s_new, stored[lm.module])
+            new, b, a = _new_factors(lm, u, s, vt, k, s_new, stored[lm.module], dtype)
             tensors.update(new)
             rel = difference_norm(lm.B, lm.A, lm.scale, b, a, s_new) / math.sqrt(energy) if energy > 0 else 0.0
         optimal = optimal_relative_error(top, energy)
@@ -418,6 +478,8 @@ def resize(
     _notes(table, plan, rule_, warnings)
     dropped = set(table.loc[table["r_after"] == 0, "module"])
     tensors.update(_other_tensors(raw, dropped, warnings))
+    if dtype is not None:
+        tensors = _cast(tensors, dtype)
     if not_tensors:
         warnings.append(f"{len(not_tensors)} value(s) of adapter_model.bin that are not tensors not written, e.g. "
                         f"{not_tensors[0]}")
@@ -431,7 +493,7 @@ def resize(
                     "snap": list(snap_) if snap_ else None,
                     "alpha": str(policy) if policy is not None else ("keep alpha (rsLoRA)" if use_rslora
                                                                      else "keep alpha/r"),
-                    "gain": gain},
+                    "gain": gain, "dtype": dtype},
         "results": _results(table, plan, spectra, min_rank, max_rank, snap_),
         "warnings": warnings,
         "seconds": {"svd": round(t_svd - t_start, 3), "analysis": round(t_done - t_start, 3)},

@@ -29,6 +29,9 @@ from .pairing.align import TensorPair, align
 from .pairing.align import module_name as module_of_tensor
 from .pairing.deltas import DeltaNorms, delta_blocks, delta_norms, select_pairs
 from .pairing.executors import Executor, make_executor
+from .pairing.order import checkpoint_swap_warning
+from .protocol import ResultView
+from .summaries import ResultFiles
 
 DEFAULT_TAUS = (0.5, 0.9, 0.99)
 TABLE_COLUMNS = ("module", "layer", "kind", "rows", "cols")
@@ -37,10 +40,12 @@ TABLE_NUMBERS = ("rows", "cols", "params", "base_norm", "delta_norm", "rel_delta
                  "rank_90")
 """Columns of ``modules.csv`` that, where present, hold a number in every row."""
 VECTOR_NUMBERS = ("numel", "base_norm", "delta_norm", "rel_delta")
+LORA_SUMMARY_COLUMNS = ("r", "effective_rank", "stable_rank", "utilization_effective", "rank_90")
+"""Columns of a LoRA result's :meth:`SpectrumResult.summary` (medians per kind; what ``rankscope lora`` prints)."""
 
 
 @dataclass
-class SpectrumResult:
+class SpectrumResult(ResultView):
     """Result of :func:`spectrum`.
 
     Attributes:
@@ -48,6 +53,9 @@ class SpectrumResult:
         spectra: ``module -> all singular values of ΔW``, descending, float64.
         vectors: one row per 1-D tensor (bias, norm): ``base_norm``, ``delta_norm``, ``rel_delta``.
         info: provenance and timings, written as ``run.json``.
+
+    Also :meth:`summary` (per module kind), :meth:`figures`, :meth:`key_figures` and a Jupyter view
+    (:mod:`rankscope.protocol`).
     """
 
     table: pd.DataFrame
@@ -60,12 +68,20 @@ class SpectrumResult:
         with result_folder(out, self.info, overwrite) as tmp:
             self.write_data(tmp)
             if plots:
-                from .figures.spectrum import render_spectrum_figures
-
                 t0 = time.perf_counter()
-                self.info.setdefault("outputs", {})["figures"] = render_spectrum_figures(self, tmp / "figures")
+                self.info.setdefault("outputs", {})["figures"] = self.render_figures(tmp / "figures")
                 self.info.setdefault("seconds", {})["plots"] = round(time.perf_counter() - t0, 3)
         return Path(out)
+
+    def render_figures(self, folder: Path) -> list[str]:
+        """Draw the figures of :mod:`rankscope.figures.spectrum` into ``folder``; returns the file names."""
+        from .figures.spectrum import render_spectrum_figures
+
+        return render_spectrum_figures(self, folder)
+
+    def result_files(self) -> ResultFiles:
+        """``modules.csv`` and ``spectra.npz``, as the key figures read them."""
+        return ResultFiles(tables={"modules.csv": self.table}, spectra=self.spectra)
 
     def write_data(self, folder: Path) -> None:
         """The data files of a result: ``modules.csv``, ``vectors.csv``, ``spectra.npz`` and (not for LoRA
@@ -100,18 +116,32 @@ class SpectrumResult:
                                      f"expected min(rows, cols) = {expected}")
         return cls(table, spectra, vectors, info)
 
-    def summary(self) -> str:
-        """A concise console summary: one line per module kind."""
+    def summary(self) -> pd.DataFrame:
+        """One row per module kind: ``n`` modules, the first one's ``rows`` × ``cols``, and the medians of
+        ``rel_delta`` (‖ΔW‖/‖W‖), ``effective_rank``, ``gd_rank``, ``rank_90`` and ``rank_90_pct`` (% of min(m, n)).
+
+        A LoRA result (``lora_spectrum``): the medians of :data:`LORA_SUMMARY_COLUMNS` per kind."""
         t = self.table
         if t.empty:
-            return "no 2-D modules"
+            return pd.DataFrame()
+        if self.info.get("command") == "lora":
+            return t.groupby("kind", sort=False)[[c for c in LORA_SUMMARY_COLUMNS if c in t]].median()
         t = t.assign(min_dim=np.minimum(t["rows"], t["cols"]))
         t = t.assign(rank_90_pct=100 * t["rank_90"] / t["min_dim"]) if "rank_90" in t else t
         agg = {"module": "count", "rows": "first", "cols": "first", "rel_delta": "median", "effective_rank": "median",
                "gd_rank": "median"}
         if "rank_90" in t:
             agg.update(rank_90="median", rank_90_pct="median")
-        by_kind = t.groupby("kind", sort=False).agg(agg).rename(columns={"module": "n"})
+        return t.groupby("kind", sort=False).agg(agg).rename(columns={"module": "n"})
+
+    def summary_text(self) -> str:
+        """The console summary: :meth:`summary` as text, then the totals and the unchanged modules."""
+        t = self.table
+        if t.empty:
+            return "no 2-D modules"
+        if self.info.get("command") == "lora":
+            return self.summary().to_string(float_format=lambda v: f"{v:.2f}")
+        by_kind = self.summary()
         by_kind["rel_delta"] = by_kind["rel_delta"].map(lambda v: f"{100 * v:.2f}%")
         if "rank_90_pct" in by_kind:
             by_kind["rank_90_pct"] = by_kind["rank_90_pct"].map(lambda v: f"{v:.0f}%")
@@ -211,7 +241,8 @@ def spectrum(
     """Exact singular-value spectra of every ``ΔW = W_finetuned - W_base``.
 
     Args:
-        base, finetuned: local folder, ``.safetensors``/``.bin`` file, or Hub id.
+        base, finetuned: local folder, ``.safetensors``/``.bin`` file, Hub id, or in memory: a ``torch.nn.Module``
+            or a state dict (name → tensor), as :func:`rankscope.io.checkpoints.open_in_memory` reads it.
         include, exclude: regular expressions on module names (``re.search``).
         taus: energy thresholds for the ``rank_XX`` columns.
         device: ``cpu``, ``cuda`` (``cuda:N``) or ``auto``.
@@ -237,13 +268,14 @@ def spectrum(
     compile_regexes(include, "--include"), compile_regexes(exclude, "--exclude")  # bad patterns fail before any work
     with open_checkpoint(base) as b_ckpt, open_checkpoint(finetuned) as f_ckpt:
         alignment = align(b_ckpt, f_ckpt)
+        swap = checkpoint_swap_warning(b_ckpt, f_ckpt)
         selected = select_pairs(alignment, include, exclude)
         matrices = [p for p in selected if p.is_matrix]
         vectors = [p for p in selected if not p.is_matrix]
         if not any(p.is_matrix for p in alignment.pairs):
             b_names, f_names = list(b_ckpt.tensors)[:1], list(f_ckpt.tensors)[:1]
             raise RankscopeError(
-                f"{base} and {finetuned} share no 2-D tensor (e.g. '{b_names[0] if b_names else '-'}' vs "
+                f"{b_ckpt.given} and {f_ckpt.given} share no 2-D tensor (e.g. '{b_names[0] if b_names else '-'}' vs "
                 f"'{f_names[0] if f_names else '-'}'): are they the same architecture?"
             )
         if not matrices:
@@ -281,7 +313,7 @@ def spectrum(
             **({"fused_experts": fused_experts(matrices)} if any(p.fused for p in matrices) else {}),
             **({"tied": alignment.tied} if alignment.tied else {}),
         },
-        "warnings": alignment.warnings,
+        "warnings": ([swap] if swap else []) + alignment.warnings,
         "skipped_tensors": alignment.skipped_tensors,
         "notes": skipped_notes(alignment.skipped_tensors),
         "seconds": {"open": round(t_open - t_start, 3), "compute": round(t_done - t_open, 3),

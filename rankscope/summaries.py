@@ -2,7 +2,9 @@
 
 :func:`key_figures` reads a finished (or just written) result folder — its ``run.json`` and tables, nothing
 recomputed beyond sums over the stored spectra — and returns the command's key figures as plain JSON
-values, with ``answer``: the sentences that answer the command's question with those numbers.  Every
+values, with ``answer``: the sentences that answer the command's question with those numbers.
+:func:`key_figures_of` does the same for a result still in memory (its :class:`ResultFiles` hold the tables
+that would be written, read back through CSV text exactly as from the folder, so both give the same figures).  Every
 command writes them as ``summary.json`` (through :func:`rankscope.io.results.register_summary`), prints
 them with ``--json``, and ``rankscope report`` puts the sentences on its first screen.
 
@@ -22,9 +24,11 @@ The figures per command (``None`` where the folder lacks the input):
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,19 @@ from .io.results import register_summary
 LORA_RANKS = (4, 8, 16, 32, 64)
 """The usual LoRA ranks at which captured energy is reported."""
 SUMMARY_FILE = "summary.json"
+TITLES: dict[str, str] = {
+    "spectrum": "How low-rank is this fine-tune?",
+    "probe": "How low-rank is the update this task asks for (probe)?",
+    "lora": "How much of its rank does this LoRA use?",
+    "compare": "Did the LoRA learn what full fine-tuning learnt?",
+    "compare-adapters": "Do the two adapters learn the same subspaces?",
+    "recommend": "Which LoRA rank per module?",
+    "extract": "How well does the extracted LoRA reproduce the fine-tune?",
+    "resize": "How well does the resized LoRA reproduce the original?",
+    "train": "How did training go?",
+    "intrinsic-dim": "How many dimensions does the task need?",
+}
+"""The question each command answers (the heading of its report page and of its notebook view)."""
 
 
 def _num(value: Any, digits: int = 6) -> Any:
@@ -65,22 +82,54 @@ def _range(spread: dict[str, Any]) -> str:
     return "n/a" if lo is None else _int(lo) if lo == hi else f"{_int(lo)}–{_int(hi)}"
 
 
-def _table(folder: Path, name: str) -> pd.DataFrame | None:
-    path = folder / name
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path, dtype={"module": str, "kind": str})
-    except (OSError, ValueError) as exc:
-        raise RankscopeError(f"{path}: unreadable result table ({exc})") from exc
+@dataclass
+class ResultFiles:
+    """What the key figures read from a result: its tables (by CSV name), spectra and JSON documents.
 
+    From ``folder`` when given (the files on disk), else from memory: ``tables`` are read back through their CSV
+    text, so an in-memory result and its saved folder give the same figures.
+    """
 
-def _spectra(folder: Path) -> dict[str, np.ndarray]:
-    path = folder / "spectra.npz"
-    if not path.is_file():
-        return {}
-    with np.load(path, allow_pickle=False) as data:
-        return {k: np.asarray(data[k], dtype=np.float64) for k in data.files}
+    folder: Path | None = None
+    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    spectra: Mapping[str, np.ndarray] = field(default_factory=dict)
+    documents: Mapping[str, Any] = field(default_factory=dict)
+
+    def where(self, name: str) -> str:
+        """The file ``name`` as an error message names it."""
+        return str(self.folder / name) if self.folder is not None else f"<in-memory result>/{name}"
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        """The table ``name`` (``modules.csv``) with ``module``/``kind`` as text, or None when there is none."""
+        if self.folder is None:
+            frame = self.tables.get(name)
+            if frame is None or len(frame.columns) == 0:
+                return None if frame is None else frame.copy()
+            return pd.read_csv(io.StringIO(frame.to_csv(index=False)), dtype={"module": str, "kind": str})
+        path = self.folder / name
+        if not path.is_file():
+            return None
+        try:
+            return pd.read_csv(path, dtype={"module": str, "kind": str})
+        except (OSError, ValueError) as exc:
+            raise RankscopeError(f"{path}: unreadable result table ({exc})") from exc
+
+    def singular_values(self) -> dict[str, np.ndarray]:
+        """``spectra.npz`` (float64), empty when there is none."""
+        if self.folder is None:
+            return {k: np.asarray(v, dtype=np.float64) for k, v in self.spectra.items()}
+        path = self.folder / "spectra.npz"
+        if not path.is_file():
+            return {}
+        with np.load(path, allow_pickle=False) as data:
+            return {k: np.asarray(data[k], dtype=np.float64) for k in data.files}
+
+    def document(self, name: str) -> Any:
+        """The JSON document ``name`` (``metrics.json``), ``{}`` when there is none."""
+        if self.folder is None:
+            return json.loads(json.dumps(self.documents.get(name, {}), default=str))  # as written, then read
+        path = self.folder / name
+        return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _spread(values: pd.Series) -> dict[str, Any]:
@@ -98,11 +147,11 @@ def uniform_energy(spectra: list[np.ndarray], ranks: tuple[int, ...] = LORA_RANK
     return {str(r): _num(sum(float(np.sum(s[:r] ** 2)) for s in spectra) / total) for r in ranks}
 
 
-def _spectrum_figures(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
-    t = _table(folder, "modules.csv")
+def _spectrum_figures(files: ResultFiles, info: dict[str, Any]) -> dict[str, Any]:
+    t = files.table("modules.csv")
     if t is None or t.empty:
         return {"modules": 0, "answer": ["The result holds no 2-D module."]}
-    spectra = _spectra(folder)
+    spectra = files.singular_values()
     changed = t[t["delta_norm"] > 0] if "delta_norm" in t else t
     r90 = _spread(changed["rank_90"]) if "rank_90" in changed else _spread(pd.Series(dtype=float))
     dims = np.minimum(changed["rows"], changed["cols"])
@@ -144,8 +193,8 @@ def _spectrum_figures(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def _lora_figures(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
-    t = _table(folder, "modules.csv")
+def _lora_figures(files: ResultFiles, info: dict[str, Any]) -> dict[str, Any]:
+    t = files.table("modules.csv")
     if t is None or t.empty:
         return {"modules": 0, "answer": ["The adapter holds no LoRA module."]}
     lora = t[t["r"].notna()] if "r" in t else t
@@ -174,8 +223,8 @@ def _energy_weighted(t: pd.DataFrame, col: str, weight: str) -> float | None:
     return float((pd.to_numeric(t[col], errors="coerce") * w).sum() / w.sum())
 
 
-def _compare_figures(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
-    t = _table(folder, "compare.csv")
+def _compare_figures(files: ResultFiles, info: dict[str, Any]) -> dict[str, Any]:
+    t = files.table("compare.csv")
     if t is None or t.empty:
         return {"modules": 0, "answer": ["No module was compared."]}
     if "energy_both" not in t:  # compare-adapters
@@ -218,8 +267,8 @@ def _compare_figures(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def _recommend_figures(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
-    t = _table(folder, "ranks.csv")
+def _recommend_figures(files: ResultFiles, info: dict[str, Any]) -> dict[str, Any]:
+    t = files.table("ranks.csv")
     if t is None or t.empty:
         return {"modules": 0, "answer": ["The plan holds no module."]}
     plan_e = _energy_weighted(t, "captured_energy", "delta_energy")
@@ -241,8 +290,8 @@ def _recommend_figures(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def _error_figures(folder: Path, info: dict[str, Any], table: str) -> dict[str, Any]:
-    t = _table(folder, table)
+def _error_figures(files: ResultFiles, info: dict[str, Any], table: str) -> dict[str, Any]:
+    t = files.table(table)
     if t is None or t.empty:
         return {"modules": 0, "answer": ["No module was written."]}
     rank_col = next((c for c in ("rank", "r_after") if c in t), None)
@@ -268,11 +317,10 @@ def _error_figures(folder: Path, info: dict[str, Any], table: str) -> dict[str, 
     return figures
 
 
-def _train_figures(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
-    path = folder / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
+def _train_figures(files: ResultFiles, info: dict[str, Any]) -> dict[str, Any]:
+    metrics = files.document("metrics.json")
     if not isinstance(metrics, dict):
-        raise RankscopeError(f"{path}: not a JSON object")
+        raise RankscopeError(f"{files.where('metrics.json')}: not a JSON object")
     final = {k: _num(v) for k, v in metrics.items()
              if k.startswith(("validation_", "test_")) and not k.endswith("_examples")
              and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -292,11 +340,10 @@ def _train_figures(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def _intrinsic_figures(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
-    path = folder / "result.json"
-    found = json.loads(path.read_text()) if path.is_file() else {}
+def _intrinsic_figures(files: ResultFiles, info: dict[str, Any]) -> dict[str, Any]:
+    found = files.document("result.json")
     if not isinstance(found, dict):
-        raise RankscopeError(f"{path}: not a JSON object")
+        raise RankscopeError(f"{files.where('result.json')}: not a JSON object")
     total = found.get("D")
     modes = found.get("modes") if isinstance(found.get("modes"), dict) else {}
     figures: dict[str, Any] = {"task": found.get("task"), "D": total, "target": _num(found.get("target")),
@@ -315,7 +362,7 @@ def _intrinsic_figures(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-FIGURES: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
+FIGURES: dict[str, Callable[[ResultFiles, dict[str, Any]], dict[str, Any]]] = {
     "spectrum": _spectrum_figures,
     "probe": _spectrum_figures,
     "lora": _lora_figures,
@@ -341,11 +388,16 @@ def key_figures(folder: str | Path, info: dict[str, Any] | None = None) -> dict[
             raise RankscopeError(f"{path}: not a rankscope result folder (no readable run.json)") from exc
         if not isinstance(info, dict):
             raise RankscopeError(f"{path}: not a rankscope run.json (not a JSON object)")
+    return key_figures_of(ResultFiles(folder), info)
+
+
+def key_figures_of(files: ResultFiles, info: dict[str, Any]) -> dict[str, Any]:
+    """The key figures and answer sentences of a result's ``files`` (a folder's, or an in-memory result's)."""
     command = str(info.get("command"))
     make = FIGURES.get(command)
     if make is None:
         return {"command": command, "answer": []}
-    return {"command": command, **make(folder, info)}
+    return {"command": command, **make(files, info)}
 
 
 def _summary_maker(folder: Path, info: dict[str, Any]) -> dict[str, Any] | None:

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import RankscopeError
+from .protocol import ResultView
+from .summaries import ResultFiles
 from .training.data import TaskData
 from .training.engine import OBJECTIVES, TrainConfig, encode, evaluate, torch_device, train_model, usable_length
 from .training.lm_data import LMTaskData, load_task_for
@@ -34,10 +36,13 @@ if TYPE_CHECKING:  # torch and pandas are imported inside functions so that `ran
     import pandas as pd
     import torch
 
+RECORD_FILES = ("metrics.json", "run.json", "summary.json")
+"""What :meth:`TrainResult.save` writes (with any ``figures/``): the record of a run, without its weights."""
+
 __all__ = ["METHODS", "OBJECTIVES", "TrainResult", "evaluate_checkpoint", "majority_warning", "summary_line", "train"]
 
 
-class TrainResult(Mapping[str, Any]):
+class TrainResult(ResultView, Mapping[str, Any]):
     """Result of :func:`train`: the metrics, read like the dict it used to be, plus the run's provenance.
 
     As a mapping it is exactly the metrics dict (``metrics.json``): ``result["test_accuracy"]``,
@@ -49,9 +54,11 @@ class TrainResult(Mapping[str, Any]):
         info: the content of ``run.json`` (inputs, task, options, ``lora``, seed, device, versions; with an
             output folder also ``outputs``, ``seconds``, ``peak_rss_mb`` and the rankscope marker).
 
-    There is no ``save``: ``train(out=...)`` writes the trained weights and the tokenizer, which a result does
-    not hold (keeping them would keep every trained network alive as long as its metrics), so a saved result
-    could not be the folder ``train`` writes.  :meth:`load` reads such a folder's ``metrics.json`` and ``run.json``.
+    ``train(out=...)`` writes the trained weights and the tokenizer, which a result does not hold (keeping them
+    would keep every trained network alive as long as its metrics); :meth:`save` therefore writes the record of
+    the run only (``metrics.json``, ``run.json``, ``summary.json``), never over a folder that holds a trained
+    model.  :meth:`load` reads either folder's ``metrics.json`` and ``run.json``.  :meth:`summary` is the final
+    metrics per split, :meth:`summary_text` the line the command prints (:mod:`rankscope.protocol`).
     """
 
     __slots__ = ("metrics", "info")
@@ -79,9 +86,52 @@ class TrainResult(Mapping[str, Any]):
 
         return pd.DataFrame([self.metrics])
 
-    def summary(self) -> str:
+    def summary(self) -> pd.DataFrame:
+        """The final metrics, one row per split (``validation``, ``test``), one column per metric (accuracy, loss,
+        perplexity, examples)."""
+        import pandas as pd
+
+        rows: dict[str, dict[str, Any]] = {}
+        for key, value in self.metrics.items():
+            split, _, name = key.partition("_")
+            if split in ("validation", "test") and name and isinstance(value, (int, float)) \
+                    and not isinstance(value, bool):
+                rows.setdefault(split, {})[name] = value
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    def summary_text(self) -> str:
         """One line: accuracies, trainable parameters and time (:func:`summary_line`)."""
         return summary_line(self.metrics)
+
+    def result_files(self) -> ResultFiles:
+        """``metrics.json``, as the key figures read it."""
+        return ResultFiles(documents={"metrics.json": self.metrics})
+
+    def render_figures(self, folder: Path) -> list[str]:
+        """``learning_curves.png`` (:mod:`rankscope.figures.training`): loss and validation metric per evaluation."""
+        from .figures.training import render_learning_curves
+
+        folder.mkdir(parents=True, exist_ok=True)
+        return [render_learning_curves(self.metrics, folder / "learning_curves.png")]
+
+    def save(self, out: str | os.PathLike, plots: bool = True, overwrite: bool = False) -> Path:
+        """Write the record of the run, ``metrics.json`` and ``run.json`` (and ``summary.json``), atomically.
+
+        The weights are not part of a result (class docstring): a folder that holds a trained model (``train``'s
+        own output) is refused, so that its weights are never replaced by a record without them.
+        """
+        from .io.results import atomic_output, read_marker, resolve_output, write_json
+
+        marker = read_marker(resolve_output(out)) if Path(out).is_dir() else None
+        weights = [f for f in (marker or {}).get("files") or [] if f not in RECORD_FILES and not f.startswith("figures/")]
+        if marker is not None and marker.get("command") == "train" and weights:
+            raise RankscopeError(f"output folder {out} holds a model trained by `rankscope train` (e.g. {weights[0]}); "
+                                 f"TrainResult.save writes the metrics only and would replace it: give another folder")
+        with atomic_output(out, "train", overwrite, self.info) as tmp:
+            write_json(tmp / "metrics.json", self.metrics)
+            figures = self.render_figures(tmp / "figures") if plots else []
+            self.info["outputs"] = sorted(["metrics.json", "run.json", *(f"figures/{f}" for f in figures)])
+        return Path(out)
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> TrainResult:
@@ -129,7 +179,7 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
           rank_pattern: dict | str | None = None, alpha_pattern: dict | str | None = None, use_rslora: bool = False,
           lora_dropout: float = 0.0, init: str | os.PathLike | None = None, threads: int | None = None,
           progress: bool = True, argv: str | None = None, overwrite: bool = False, objective: str = "classification",
-          tokenizer: str | os.PathLike | None = None) -> TrainResult:
+          tokenizer: str | os.PathLike | None = None, plots: bool = True) -> TrainResult:
     """Fine-tune ``model`` on ``task`` with ``method`` (``full`` or ``lora``); return the metrics as a :class:`TrainResult`.
 
     ``objective``: ``classification`` (a sequence classifier with a fresh seeded head; accuracy) or ``causal-lm``
@@ -139,7 +189,8 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
 
     With ``out``, writes (atomically) the trained model at the top of ``out`` (``full``: a Hugging Face
     checkpoint, ``model.safetensors`` + ``config.json``; ``lora``: ``adapter_model.safetensors`` +
-    ``adapter_config.json``), the tokenizer, ``metrics.json`` and ``run.json``.  The saved and tested
+    ``adapter_config.json``), the tokenizer, ``metrics.json``, ``figures/learning_curves.png`` (unless ``plots`` is
+    false; :mod:`rankscope.figures.training`) and ``run.json``.  The saved and tested
     weights are the best on validation (``restore_best=False``: the last).  See
     :class:`rankscope.training.engine.TrainConfig` and :class:`rankscope.training.lora.LoraSpec` for the options,
     :func:`rankscope.training.data.load_task` for ``task``/``data``.
@@ -205,12 +256,22 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
         t_save = time.perf_counter()
         files = save_model(net, tok, tmp, final=resolve_output(out))
         write_json(tmp / "metrics.json", metrics)
-        info["outputs"] = sorted([*files, "metrics.json", "run.json"])
+        figures = _learning_curves(TrainResult(metrics, info), tmp / "figures", warnings) if plots else []
+        info["outputs"] = sorted([*files, "metrics.json", "run.json", *(f"figures/{f}" for f in figures)])
         info["seconds"] = {"load": round(t_built - t_start, 3), "train": metrics["train_seconds"],
                            "eval": metrics["eval_seconds"], "save": round(time.perf_counter() - t_save, 3),
                            "total": round(time.perf_counter() - t_start, 3)}
         info["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return TrainResult(metrics, info)
+
+
+def _learning_curves(result: TrainResult, folder: Path, warnings: list[str]) -> list[str]:
+    """``figures/learning_curves.png`` of a finished run; a drawing failure is a warning, never the loss of the run."""
+    try:
+        return result.render_figures(folder)
+    except Exception as exc:  # noqa: BLE001 (matplotlib missing or broken: the trained model is still written)
+        warnings.append(f"figures/learning_curves.png not drawn: {type(exc).__name__}: {exc}")
+        return []
 
 
 def majority_warning(metrics: Mapping[str, Any], task_data: TaskData) -> str | None:

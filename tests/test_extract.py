@@ -596,14 +596,14 @@ def test_saved_result_loads_back(pairs, tmp_path):
     assert list(back.table["module"]) == list(result.table["module"])
     np.testing.assert_array_equal(back.table["rank"], result.table["rank"])
     np.testing.assert_allclose(back.table["rel_error"], result.table["rel_error"], rtol=1e-15)
-    assert back.info["command"] == "extract" and back.summary() == result.summary()
+    assert back.info["command"] == "extract" and back.summary_text() == result.summary_text()
     (tmp_path / "ad" / "adapter_model.safetensors").unlink()
     with pytest.raises(RankscopeError, match="adapter_model.safetensors"):
         ExtractResult.load(tmp_path / "ad")
 
 
 def test_compare_summary_is_what_the_cli_prints(pairs, tmp_path):
-    """CompareResult.summary() is the table that `compare` and `compare-adapters` print (then 'wrote OUT/')."""
+    """CompareResult.summary_text() is the table that `compare` and `compare-adapters` print (then 'wrote OUT/')."""
     from rankscope.cli import main
     from rankscope.compare import CompareResult
 
@@ -616,7 +616,7 @@ def test_compare_summary_is_what_the_cli_prints(pairs, tmp_path):
         out = tmp_path / name
         result = _runner().invoke(main, [*map(str, command), "-o", str(out), "--no-plots"])
         assert result.exit_code == 0, result.output + result.stderr
-        assert result.stdout == CompareResult.load(out).summary() + f"\nwrote {out}/\n"
+        assert result.stdout == CompareResult.load(out).summary_text() + f"\nwrote {out}/\n"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_moe_spectra_per_expert(tmp_path: Path, layout: str) -> None:
     assert pd_isna(t.loc["model.layers.0.self_attn.q_proj", "expert"])
     if layout != "per-expert":  # the fused biases are vectors, not E x out matrices
         assert "model.layers.0.mlp.experts.gate_up_proj_bias" in set(result.vectors["module"])
-    line = next(x for x in result.summary().splitlines() if x.startswith("gate_up_proj"))
+    line = next(x for x in result.summary_text().splitlines() if x.startswith("gate_up_proj"))
     assert line.split()[1] == str(LAYERS * E)  # one summary line per kind, over every layer and expert
 
 

@@ -81,7 +81,7 @@ def command_args(command: str, io: dict, out: Path) -> list[str]:
         "compare": ["compare", b, f, a, "--no-plots", "-q"],
         "compare-adapters": ["compare-adapters", a, a2, "--no-plots", "-q"],
         "recommend": ["recommend", b, f, "--rule", "energy:0.5", "--no-plots", "-q"],
-        "extract": ["extract", b, f, "--rank", "2", "-q"],
+        "extract": ["extract", b, f, "--rank", "2", "--no-plots", "-q"],
         "intrinsic-dim": ["intrinsic-dim", "--task", "toy", "--d", "10", "-q"],
         "train": ["train", "--model", b, "--task", "rotten-tomatoes", "-q"],
     }[command]
@@ -236,10 +236,10 @@ def test_overwrite_of_another_result_keeps_foreign_files_and_drops_only_rankscop
     out = tmp_path / "out"
     assert invoke(command_args("extract", inputs, out)).exit_code == 0
     extract_files = read_marker(out)["files"]
-    (out / "README.md").write_text("my adapter")
+    (out / "NOTES.md").write_text("my adapter")  # (README.md is extract's own: its model card)
     result = invoke([*command_args("spectrum", inputs, out), "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert (out / "README.md").read_text() == "my adapter"
+    assert (out / "NOTES.md").read_text() == "my adapter"
     assert read_marker(out)["command"] == "spectrum"
     for name in extract_files:
         if name not in read_marker(out)["files"]:

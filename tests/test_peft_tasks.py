@@ -158,7 +158,7 @@ def test_bare_base_seq_cls_finetune_plan_and_adapter_fit_peft(bert_pair, tmp_pat
     assert run["inputs"]["finetuned"]["architectures"] == ["BertForSequenceClassification"]
     assert run["inputs"]["base"]["architectures"] == ["BertModel"]
     again = recommend(plan_dir / "spectrum")  # the saved spectrum's run.json carries both architectures
-    assert again.lora_config["task_type"] == "SEQ_CLS" and again.lora_config["modules_to_save"] == ["classifier"]
+    assert again.config["task_type"] == "SEQ_CLS" and again.config["modules_to_save"] == ["classifier"]
     torch.manual_seed(0)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(base, num_labels=LABELS)
     peft_model = check_plan_in_peft(plan_dir, model, "bert.")
@@ -253,7 +253,7 @@ def test_bare_llama_base_causal_lm_finetune(llama_pair, tmp_path):
         assert torch.allclose(loaded(input_ids=ids).logits, ft(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
 
     plan = recommend(base, ft_dir, rule="energy:0.9", workers=1)
-    assert plan.lora_config["task_type"] == "CAUSAL_LM" and plan.lora_config["modules_to_save"] == ["lm_head"]
+    assert plan.config["task_type"] == "CAUSAL_LM" and plan.config["modules_to_save"] == ["lm_head"]
     assert "lm_head" not in set(plan.table["module"])
     plan.save(tmp_path / "plan", plots=False)
     torch.manual_seed(0)
@@ -278,9 +278,9 @@ def test_seq_cls_on_both_sides_head_goes_to_modules_to_save(tmp_path):
     same.save_pretrained(tmp_path / "same")
     plan = recommend(tmp_path / "base", tmp_path / "same", rule="gd", workers=1)
     assert "classifier" not in set(plan.table["module"])  # a 2-D module of both, but peft's SEQ_CLS head
-    assert plan.lora_config["modules_to_save"] == ["classifier"]
+    assert plan.config["modules_to_save"] == ["classifier"]
     assert any("classifier" in w and "not planned" in w for w in plan.info["warnings"])
-    assert "modules_to_save classifier" in plan.summary()
+    assert "modules_to_save classifier" in plan.summary_text()
     plan.save(tmp_path / "plan", plots=False)
     torch.manual_seed(0)
     # both sides name the body 'bert.…', so the plan's names keep it
@@ -396,10 +396,10 @@ def test_zero_delta_never_adapted_in_recommend(kw):
     plan = recommend(spec, **kw)
     ranks = dict(zip(plan.table["module"], plan.table["rank"], strict=True))
     assert ranks[ZERO] == 0 and ranks[Q] >= 1 and ranks[V] >= 1
-    assert ZERO not in plan.lora_config["target_modules"]
+    assert ZERO not in plan.config["target_modules"]
     assert plan.info["results"]["params"] == sum(r * 12 for r in ranks.values())
     assert any("ΔW = 0 exactly" in w and ZERO in w for w in plan.info["warnings"])
-    assert "ΔW = 0 exactly" in plan.summary()
+    assert "ΔW = 0 exactly" in plan.summary_text()
     if kw["rule"].startswith(("budget", "avg-rank")):
         assert plan.info["results"]["params"] <= plan.info["results"]["budget"]
     if kw["rule"] == "avg-rank:2":  # the budget is that of rank 2 on the modules that changed: 2 · (12 + 12)
@@ -423,8 +423,8 @@ def test_bundled_pair_pooler_is_not_adapted(tmp_path):
     plan = recommend(base, ft, targets="pooler.dense,query", min_rank=4, snap="4,8,16", workers=1)
     ranks = dict(zip(plan.table["module"], plan.table["rank"], strict=True))
     assert ranks["pooler.dense"] == 0 and min(r for m, r in ranks.items() if m != "pooler.dense") >= 4
-    assert "pooler.dense" not in plan.lora_config["target_modules"] and len(plan.lora_config["target_modules"]) == 6
-    assert plan.lora_config["task_type"] == "FEATURE_EXTRACTION"
+    assert "pooler.dense" not in plan.config["target_modules"] and len(plan.config["target_modules"]) == 6
+    assert plan.config["task_type"] == "FEATURE_EXTRACTION"
     out = tmp_path / "ad"
     _ok(extract_cmd, base, ft, "--rank", 8, "--targets", "query,pooler.dense", "-o", out, "-q", "--workers", 1)
     cfg = json.loads((out / "adapter_config.json").read_text())

@@ -107,12 +107,12 @@ def test_per_module_rules_hand_answers(four, rule, expected):
 def test_zero_update_rank_zero_with_min_rank_zero(four):
     plan = recommend(four, rule="energy:0.9", targets="query,value", min_rank=0)
     assert ranks_of(plan)[V1] == 0
-    assert V1 not in plan.lora_config["target_modules"]
-    assert plan.lora_config["target_modules"] == [Q0, V0, Q1]
+    assert V1 not in plan.config["target_modules"]
+    assert plan.config["target_modules"] == [Q0, V0, Q1]
     # kohya's own answer for a zero matrix is 1 (rule_rank); the plan still leaves it out
     kohya = recommend(four, rule="kohya-ratio:2", targets="query,value", min_rank=0)
     assert ranks_of(kohya)[V1] == 0 and kohya.table.set_index("module").loc[V1, "rule_rank"] == 1
-    assert V1 not in kohya.lora_config["target_modules"]
+    assert V1 not in kohya.config["target_modules"]
 
 
 def test_energy_rule_table_and_uniform(four):
@@ -619,6 +619,6 @@ def test_targets_matching_nothing_on_the_fly(bert_pair, tmp_path):
 
 def test_summary_mentions_totals(four):
     plan = recommend(four, rule="budget:120", targets="query,value")
-    text = plan.summary()
+    text = plan.summary_text()
     assert "plan: " in text and "uniform r=" in text and "allocation:" in text and "lora_config: r=" in text
     assert math.isfinite(plan.info["results"]["captured_energy"])

@@ -424,7 +424,7 @@ def test_result_round_trip_and_summary(tmp_path, plain):
     np.testing.assert_allclose(again.table["rel_error"], result.table["rel_error"])
     assert set(again.tensors) == set(result.tensors)
     assert again.info["signal"] == "adapter" and again.info["options"]["rule"] == "energy:0.9"
-    text = again.summary()
+    text = again.summary_text()
     assert "LoRA parameters" in text and "dropped" in text
     # the same command replaces its own earlier result
     result = invoke("resize", folder, "--rule", "gd", "-o", out, "-q")

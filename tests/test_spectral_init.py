@@ -10,6 +10,7 @@ do not depend on ``rankscope probe``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -27,7 +28,6 @@ from click.testing import CliRunner  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from tiny_text import bert_folder, write_easy_csv  # noqa: E402
 
-import rankscope.train as train_module  # noqa: E402
 from rankscope.cli import main  # noqa: E402
 from rankscope.errors import RankscopeError  # noqa: E402
 from rankscope.extract import extract  # noqa: E402
@@ -36,6 +36,8 @@ from rankscope.pairing.align import assign_kinds  # noqa: E402
 from rankscope.ranks import recommend  # noqa: E402
 from rankscope.spectrum import SpectrumResult  # noqa: E402
 from rankscope.train import train  # noqa: E402
+
+train_module = importlib.import_module("rankscope.train")  # the module (rankscope.train is the function)
 
 KEEP = 6
 """Singular triplets the planted probes keep (their R)."""
@@ -177,12 +179,12 @@ def lora_layers(model) -> dict[str, object]:
 def test_init_from_probe_is_the_formula_in_the_top_subspaces(probe, base, planted, tmp_path):
     signal, folder = probe
     plan = recommend(folder, rule="energy:0.8", init_from=folder)
-    assert plan.info["signal"] == f"probe {signal}" and f"signal: probe {signal}" in plan.summary()
-    assert plan.lora_config["task_type"] == "SEQ_CLS"
+    assert plan.info["signal"] == f"probe {signal}" and f"signal: probe {signal}" in plan.summary_text()
+    assert plan.config["task_type"] == "SEQ_CLS"
     out = plan.save(tmp_path / "plan", plots=False)
     config = json.loads((out / "init" / "adapter_config.json").read_text())
     assert config.pop("base_model_name_or_path") == str(base)
-    assert config == plan.lora_config  # the plan's LoraConfig, as written next to it
+    assert config == plan.config  # the plan's LoraConfig, as written next to it
     assert json.loads((out / "run.json").read_text())["init"]["signal"] == f"probe {signal}"
     ranks = dict(zip(plan.table["module"], plan.table["rank"], strict=True))
     assert len(set(ranks.values())) > 1  # the plan is not uniform, so patterns matter
@@ -321,7 +323,7 @@ def test_init_from_pair_reproduces_extract(make_pair, tmp_path):
     assert plan.info["signal"] == "full-FT ΔW" and plan.info["init"]["signal"] == "full-FT ΔW"
     out = plan.save(tmp_path / "plan", plots=False)
     init = load_file(str(out / "init" / "adapter_model.safetensors"))
-    ref = extract(pair.base, pair.finetuned, config=plan.lora_config, method="exact", workers=1)
+    ref = extract(pair.base, pair.finetuned, config=plan.config, method="exact", workers=1)
     lora_ref = {k: v for k, v in ref.tensors.items() if ".lora_" in k or k.startswith("base_model.model.classifier.")}
     assert set(init) == set(lora_ref)  # the planned factors and the fine-tune's head (peft needs it to load)
     assert {k for k in init if ".lora_" not in k} == {"base_model.model.classifier.weight",
@@ -366,7 +368,7 @@ def test_init_from_a_bare_pair_trains_from_the_truncation(base, easy_csv, tmp_pa
 
     ft, planted = bare_pair(base, tmp_path / "ft")
     plan = recommend(base, ft, rule="energy:0.7", init_from="pair", workers=1)
-    assert plan.lora_config["task_type"] == "FEATURE_EXTRACTION"
+    assert plan.config["task_type"] == "FEATURE_EXTRACTION"
     out = plan.save(tmp_path / "plan", plots=False)
     file = load_file(str(out / "init" / "adapter_model.safetensors"))
     assert file and all(k.startswith("base_model.model.encoder.") or k.startswith("base_model.model.pooler.")
@@ -410,7 +412,7 @@ def test_init_from_pair_needs_the_pair(make_pair, tmp_path):
     assert res.exit_code == 2 and "'spectrum' result, not a rankscope probe" in res.output and not out.exists()
     assert json.loads((spec / "run.json").read_text())["command"] == "spectrum"
     plan = recommend(spec)
-    assert plan.info["signal"] == "full-FT ΔW" and "signal: full-FT ΔW" in plan.summary()
+    assert plan.info["signal"] == "full-FT ΔW" and "signal: full-FT ΔW" in plan.summary_text()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -466,12 +468,12 @@ def test_four_times_the_rank_keeps_the_scale(base, use_rslora):
     plan = recommend(planted_spectrum("spectrum"), rule="energy:0.999", use_rslora=use_rslora)
     ranks = dict(zip(plan.table["module"], plan.table["rank"], strict=True))
     assert sorted(ranks.values()) == [2, 8]
-    model = get_peft_model(BertModel.from_pretrained(base), LoraConfig(**plan.lora_config))
+    model = get_peft_model(BertModel.from_pretrained(base), LoraConfig(**plan.config))
     layers = lora_layers(model)
     scales = {n.rsplit("encoder.", 1)[1]: layer.scaling["default"] for n, layer in layers.items()}
     assert {layer.r["default"] for layer in layers.values()} == {2, 8}
     assert all(s == pytest.approx(2.0) for s in scales.values()), scales  # α/r = 2 (rsLoRA: α/√r = 2)
-    assert plan.lora_config.get("use_rslora", False) is use_rslora
+    assert plan.config.get("use_rslora", False) is use_rslora
 
 
 def test_every_plan_states_its_signal():
@@ -480,6 +482,6 @@ def test_every_plan_states_its_signal():
     probe = planted_spectrum("probe")
     probe.info["signal"] = "update"
     plan = recommend(probe)
-    assert plan.info["signal"] == "probe update" and plan.lora_config["task_type"] == "SEQ_CLS"
+    assert plan.info["signal"] == "probe update" and plan.config["task_type"] == "SEQ_CLS"
     with pytest.raises(RankscopeError, match="'extract' result"):
         recommend(planted_spectrum("extract"))

@@ -481,7 +481,7 @@ def test_the_result_protocol_save_load_table_summary(tmp_path):
     as_json = json.loads(json.dumps(result.result))  # evaluated d: JSON object keys are text
     assert loaded.table.to_csv(index=False) == result.table.to_csv(index=False) and loaded.result == as_json
     assert loaded.info["config"] == result.info["config"] and loaded.info["options"] == result.info["options"]
-    assert loaded.summary() == result.summary()
+    assert loaded.summary_text() == result.summary_text()
     # a result computed without a folder is saved as a complete result folder (search.json included)
     bare = intrinsic_dimension("toy", None, grid=[5, 10], seeds=1)
     bare.save(tmp_path / "saved")

@@ -110,11 +110,11 @@ def test_train_returns_a_result_that_reads_as_the_metrics_dict(bert, easy_csv, t
     assert result["test_accuracy"] == written["test_accuracy"] and sorted(result) == sorted(written)
     assert result.info == json.loads((out / "run.json").read_text())
     assert result.info["lora"]["r"] == 2 and "outputs" in result.info and "rankscope" in result.info
-    assert result.summary() == summary_line(result) == summary_line(written)
+    assert result.summary_text() == summary_line(result) == summary_line(written)
     assert list(result.table.columns) == list(written) and len(result.table) == 1
     assert result.table["test_accuracy"].iloc[0] == written["test_accuracy"]
     loaded = TrainResult.load(out)
-    assert loaded == written and loaded.info == result.info and loaded.summary() == result.summary()
+    assert loaded == written and loaded.info == result.info and loaded.summary_text() == result.summary_text()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "run.json").write_text(json.dumps({"command": "spectrum"}))
     with pytest.raises(RankscopeError, match="not the output of rankscope train"):

@@ -68,7 +68,7 @@ def compare_cmd(base: str, finetuned: str, adapter: str, out: Path, include: tup
                      progress=not quiet, device=device, workers=workers, executor=executor, ray_address=ray_address)
     result.info["options"]["phi_modules"] = phi_modules
     finish(result, out, quiet=quiet, overwrite=overwrite, plots=not no_plots,
-           summary=result.summary)
+           summary=result.summary_text)
 
 
 @click.command("compare-adapters", cls=OneLineCommand)
@@ -97,4 +97,4 @@ def compare_adapters_cmd(adapter_1: str, adapter_2: str, out: Path, phi_modules:
     result = compare_adapters(adapter_1, adapter_2)
     result.info["options"] = {"phi_modules": phi_modules}
     finish(result, out, quiet=quiet, overwrite=overwrite, plots=not no_plots,
-           summary=result.summary)
+           summary=result.summary_text)

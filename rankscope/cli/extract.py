@@ -21,6 +21,7 @@ from .support import (  # noqa: E402
     executor_option,
     finish,
     handle_errors,
+    no_plots_option,
     out_option,
     overwrite_option,
     quiet_option,
@@ -75,6 +76,10 @@ def _targets(ctx: click.Context, param: click.Parameter, value: str | None) -> s
 @click.option("--model-check", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Cross-check module names and layer types with the model class built on the meta device "
                    "(imports transformers, ~2-3 s); auto: only when the checkpoint's names look unusual.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Write every floating tensor of the adapter in this format (errors in extract.csv are those of the "
+                   "rounded factors)  [default: LoRA factors float32, other tensors as read].")
+@no_plots_option("Skip OUT/figures/error.png.")
 @quiet_option()
 @overwrite_option()
 @handle_errors
@@ -82,12 +87,13 @@ def extract_cmd(base: str, finetuned: str, out: Path, rank: int | None, config: 
                 use_rslora: bool, targets: str | None, exclude: tuple[str, ...], embeddings: str,
                 save_modules: tuple[str, ...], bias: str | None, method: str, power_iterations: int, oversample: int,
                 seed: int, no_optimum: bool, device: str, workers: int | None, executor: str, ray_address: str | None,
-                model_check: str, quiet: bool, overwrite: bool) -> None:
+                model_check: str, dtype: str | None, no_plots: bool, quiet: bool, overwrite: bool) -> None:
     """Extract a LoRA adapter from a full fine-tune: rank-r truncated SVD of every ΔW = FINETUNED − BASE.
 
     Writes a peft adapter (OUT/adapter_config.json, OUT/adapter_model.safetensors) whose merge gives
     BASE + the best rank-r approximation of each ΔW (B = U√Σ/√s, A = √Σ Vᵀ/√s), plus OUT/extract.csv
-    (reconstruction error per module next to the Eckart–Young optimum) and OUT/run.json.
+    (reconstruction error per module next to the Eckart–Young optimum), a model card OUT/README.md,
+    OUT/figures/error.png and OUT/run.json.
 
     Example: rankscope extract ./llama-base ./llama-sft --rank 64 -o adapters/sft-r64
     """
@@ -104,9 +110,9 @@ def extract_cmd(base: str, finetuned: str, out: Path, rank: int | None, config: 
     result = extract(base, finetuned, rank=rank, alpha=alpha, config=config, targets=targets or "all-linear",
                      use_rslora=use_rslora, exclude=exclude, embeddings=embeddings, save_modules=save_modules,
                      bias=bias, method=method, power_iterations=power_iterations, oversample=oversample, seed=seed,
-                     optimum=not no_optimum, device=device, workers=workers, check_model=model_check,
+                     optimum=not no_optimum, device=device, dtype=dtype, workers=workers, check_model=model_check,
                      progress=not quiet, executor=executor, ray_address=ray_address)
-    finish(result, out, quiet=quiet, overwrite=overwrite, started=t0)
+    finish(result, out, quiet=quiet, overwrite=overwrite, plots=not no_plots, started=t0)
 
 
 if __name__ == "__main__":

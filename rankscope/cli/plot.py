@@ -16,7 +16,8 @@ from .support import OneLineCommand, handle_errors
 def plot_cmd(out: Path) -> None:
     """Re-render the figures of a saved result folder OUT (no recomputation).
 
-    Works for the results of spectrum, lora, compare, compare-adapters, recommend and intrinsic-dim.
+    Works for the results of every command that writes a result folder (spectrum, lora, probe, compare,
+    compare-adapters, recommend, extract, resize, train, intrinsic-dim).
 
     Example: rankscope plot reports/demo
     """
@@ -30,23 +31,18 @@ def plot_cmd(out: Path) -> None:
     if marker is None and not legacy:
         raise RankscopeError(f"{out / 'run.json'} was not written by rankscope: not a rankscope result folder")
     command = marker["command"] if marker is not None else info.get("command")
-    if command in ("train", "extract"):
-        raise RankscopeError(f"{out} holds {'a trained model' if command == 'train' else 'an adapter'}: "
-                             "it has no figures to render")
-    if command == "intrinsic-dim":
-        from ..subspace.intrinsic import rerender
-
-        written = rerender(out)
+    if command in ("intrinsic-dim", "train", "extract", "resize"):
+        written = _rerender_record(out, command, info)
         add_to_marker(out, [f"figures/{w}" for w in written])
         click.echo(f"wrote {', '.join(written)} to {out / 'figures'}/")
         return
     if command == "recommend":
-        from ..figures.ranks import render_rank_figure
+        from ..figures.ranks import render_plan_figures
         from ..ranks import RankPlan
 
         result = RankPlan.load(out)
         (out / "figures").mkdir(exist_ok=True)
-        written = [render_rank_figure(result, out / "figures" / "ranks.png")]
+        written = render_plan_figures(result, out / "figures")
     elif command in ("compare", "compare-adapters"):
         from ..compare import CompareResult
         from ..figures.compare import render_compare_figures
@@ -65,6 +61,25 @@ def plot_cmd(out: Path) -> None:
         result.info[MARKER] = {**marker, "files": sorted({*marker["files"], *figures})}
     write_json(out / "run.json", result.info)
     click.echo(f"wrote {', '.join(written)} to {out / 'figures'}/")
+
+
+def _rerender_record(out: Path, command: str, info: dict) -> list[str]:
+    """The figures of a folder whose run.json is only amended (its marker): intrinsic-dim, train, extract, resize."""
+    if command == "intrinsic-dim":
+        from ..subspace.intrinsic import rerender
+
+        return rerender(out)
+    if command == "train":
+        from ..train import TrainResult
+
+        return TrainResult.load(out).render_figures(out / "figures")
+    from types import SimpleNamespace
+
+    from ..figures.adapters import render_adapter_figures
+    from ..io.results import read_table
+
+    table = read_table(out / f"{command}.csv", ("module", "layer", "kind", "rel_error"), ("rel_error",))
+    return render_adapter_figures(SimpleNamespace(table=table, info=info), out / "figures")
 
 
 def add_to_marker(out: Path, files: list[str]) -> None:

@@ -42,6 +42,6 @@ def report_cmd(results: tuple[Path, ...], out: Path | None, fmt: str | None, ove
 
         add_to_marker(owner, [path.name])
     if not quiet:
-        for sentence in page.figures[0].get("answer", []) if len(page.figures) == 1 else []:
+        for sentence in page.key_figures[0].get("answer", []) if len(page.key_figures) == 1 else []:
             click.echo(sentence)
         click.echo(f"wrote {path}")

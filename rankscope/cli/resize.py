@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .support import OneLineCommand, finish, handle_errors, out_option, overwrite_option, quiet_option
+from .support import OneLineCommand, finish, handle_errors, no_plots_option, out_option, overwrite_option, quiet_option
 
 
 @click.command("resize", cls=OneLineCommand)
@@ -30,17 +30,21 @@ from .support import OneLineCommand, finish, handle_errors, out_option, overwrit
 @click.option("--gain", type=click.Choice(["absolute", "relative"]), default="absolute", show_default=True,
               help="Budget rules: maximise the kept energy of the whole update (absolute) or the mean per-module "
                    "kept fraction (relative).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Write every floating tensor of the adapter in this format (errors in resize.csv are those of the "
+                   "rounded factors)  [default: new factors float32, other tensors as stored].")
+@no_plots_option("Skip OUT/figures/error.png.")
 @quiet_option("No summary.")
 @overwrite_option()
 @handle_errors
 def resize_cmd(adapter: str, out: Path, rule: str, min_rank: int, max_rank: int | None, snap: str | None,
-               alpha: str | None, gain: str, quiet: bool, overwrite: bool) -> None:
+               alpha: str | None, gain: str, dtype: str | None, no_plots: bool, quiet: bool, overwrite: bool) -> None:
     """Cut a peft LoRA ADAPTER to per-module ranks under a recommend rule, exactly from its factors.
 
     Each module's update s·B·A is decomposed from its factors (QR of B and Aᵀ, SVD of an r×r core) and
     replaced by its best rank-r' approximation: B' = U√Σ/√s', A' = √ΣVᵀ/√s'.  Writes a peft adapter
     (OUT/adapter_config.json, OUT/adapter_model.safetensors), OUT/resize.csv (ranks before and after,
-    error next to the Eckart–Young optimum) and OUT/run.json.
+    error next to the Eckart–Young optimum), a model card OUT/README.md, OUT/figures/error.png and OUT/run.json.
 
     Example: rankscope resize adapters/r64 --rule avg-rank:16 -o adapters/r16-planned
     """
@@ -49,5 +53,6 @@ def resize_cmd(adapter: str, out: Path, rule: str, min_rank: int, max_rank: int 
 
     t0 = time.perf_counter()
     check_output_target(out, "resize", overwrite)
-    result = resize(adapter, rule=rule, min_rank=min_rank, max_rank=max_rank, snap=snap, alpha=alpha, gain=gain)
-    finish(result, out, quiet=quiet, overwrite=overwrite, started=t0)
+    result = resize(adapter, rule=rule, min_rank=min_rank, max_rank=max_rank, snap=snap, alpha=alpha, gain=gain,
+                    dtype=dtype)
+    finish(result, out, quiet=quiet, overwrite=overwrite, plots=not no_plots, started=t0)

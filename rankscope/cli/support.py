@@ -211,7 +211,7 @@ def finish(result: Any, out: Path, *, quiet: bool, overwrite: bool = False, plot
     1. :func:`echo_notes` of ``notes`` (default: ``result.info``; ``{}`` prints nothing);
     2. unless ``saved`` (the analysis wrote OUT itself, as train and intrinsic-dim do):
        ``result.info["argv"]`` and ``result.save(out, overwrite=..., [plots=...])``;
-    3. unless ``quiet``: ``summary()`` (default ``result.summary()``), then ``wrote OUT/``, with
+    3. unless ``quiet``: ``summary()`` (default ``result.summary_text()``), then ``wrote OUT/``, with
        `` in X s`` since ``started`` (a :func:`time.perf_counter` value) when given.
     """
     echo_notes(result.info if notes is None else notes, quiet)
@@ -225,7 +225,7 @@ def finish(result: Any, out: Path, *, quiet: bool, overwrite: bool = False, plot
         return
     if quiet:
         return
-    click.echo(result.summary() if summary is None else summary())
+    click.echo(result.summary_text() if summary is None else summary())
     took = "" if started is None else f" in {time.perf_counter() - started:.1f} s"
     click.echo(f"wrote {out}/{took}")
 

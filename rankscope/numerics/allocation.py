@@ -254,3 +254,67 @@ def greedy_allocation(spectra: Sequence[np.ndarray], shapes: Sequence[tuple[int,
             best = Allocation(alt, p.cost(alt), p.value(alt), bound, False, "uniform")
     best.exact = best.exact or best.value >= bound * (1 - 1e-12)
     return best
+
+
+@dataclass
+class BudgetCurve:
+    """Result of :func:`budget_curve`: captured share of ``Σ_i ‖ΔW_i‖²`` against LoRA parameters.
+
+    Attributes:
+        best_params, best_energy: the best allocation of each budget (ranks free in ``0..min(m, n)``); every point is
+            an exact optimum, for the budget it spends.
+        uniform_ranks, uniform_params, uniform_energy: rank ``r`` in every module (capped at ``min(m, n)``).
+    """
+
+    best_params: np.ndarray
+    best_energy: np.ndarray
+    uniform_ranks: np.ndarray
+    uniform_params: np.ndarray
+    uniform_energy: np.ndarray
+
+    COLUMNS = ("allocation", "rank", "params", "captured_energy")
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The points as table columns (:data:`COLUMNS`: ``allocation`` ``best`` or ``uniform``; ``rank`` NaN for
+        ``best``), the rows of ``budget_curve.csv``."""
+        n, m = self.best_params.size, self.uniform_ranks.size
+        return {"allocation": np.array(["best"] * n + ["uniform"] * m, dtype=object),
+                "rank": np.r_[np.full(n, np.nan), self.uniform_ranks.astype(np.float64)],
+                "params": np.r_[self.best_params, self.uniform_params].astype(np.int64),
+                "captured_energy": np.r_[self.best_energy, self.uniform_energy]}
+
+
+def budget_curve(spectra: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]], points: int = 200,
+                 all_ranks_to: int = 64) -> BudgetCurve:
+    """The budget → captured-energy curve of rank allocations (absolute gain), and of uniform ranks.
+
+    Best allocation: the rank-1 steps of every module (cost ``m + n``, gain ``σ_k²``) taken in order of gain per
+    parameter, which is :func:`greedy_allocation` without limits on the ranks; at the budget ``N_j`` that the first
+    ``j`` steps spend exactly it is optimal (no step is refused, the LP bound is reached), so each returned point
+    ``(N_j, Σ gains / Σσ²)`` is an optimum.  ``points`` breakpoints are kept, geometrically spaced in ``N`` (plus
+    the last).  Uniform: ranks ``1..all_ranks_to`` and then ``points`` geometrically spaced ranks up to the
+    largest ``min(m, n)``.  Modules with ``ΔW = 0`` cost nothing here: pass only the live ones.
+    """
+    energies = [np.asarray(s, dtype=np.float64) ** 2 for s in spectra]
+    costs = np.array([m + n for m, n in shapes], dtype=np.int64)
+    total = float(sum(e.sum() for e in energies))
+    if not energies or total <= 0:
+        empty = np.zeros(0)
+        return BudgetCurve(empty, empty, np.zeros(0, dtype=np.int64), empty, empty)
+    gains = np.concatenate(energies)
+    step_costs = np.concatenate([np.full(e.size, c, dtype=np.int64) for e, c in zip(energies, costs, strict=True)])
+    order = np.argsort(-(gains / step_costs), kind="stable")  # stable: a module's equal steps stay in order
+    keep = order[gains[order] > 0]
+    cum_params = np.cumsum(step_costs[keep])
+    cum_energy = np.cumsum(gains[keep]) / total
+    targets = np.geomspace(cum_params[0], cum_params[-1], points)
+    picks = np.unique(np.r_[np.searchsorted(cum_params, targets, side="right") - 1, cum_params.size - 1])
+    picks = picks[picks >= 0]
+    dims = np.array([e.size for e in energies], dtype=np.int64)
+    top = int(dims.max())
+    ranks = np.unique(np.r_[np.arange(1, min(all_ranks_to, top) + 1),
+                            np.round(np.geomspace(1, top, points)).astype(np.int64)])
+    cums = [np.concatenate([[0.0], np.cumsum(e)]) for e in energies]
+    u_params = sum(np.minimum(ranks, d) * c for d, c in zip(dims, costs, strict=True)).astype(np.float64)
+    u_energy = sum(c[np.minimum(ranks, c.size - 1)] for c in cums) / total
+    return BudgetCurve(cum_params[picks].astype(np.float64), cum_energy[picks], ranks, u_params, u_energy)

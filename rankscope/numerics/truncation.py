@@ -309,3 +309,27 @@ def optimal_relative_error(top_energy: float, delta_sq: float) -> float:
 def error_ratio(rel_error: float, optimal: float) -> float:
     """``max(rel_error, floor) / max(optimal, floor)`` with the float32 storage floor :data:`STORAGE_FLOOR`."""
     return max(rel_error, STORAGE_FLOOR) / max(optimal, STORAGE_FLOOR)
+
+
+STORAGE_DTYPES = ("fp32", "bf16", "fp16")
+"""The floating-point formats an adapter's tensors can be written in (``--dtype``)."""
+
+
+def stored_as(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` rounded (to nearest, ties to even) to what ``dtype`` stores, returned as float32.
+
+    ``fp32``: float32 itself; ``fp16``: IEEE half precision (finite values beyond ±65504 become ±Inf, which the
+    caller refuses); ``bf16``: bfloat16 (8 exponent bits, 8 significand bits: float32's range, relative spacing
+    2⁻⁸), rounded by torch as ``tensor.to(torch.bfloat16)`` does when an adapter is saved in bf16.
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+    as32 = np.asarray(values, dtype=np.float32)
+    if dtype == "fp32":
+        return as32
+    if dtype == "fp16":
+        with np.errstate(over="ignore"):
+            return as32.astype(np.float16).astype(np.float32)
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(as32)).to(torch.bfloat16).to(torch.float32).numpy()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RankscopeError
-from ..io.checkpoints import Checkpoint, open_checkpoint
+from ..io.checkpoints import MEMORY_FORMAT, Checkpoint, open_checkpoint
 from ..options import resolve_device
 from .align import TensorPair
 
@@ -329,6 +329,11 @@ class RayExecutor:
     def run(self, jobs: Sequence[TensorPair], work: Work, checkpoints: Sequence[Checkpoint], args: tuple = (),
             progress: bool = False, desc: str = "spectra") -> dict[str, Any]:
         """``{pair.module: work(pair, *reopened checkpoints, device, *args)}`` as Ray tasks, submitted largest first."""
+        in_memory = [c.given for c in checkpoints if c.fmt == MEMORY_FORMAT]
+        if in_memory:
+            raise RankscopeError(f"--executor ray: {in_memory[0]} is a model in memory, but Ray tasks open the "
+                                 f"checkpoints by path: save it (save_pretrained) and pass the folder, or use the "
+                                 f"local executor")
         ray = import_ray()
         started = self._connect(ray)
         try:

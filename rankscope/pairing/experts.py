@@ -85,3 +85,13 @@ def fused_layout(module: str, shape: tuple[int, ...], config: Mapping[str, Any] 
             return shape[2] == hidden, f"hidden_size {hidden} is the output of {leaf}"
     return None, (f"fused expert tensor of model_type {model_type!r}: orientation ([E, in, out] or [E, out, in]) "
                   "is not known for this architecture")
+
+
+def fused_expert_modules(info: Mapping[str, Any]) -> set[str]:
+    """Module names of the experts of fused 3-D tensors in a spectrum result's run.json (``alignment.fused_experts``)."""
+    fused = (info.get("alignment") or {}).get("fused_experts") or {}
+    out: set[str] = set()
+    for tensor, entry in fused.items():
+        count = entry.get("experts", 0) if isinstance(entry, dict) else 0
+        out.update(expert_module(tensor, e) for e in range(int(count)))
+    return out

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import RankscopeError
+from ..protocol import ResultView
+from ..summaries import ResultFiles
 from . import native
 from .search import SearchOutcome, find_d90
 from .wrapper import subspace_names
@@ -118,12 +120,13 @@ class StudyOptions:
 
 
 @dataclass
-class IntrinsicDimResult:
+class IntrinsicDimResult(ResultView):
     """The runs table, the per-mode searches and the provenance of one intrinsic-dimension study.
 
-    The result protocol of every analysis: ``table`` (one row per training run; ``runs`` is the same
-    DataFrame), ``info`` (what ``run.json`` holds), :meth:`save`, :meth:`load` and :meth:`summary`;
-    ``result`` is what ``result.json`` holds (d90 per mode, bracket, baseline, target).
+    The result protocol of every analysis (:mod:`rankscope.protocol`): ``table`` (one row per training run;
+    ``runs`` is the same DataFrame), ``info`` (what ``run.json`` holds), :meth:`save`, :meth:`load`,
+    :meth:`summary` (one row per mode), :meth:`summary_text`, :meth:`figures`; ``result`` is what ``result.json``
+    holds (d90 per mode, bracket, baseline, target).
     """
 
     table: pd.DataFrame
@@ -160,7 +163,35 @@ class IntrinsicDimResult:
             raise RankscopeError(f"{out / 'runs.csv'}: missing or unreadable ({exc})") from exc
         return cls(runs, result, read_json(out / "run.json"))
 
-    def summary(self) -> str:
+    def render_figures(self, folder: Path) -> list[str]:
+        """Draw ``intrinsic-dim.png`` (:mod:`rankscope.figures.intrinsic`) into ``folder``; returns the file names."""
+        from ..figures.intrinsic import plot_intrinsic_dim
+
+        folder.mkdir(parents=True, exist_ok=True)
+        return [plot_intrinsic_dim(self.table, self.result, folder / "intrinsic-dim.png")]
+
+    def result_files(self) -> ResultFiles:
+        """``result.json``, as the key figures read it."""
+        return ResultFiles(documents={"result.json": self.result})
+
+    def summary(self) -> pd.DataFrame:
+        """One row per mode: ``d90`` (None when the target was not reached), its ``bracket_low``/``bracket_high``,
+        the metric at d90 (``mean``, ``std`` over ``seeds``), ``D`` and ``d90_share`` (d90 / D)."""
+        import pandas as pd
+
+        r = self.result
+        rows = {}
+        for mode, m in r.get("modes", {}).items():
+            at = m.get("at_d90") or {}
+            bracket = m.get("bracket") or [None, None]
+            d90 = m.get("d90")
+            rows[mode] = {"d90": d90, "bracket_low": bracket[0], "bracket_high": bracket[1], "mean": at.get("mean"),
+                          "std": at.get("std"), "seeds": at.get("seeds"), "D": r.get("D"),
+                          "d90_share": d90 / r["D"] if d90 is not None and r.get("D") else None}
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    def summary_text(self) -> str:
+        """The lines the command prints: the baseline and target, then d90 per mode."""
         r = self.result
         lines = [f"{r['task']}: baseline {r['metric']} {_fmt(r['baseline']['mean'])}, target {_fmt(r['target'])} "
                  f"({r['convention']})"]
@@ -542,14 +573,11 @@ def run_study(config: SearchConfig, study: StudyOptions, out: str | os.PathLike 
 
 def write_result(result: IntrinsicDimResult, out: Path, t_start: float | None = None) -> None:
     """Write runs.csv, result.json, the figure and, last, run.json (each atomically) into a prepared ``out``."""
-    from ..figures.intrinsic import plot_intrinsic_dim
     from ..io.results import peak_rss_mb
 
     write_atomic(out / "runs.csv", result.table.to_csv(index=False))
     write_atomic(out / "result.json", json.dumps(result.result, indent=2) + "\n")
-    figures = out / "figures"
-    figures.mkdir(exist_ok=True)
-    result.info["figures"] = [plot_intrinsic_dim(result.table, result.result, figures / "intrinsic-dim.png")]
+    result.info["figures"] = result.render_figures(out / "figures")
     if t_start is not None:
         result.info["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
     result.info["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -566,8 +594,4 @@ def write_result(result: IntrinsicDimResult, out: Path, t_start: float | None = 
 
 def rerender(out: Path) -> list[str]:
     """Redraw ``figures/intrinsic-dim.png`` of a finished study from its files (:meth:`IntrinsicDimResult.load`)."""
-    from ..figures.intrinsic import plot_intrinsic_dim
-
-    study = IntrinsicDimResult.load(out)
-    (out / "figures").mkdir(exist_ok=True)
-    return [plot_intrinsic_dim(study.table, study.result, out / "figures" / "intrinsic-dim.png")]
+    return IntrinsicDimResult.load(out).render_figures(out / "figures")
