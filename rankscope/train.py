@@ -206,7 +206,7 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
         metrics = train("bundled:minilm-base", "rotten-tomatoes", "lora", "runs/lora-r8", max_train=2000)
         metrics["test_accuracy"], metrics.summary(), metrics.info["lora"]
     """
-    from .io.results import atomic_output, check_output_target, peak_rss_mb, resolve_output, write_json
+    from .io.results import PARTIAL_MARKER, atomic_output, check_output_target, peak_rss_mb, resolve_output, write_json
 
     t_start = time.perf_counter()
     if method not in METHODS:
@@ -257,7 +257,8 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
         files = save_model(net, tok, tmp, final=resolve_output(out))
         write_json(tmp / "metrics.json", metrics)
         figures = _learning_curves(TrainResult(metrics, info), tmp / "figures", warnings) if plots else []
-        info["outputs"] = sorted([*files, "metrics.json", "run.json", *(f"figures/{f}" for f in figures)])
+        info["outputs"] = sorted({*files, "metrics.json", "run.json", *(f"figures/{f}" for f in figures)}
+                                 - {PARTIAL_MARKER})  # the work folder's own marker is no output
         info["seconds"] = {"load": round(t_built - t_start, 3), "train": metrics["train_seconds"],
                            "eval": metrics["eval_seconds"], "save": round(time.perf_counter() - t_save, 3),
                            "total": round(time.perf_counter() - t_start, 3)}

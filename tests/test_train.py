@@ -351,3 +351,11 @@ def test_lora_config_file_sets_every_lora_option(bert, easy_csv, tmp_path):
                                     "--lora-config", str(tmp_path / "lora_config.json"), "--r", "4",
                                     "-o", str(tmp_path / "run2")])
     assert res.exit_code == 2 and "--r" in res.stderr and not (tmp_path / "run2").exists()
+
+
+def test_outputs_list_what_the_folder_holds(bert, easy_csv, tmp_path):
+    out = tmp_path / "run"
+    result = _run(bert, easy_csv, "lora", out)
+    outputs = result.info["outputs"]
+    assert ".rankscope-partial.json" not in outputs  # the work folder's marker is gone from the result
+    assert all((out / name).exists() for name in outputs)
