@@ -445,9 +445,12 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
             loses = v[v["verdict"] == "loses"]["arm"].tolist()
             L.append(f"* **{task}** (budget r = {budgets[task]}): wins: {', '.join(wins) or 'none'}; loses: "
                      f"{', '.join(loses) or 'none'}; the rest tie.  " + "; ".join(parts) + ".")
-        pending = results[results["status"].str.startswith("pending")]["arm"].tolist() if "status" in results else []
-        if pending:
-            L.append(f"\nStill pending (no verdict, not results): {', '.join(dict.fromkeys(pending))}.")
+        if "status" in results:
+            waiting = results[results["status"].str.startswith("pending")]
+            per_task = [f"{task}: {', '.join(dict.fromkeys(group['arm']))}" for task, group in
+                        waiting.groupby("task", sort=False)]
+            if per_task:
+                L.append(f"\nStill pending (no verdict, not results): {'; '.join(per_task)}.")
     L.append("")
     # ---- unavailable
     missing = {(t, a): why for t in study.tasks for a, why in study.unavailable[t].items()}
