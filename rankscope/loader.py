@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RankscopeError
-from .io.results import read_json
+from .io.results import read_run_info
 
 RESULT_CLASSES: dict[str, tuple[str, str]] = {
     "spectrum": ("rankscope.spectrum", "SpectrumResult"),
@@ -44,10 +44,4 @@ def load(folder: str | os.PathLike) -> Any:
     A folder without a readable ``run.json``, or of a command rankscope does not know, is a :class:`RankscopeError`.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise RankscopeError(f"{folder}: no such result folder")
-    info = read_json(folder / "run.json")
-    command = info.get("command")
-    if not isinstance(command, str):
-        raise RankscopeError(f"{folder / 'run.json'}: not a rankscope run.json (no 'command')")
-    return result_class(command).load(folder)
+    return result_class(read_run_info(folder)["command"]).load(folder)

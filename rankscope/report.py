@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import RankscopeError
-from .io.results import versions
+from .io.results import read_run_info, versions
 from .protocol import inline_html
 from .summaries import TITLES, key_figures
 
@@ -136,19 +136,6 @@ def check_report_target(path: Path, overwrite: bool = False) -> None:
                              f"(rankscope replaces only its own reports)")
 
 
-def _read_info(folder: Path) -> dict[str, Any]:
-    path = folder / "run.json"
-    if not folder.is_dir():
-        raise RankscopeError(f"{folder}: no such result folder")
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RankscopeError(f"{folder}: not a rankscope result folder (no readable run.json)") from exc
-    if not isinstance(info, dict) or "command" not in info:
-        raise RankscopeError(f"{path}: not a rankscope run.json (no 'command')")
-    return info
-
-
 def _csv_text(path: Path) -> pd.DataFrame:
     """A CSV as text cells, exactly as written (no re-formatting of numbers)."""
     return pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -187,7 +174,7 @@ def report(results: Sequence[str | os.PathLike], fmt: str = "html", out: str | o
     if not results:
         raise RankscopeError("report: give at least one result folder")
     folders = [Path(r) for r in results]
-    infos = [_read_info(f) for f in folders]
+    infos = [read_run_info(f) for f in folders]
     commands = sorted({str(i["command"]) for i in infos})
     if len(commands) > 1:
         raise RankscopeError(f"report: the results come from different commands ({', '.join(commands)}); "

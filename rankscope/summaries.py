@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import RankscopeError
-from .io.results import register_summary
+from .io.results import read_json, register_summary
 
 LORA_RANKS = (4, 8, 16, 32, 64)
 """The usual LoRA ranks at which captured energy is reported."""
@@ -381,13 +381,7 @@ def key_figures(folder: str | Path, info: dict[str, Any] | None = None) -> dict[
     """The key figures and answer sentences of a result folder (``info``: its run.json, read when not given)."""
     folder = Path(folder)
     if info is None:
-        path = folder / "run.json"
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise RankscopeError(f"{path}: not a rankscope result folder (no readable run.json)") from exc
-        if not isinstance(info, dict):
-            raise RankscopeError(f"{path}: not a rankscope run.json (not a JSON object)")
+        info = read_json(folder / "run.json")
     return key_figures_of(ResultFiles(folder), info)
 
 

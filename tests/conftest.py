@@ -275,6 +275,40 @@ def build_pair(root: Path, arch: str, fmt: str, dtype: str, grow_vocab: bool = F
     return pair
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, OpenMP barriers crawl when the CPU is shared, and runs that are
+    compared with each other need the same thread count (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> Path:
+    """A tiny random BERT classifier folder with its tokenizer (:func:`tiny_text.bert_folder`)."""
+    from tiny_text import bert_folder
+
+    return bert_folder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory) -> Path:
+    """A tiny random GPT-2 folder with its tokenizer (:func:`tiny_text.gpt2_folder`)."""
+    from tiny_text import gpt2_folder
+
+    return gpt2_folder(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="module")
+def easy_csv(tmp_path_factory) -> Path:
+    """The separable review/sentiment CSV task (:func:`tiny_text.write_easy_csv`)."""
+    from tiny_text import write_easy_csv
+
+    return write_easy_csv(tmp_path_factory.mktemp("easy") / "easy.csv")
+
+
 @pytest.fixture(scope="session")
 def make_pair(tmp_path_factory):
     """``make_pair(arch, fmt="single", dtype="fp32", grow_vocab=False)`` -> cached :class:`Pair`."""

@@ -43,12 +43,7 @@ MAX_LENGTH = 24
 FAST = {"epochs": 1, "batch_size": 8, "max_length": MAX_LENGTH, "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tokenizer(bos: bool):

@@ -26,7 +26,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from tiny_text import bert_folder, gpt2_folder, write_easy_csv  # noqa: E402
 
 from rankscope.cli import main  # noqa: E402
 from rankscope.errors import RankscopeError  # noqa: E402
@@ -39,28 +38,7 @@ COLUMNS = {"text_column": "review", "label_column": "sentiment"}
 MAX_LENGTH = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads (and the update comparison needs the same thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory) -> Path:
-    return bert_folder(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def gpt2(tmp_path_factory) -> Path:
-    return gpt2_folder(tmp_path_factory.mktemp("tiny-gpt2"))
-
-
-@pytest.fixture(scope="module")
-def easy_csv(tmp_path_factory) -> Path:
-    return write_easy_csv(tmp_path_factory.mktemp("easy") / "easy.csv")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _probe(model: Path, data: Path, signal: str, **kw) -> ProbeResult:

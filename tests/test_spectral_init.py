@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
-from tiny_text import bert_folder, write_easy_csv  # noqa: E402
+from tiny_text import bert_folder  # noqa: E402
 
 from rankscope.cli import main  # noqa: E402
 from rankscope.errors import RankscopeError  # noqa: E402
@@ -45,12 +45,7 @@ FAST = {"epochs": 1, "batch_size": 8, "max_length": 16, "progress": False, "text
         "label_column": "sentiment"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -99,11 +94,6 @@ def test_formulas_span_the_top_subspaces_with_the_stated_scale():
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     return bert_folder(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def easy_csv(tmp_path_factory) -> Path:
-    return write_easy_csv(tmp_path_factory.mktemp("easy") / "easy.csv")
 
 
 def module_shapes(base: Path) -> dict[str, tuple[int, int]]:

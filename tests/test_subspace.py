@@ -30,13 +30,7 @@ from rankscope.subspace.projections import (
 from rankscope.subspace.search import find_d90
 from rankscope.subspace.wrapper import SubspaceModel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------------

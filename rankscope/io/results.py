@@ -489,6 +489,17 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def read_run_info(folder: Path) -> dict[str, Any]:
+    """The ``run.json`` of a result folder, which must exist and name its ``command`` (else one RankscopeError)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RankscopeError(f"{folder}: no such result folder")
+    info = read_json(folder / "run.json")
+    if not isinstance(info.get("command"), str):
+        raise RankscopeError(f"{folder / 'run.json'}: not a rankscope run.json (no 'command')")
+    return info
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path`` (a list, a number or broken JSON is one :class:`RankscopeError`)."""
     try:
