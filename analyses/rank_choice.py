@@ -12,7 +12,10 @@ Stages (without ``--stage``: all, in this order; each ends by regenerating the r
   fine-tuning beats uniform rank r by ≥ 3 points of test accuracy and by ≥ 4 seed SDs (the larger of the two).
   The budget of the task is the largest studied rank with headroom (else the smallest studied rank).
 * ``lr`` — every arm (``rank_choice_arms.TRAINED_ARMS``) at the budget: the learning-rate grid × 2 seeds,
-  the rate with the best mean validation accuracy kept per arm.
+  the rate with the best mean validation accuracy kept per arm.  A LoRA arm whose best rate sits at an edge of the
+  grid gets one more rate beyond that edge (the grid's own ratio there), up to ``MAX_LR_EXTENSIONS`` per side
+  (``Study.lr_grid``): an arm is never judged at a rate its grid cut short.  The same rule applies to uniform
+  LoRA in the gap stage; full fine-tuning keeps its grid (a better full-FT rate could only widen the gap).
 * ``seeds`` — every arm at its rate, seeds 0–7 (paired: the same seed gives the same data order and head init
   in every arm), plus the untrained extraction arms once.
 * ``report`` — README.md, CSVs and figures from whatever the cache holds; pending arms are listed as pending.
@@ -49,6 +52,8 @@ LR_SEEDS = (0, 1)
 GAP_SEEDS = (0, 1, 2, 3)
 STUDY_SEEDS = tuple(range(8))
 STAGES = ("gap", "lr", "seeds", "report")
+MAX_LR_EXTENSIONS = 2
+"""How many rates a LoRA arm's grid may grow by beyond each edge while its best rate sits on that edge."""
 
 
 @dataclass(frozen=True)
@@ -281,19 +286,58 @@ class Study:
             return None
         return st.best_setting([x for x in rows if x["lr"] in complete])
 
+    def lr_grid(self, task: str, arm: str, rank: int | None = None) -> tuple[float, ...]:
+        """The LoRA learning-rate grid of ``arm``: the task's grid, grown past an edge while the best rate sits there.
+
+        While every rate of the grid has its ``LR_SEEDS`` runs and the best (``best_lr``) is the largest rate, the
+        next rate up, ``max · max / second largest``, joins the grid (likewise downwards), at most
+        ``MAX_LR_EXTENSIONS`` per side.  Deterministic given the cache, so the stages (which run the missing rates)
+        and the report (which reads them) agree.  A grid whose newest rate is not run yet has no ``best_lr``.
+        """
+        grid = sorted(TASKS[task].lora_lrs)
+        up = down = 0
+        while True:
+            best = self.best_lr(task, arm, tuple(grid), rank)
+            if best is None:
+                return tuple(grid)
+            if best == grid[-1] and up < MAX_LR_EXTENSIONS:
+                grid.append(float(f"{grid[-1] * grid[-1] / grid[-2]:.2g}"))
+                up += 1
+            elif best == grid[0] and down < MAX_LR_EXTENSIONS:
+                grid.insert(0, float(f"{grid[0] * grid[0] / grid[1]:.2g}"))
+                down += 1
+            else:
+                return tuple(grid)
+
+    def run_lr_grid(self, task: str, arm: str, rank: int | None, run_one) -> None:
+        """Run ``run_one(lr)`` (the ``LR_SEEDS`` runs at one rate) over ``lr_grid``, growing it as it asks."""
+        done: set[float] = set()
+        base = set(TASKS[task].lora_lrs)
+        while not self.cache.out_of_time():
+            grid = self.lr_grid(task, arm, rank)
+            todo = [lr for lr in grid if lr not in done]
+            if not todo:
+                return
+            for lr in todo:
+                if lr not in base:
+                    log(f"{task} {arm}: best rate at the grid edge; adding lr {lr:g}")
+                if run_one(lr) is False:
+                    return
+                done.add(lr)
+
     def stage_gap(self) -> None:
         pending = []
         for task in self.tasks:
             s = TASKS[task]
             for which, r in self.gap_runs(task):
-                lrs = s.full_lrs if which == "full" else s.lora_lrs
                 kind = "full" if which == "full" else "lora"
                 arm, spec = ("full", {"method": "full"}) if which == "full" else ("uniform", self.uniform_spec(r))
+                lrs = s.full_lrs if which == "full" else self.lr_grid(task, arm, r)
                 for lr in lrs:
                     for seed in LR_SEEDS:
                         if self.cache.get(self.cache.path(s, arm, spec, lr, seed)) is None:
                             pending.append((task, kind))
-                best = self.best_lr(task, arm, lrs, r)
+                best = self.task_lr(task, arm, r)
                 for seed in GAP_SEEDS[len(LR_SEEDS):]:
                     if best is None or self.cache.get(self.cache.path(s, arm, spec, best, seed)) is None:
                         pending.append((task, kind))
@@ -302,14 +346,21 @@ class Study:
         for task in self.tasks:
             s = TASKS[task]
             for which, r in self.gap_runs(task):
-                lrs = s.full_lrs if which == "full" else s.lora_lrs
                 arm = "full" if which == "full" else "uniform"
-                for lr in lrs:
+
+                def run_one(lr: float, task: str = task, which: str = which, r: int | None = r) -> None:
+                    nonlocal projected
                     self._gap_one(task, which, r, LR_SEEDS, lr)
                     if self.cache.ran >= 1 and not projected:
                         projected = True
                         self.project("gap (after the first run)", pending[1:])
-                best = self.best_lr(task, arm, lrs, r)
+
+                if which == "full":
+                    for lr in s.full_lrs:
+                        run_one(lr)
+                else:
+                    self.run_lr_grid(task, arm, r, run_one)
+                best = self.task_lr(task, arm, r)
                 if best is None:
                     log(f"{task} {arm} r={r}: learning-rate grid incomplete (time limit)")
                     continue
@@ -321,13 +372,13 @@ class Study:
     def gap_table(self, task: str) -> list[dict[str, Any]]:
         """One row per studied uniform rank: the gap check against full fine-tuning (at their chosen rates)."""
         s = TASKS[task]
-        full_lr = self.best_lr(task, "full", s.full_lrs)
+        full_lr = self.task_lr(task, "full")
         if full_lr is None:
             return []
         full = [x["test_accuracy"] for x in self.rows(task, "full") if x["lr"] == full_lr]
         rows = []
         for r in s.gap_ranks:
-            lr = self.best_lr(task, "uniform", s.lora_lrs, r)
+            lr = self.task_lr(task, "uniform", r)
             if lr is None:
                 continue
             lora = [x["test_accuracy"] for x in self.rows(task, "uniform", r) if x["lr"] == lr]
@@ -347,7 +398,7 @@ class Study:
 
     def context(self, task: str, budget_rank: int, full_lr: float | None = None) -> arms.Context:
         s = TASKS[task]
-        full_lr = full_lr if full_lr is not None else self.best_lr(task, "full", s.full_lrs)
+        full_lr = full_lr if full_lr is not None else self.task_lr(task, "full")
 
         def full_checkpoint() -> tuple[Path, float]:
             folder = self.runs / task / "full-ft" / f"lr{full_lr:g}-s0"
@@ -417,19 +468,29 @@ class Study:
             r, ctx = ready
             s = TASKS[task]
             pending = [(task, "lora")] * (len(arms.TRAINED_ARMS) * len(s.lora_lrs) * len(LR_SEEDS))
-            self.project(f"lr ({task}, budget r = {r}, upper bound)", pending)
+            self.project(f"lr ({task}, budget r = {r}, upper bound, before any grid extension)", pending)
             for arm in arms.TRAINED_ARMS:
                 if self.only is not None and arm not in self.only:
                     continue
                 setup = self.setup(task, arm, ctx)
                 if setup is None:
                     continue
-                for lr in s.lora_lrs:
+
+                def run_one(lr: float, task: str = task, setup: arms.ArmSetup = setup, ctx: arms.Context = ctx) -> bool:
                     for seed in LR_SEEDS:
                         self.arm_run(task, setup, ctx, lr, seed)
+                    return setup.name not in self.failed[task]
+
+                self.run_lr_grid(task, arm, r, run_one)
+
+    def task_lr(self, task: str, arm: str, rank: int | None = None) -> float | None:
+        """The chosen rate: full fine-tuning on its fixed grid, a LoRA arm on its (possibly grown) ``lr_grid``."""
+        if arm == "full":
+            return self.best_lr(task, "full", TASKS[task].full_lrs)
+        return self.best_lr(task, arm, self.lr_grid(task, arm, rank), rank)
 
     def arm_lr(self, task: str, arm: str, rank: int) -> float | None:
-        return self.best_lr(task, arm, TASKS[task].lora_lrs, rank)
+        return self.task_lr(task, arm, rank)
 
     def stage_seeds(self) -> None:
         for task in self.tasks:

@@ -64,18 +64,18 @@ def _projection(study: Any) -> dict[str, Any]:
         n_gap = {"full": 0, "lora": 0}
         for which, r in study.gap_runs(task):
             arm, kind = ("full", "full") if which == "full" else ("uniform", "lora")
-            lrs = s.full_lrs if which == "full" else s.lora_lrs
+            lrs = s.full_lrs if which == "full" else study.lr_grid(task, arm, r)
             rows = study.rows(task, arm, r)
             n_gap[kind] += sum(1 for lr in lrs for seed in LR_SEEDS
                                if not any(x["lr"] == lr and x["seed"] == seed for x in rows))
-            best = study.best_lr(task, arm, lrs, r)
+            best = study.task_lr(task, arm, r)
             n_gap[kind] += sum(1 for seed in GAP_SEEDS[len(LR_SEEDS):]
                                if best is None or not any(x["lr"] == best and x["seed"] == seed for x in rows))
         r = study.budget_rank(task)
         n_lr = n_seeds = 0
         for arm in arms.TRAINED_ARMS:
             rows = study.rows(task, arm, r) if r is not None else []
-            n_lr += sum(1 for lr in s.lora_lrs for seed in LR_SEEDS
+            n_lr += sum(1 for lr in study.lr_grid(task, arm, r) for seed in LR_SEEDS
                         if not any(x["lr"] == lr and x["seed"] == seed for x in rows))
             lr = study.arm_lr(task, arm, r) if r is not None else None
             n_seeds += sum(1 for seed in STUDY_SEEDS
@@ -91,9 +91,8 @@ def _projection(study: Any) -> dict[str, Any]:
 
 def _results(study: Any, task: str, r: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(lr table, per-arm results with paired statistics, per-seed test accuracies)."""
-    from rank_choice import LR_SEEDS, STUDY_SEEDS, TASKS
+    from rank_choice import LR_SEEDS, STUDY_SEEDS
 
-    s = TASKS[task]
     lr_rows, result_rows, seed_rows = [], [], []
     ref_lr = study.arm_lr(task, "uniform", r)
     ref = {x["seed"]: x for x in study.rows(task, "uniform", r) if x["lr"] == ref_lr}
@@ -101,7 +100,7 @@ def _results(study: Any, task: str, r: int) -> tuple[pd.DataFrame, pd.DataFrame,
     for arm in [*arms.TRAINED_ARMS, *arms.EXTRACTED_ARMS]:
         rows = study.rows(task, arm, r)
         if arm in arms.TRAINED_ARMS:
-            for lr in s.lora_lrs:
+            for lr in study.lr_grid(task, arm, r):
                 grid = [x for x in rows if x["lr"] == lr and x["seed"] in LR_SEEDS]
                 if grid:
                     lr_rows.append({"task": task, "arm": arm, "lr": lr, "seeds": len(grid),
@@ -321,7 +320,7 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
     L.append("* Equal budget: every arm's trainable LoRA parameters are counted exactly, Σ rᵢ·(outᵢ + inᵢ) from the "
              "module shapes, checked against the trained model's own count, and must be within 1 % of uniform "
              "rank r's (`study_stats.lora_parameters`).\n")
-    L.append("| task | train / val / test | max tokens | epochs × steps | batch | LoRA lr grid | full FT lr grid |")
+    L.append("| task | train / val / test | max tokens | epochs × steps | batch | LoRA lr grid (grown past an edge, §2) | full FT lr grid |")
     L.append("|---|---|---|---|---|---|---|")
     for task in study.tasks:
         s = TASKS[task]
@@ -381,7 +380,10 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
             L.append("|---|" + "---|" * len(pivot.columns) + "---|")
             for arm, row in pivot.iterrows():
                 chosen = study.arm_lr(task, arm, budgets[task])
-                edge = " (grid edge)" if chosen is not None and chosen in (min(pivot.columns), max(pivot.columns)) else ""
+                grid = study.lr_grid(task, arm, budgets[task])
+                grown = len(grid) - len(TASKS[task].lora_lrs)
+                edge = (" (grid edge, after the grid grew to its limit)" if chosen in (grid[0], grid[-1]) else
+                        f" (grid grown by {grown})" if grown else "") if chosen is not None else ""
                 L.append(f"| {arm} | " + " | ".join(_fmt(v) for v in row.to_numpy()) +
                          f" | {'pending' if chosen is None else f'{chosen:g}{edge}'} |")
             L.append("")

@@ -300,7 +300,7 @@ def _save_spectrum(spec, folder: Path) -> None:
     folder.mkdir()
     spec.write_data(folder)
     files = sorted([*(p.name for p in folder.iterdir()), "run.json"])
-    write_json(folder / "run.json", {**spec.info, MARKER: make_marker("spectrum", files)})
+    write_json(folder / "run.json", {**spec.info, MARKER: make_marker("spectrum", files, folder)})
 
 
 def _load_source(source, finetuned, targets: tuple[str, ...], exclude_embeddings: bool, device: str,

@@ -232,6 +232,39 @@ def test_same_command_result_with_a_users_file_needs_overwrite_and_keeps_it(tmp_
     assert "my-notes.txt" not in read_marker(out)["files"] and (out / "modules.csv").is_file()
 
 
+@pytest.mark.parametrize("command", CHEAP)
+def test_a_file_edited_after_rankscope_wrote_it_is_the_users_and_never_replaced(tmp_path, inputs, command):
+    """The marker keeps a SHA-256 per file: an edited file of an earlier result (a model card, a table) is refused
+    on a plain re-run and with ``--overwrite`` alike, and nothing in the folder changes."""
+    out = tmp_path / "out"
+    assert invoke(command_args(command, inputs, out)).exit_code == 0
+    marker = read_marker(out)
+    assert set(marker["digests"]) == set(marker["files"]) - {"run.json"}
+    victim = next(f for f in marker["files"] if f.endswith((".md", ".csv", ".json")) and f != "run.json")
+    (out / victim).write_text((out / victim).read_text() + "\n<!-- my edit -->\n")
+    before = snapshot(tmp_path)
+    assert_clean_refusal(invoke(command_args(command, inputs, out)), "changed since rankscope wrote", victim)
+    assert snapshot(tmp_path) == before
+    forced = invoke([*command_args(command, inputs, out), "--overwrite"])  # refused when the result is installed
+    errors = [line for line in forced.stderr.splitlines() if line.startswith("Error: ")]
+    assert forced.exit_code == 2 and len(errors) == 1 and "Traceback" not in forced.output, forced.output
+    assert victim in errors[0] and "changed since rankscope wrote" in errors[0]
+    assert snapshot(tmp_path) == before
+
+
+def test_files_rankscope_adds_later_keep_a_result_its_own(tmp_path, inputs):
+    """`plot` (re-rendered figures) and `report -o OUT/…` update the digests: a re-run then replaces the result."""
+    out = tmp_path / "out"
+    assert invoke(command_args("spectrum", inputs, out)).exit_code == 0
+    assert invoke(["plot", str(out)]).exit_code == 0
+    result = invoke(["report", str(out), "-o", str(out / "report.html")])
+    assert result.exit_code == 0, result.output
+    marker = read_marker(out)
+    assert "report.html" in marker["files"] and "report.html" in marker["digests"]
+    again = invoke(command_args("spectrum", inputs, out))
+    assert again.exit_code == 0, again.output
+
+
 def test_overwrite_of_another_result_keeps_foreign_files_and_drops_only_rankscope_files(tmp_path, inputs):
     out = tmp_path / "out"
     assert invoke(command_args("extract", inputs, out)).exit_code == 0

@@ -227,3 +227,40 @@ def test_arm_configs_build_exactly_the_counted_ranks_in_peft(tmp_path):
         assert counted == st.lora_parameters(shapes, ranks)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert trainable - counted == arms.head_parameters(32, 2)  # the rest is the classifier head
+
+
+def test_lr_grid_grows_past_an_edge_only_while_the_best_rate_sits_there(tmp_path, monkeypatch):
+    """``Study.lr_grid``: a best rate on an edge adds the next rate by the grid's own ratio there, at most
+    ``MAX_LR_EXTENSIONS`` per side; an interior best or an unrun new rate stops the growth (no choice until run)."""
+    import math
+
+    import rank_choice as rc
+
+    settings = rc.TASKS["entity-facts"]  # grid 1e-3, 2e-3, 4e-3 (ratio 2)
+    study = rc.Study(tmp_path, tmp_path / "report", ["entity-facts"], math.inf, 1)
+    monkeypatch.setattr(rc.Study, "shapes", property(lambda self: MINILM))
+    spec = study.uniform_spec(2)
+
+    def record(lr: float, accuracy: float) -> None:
+        for seed in rc.LR_SEEDS:
+            study.cache.run(settings, "uniform", spec, lr, seed,
+                            lambda: {"validation_accuracy": accuracy, "validation_loss": 1 - accuracy,
+                                     "test_accuracy": accuracy, "test_loss": 1 - accuracy}, budget_rank=2)
+
+    for lr, acc in ((1e-3, 0.5), (2e-3, 0.6), (4e-3, 0.7)):
+        record(lr, acc)
+    assert study.lr_grid("entity-facts", "uniform", 2) == (1e-3, 2e-3, 4e-3, 8e-3)
+    assert study.task_lr("entity-facts", "uniform", 2) is None  # the new rate is not run: no choice yet
+    record(8e-3, 0.8)
+    assert study.lr_grid("entity-facts", "uniform", 2) == (1e-3, 2e-3, 4e-3, 8e-3, 0.016)
+    record(0.016, 0.9)  # still at the edge, but the limit (2 per side) is reached
+    assert study.lr_grid("entity-facts", "uniform", 2) == (1e-3, 2e-3, 4e-3, 8e-3, 0.016)
+    assert study.task_lr("entity-facts", "uniform", 2) == 0.016
+    # another arm with an interior best keeps the task's grid; a lower-edge best grows downwards
+    other = {**spec, "init": "x"}
+    for lr, acc in ((1e-3, 0.9), (2e-3, 0.6), (4e-3, 0.5)):
+        for seed in rc.LR_SEEDS:
+            study.cache.run(settings, "uniform+init-update", other, lr, seed,
+                            lambda acc=acc: {"validation_accuracy": acc, "validation_loss": 0.1,
+                                             "test_accuracy": acc, "test_loss": 0.1}, budget_rank=2)
+    assert study.lr_grid("entity-facts", "uniform+init-update", 2) == (5e-4, 1e-3, 2e-3, 4e-3)

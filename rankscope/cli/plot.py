@@ -21,7 +21,7 @@ def plot_cmd(out: Path) -> None:
 
     Example: rankscope plot reports/demo
     """
-    from ..io.results import MARKER, read_json, read_marker, write_json
+    from ..io.results import MARKER, marker_with_files, read_json, read_marker, write_json
 
     if not out.is_dir():
         raise RankscopeError(f"no such result folder: {out}")
@@ -58,7 +58,7 @@ def plot_cmd(out: Path) -> None:
     result.info.setdefault("outputs", {})["figures"] = written
     if marker is not None and marker.get("files") is not None:  # the new figures belong to the result
         figures = [(out / "figures" / w).relative_to(out).as_posix() for w in written]
-        result.info[MARKER] = {**marker, "files": sorted({*marker["files"], *figures})}
+        result.info[MARKER] = marker_with_files(marker, out, figures)
     write_json(out / "run.json", result.info)
     click.echo(f"wrote {', '.join(written)} to {out / 'figures'}/")
 
@@ -84,11 +84,11 @@ def _rerender_record(out: Path, command: str, info: dict) -> list[str]:
 
 def add_to_marker(out: Path, files: list[str]) -> None:
     """Record files that `plot` added to a result folder in its run.json marker."""
-    from ..io.results import MARKER, read_json, read_marker, write_json
+    from ..io.results import MARKER, marker_with_files, read_json, read_marker, write_json
 
     marker = read_marker(out)
     if marker is None or marker.get("files") is None:
         return
     info = read_json(out / "run.json")
-    info[MARKER] = {**marker, "files": sorted({*marker["files"], *files})}
+    info[MARKER] = marker_with_files(marker, out, files)
     write_json(out / "run.json", info)

@@ -9,6 +9,8 @@ the files of that result.  The output-folder rule (:func:`check_output_target`):
 * ``OUT`` that does not exist, or is an empty folder, is created;
 * ``OUT`` holding a complete result that rankscope wrote **for the same command**, and nothing else,
   is replaced in one rename;
+* a file of an earlier result that changed since rankscope wrote it (an edited model card: the marker keeps a
+  SHA-256 of every file, ``"digests"``) is the user's now: it counts as a file rankscope did not write;
 * anything else — files rankscope did not write, a result of another command (a trained model, an
   extracted adapter), a ``run.json`` without the marker — is refused before any work, unless
   ``overwrite`` is given: then the files of the earlier rankscope result listed in its marker are
@@ -22,6 +24,7 @@ Created folders get the permissions of the user's umask.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -83,12 +86,58 @@ def tool_version() -> str:
     return __version__
 
 
-def make_marker(command: str, files: list[str] | None = None) -> dict[str, Any]:
-    """The marker rankscope writes into its ``run.json`` (``files``: the result's files, relative paths)."""
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes (``link:<target>`` for a symlink): what the marker remembers of a file."""
+    if path.is_symlink():
+        return "link:" + os.readlink(path)
+    with open(path, "rb") as handle:
+        return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def make_marker(command: str, files: list[str] | None = None, folder: Path | None = None) -> dict[str, Any]:
+    """The marker rankscope writes into its ``run.json`` (``files``: the result's files, relative paths).
+
+    With ``folder`` (where the files are now), the marker also keeps each file's :func:`file_digest` (``run.json``
+    excepted: it holds the marker), so that a later run can tell a file the user edited from rankscope's own.
+    """
     marker: dict[str, Any] = {"tool": TOOL, "command": command, "version": tool_version()}
     if files is not None:
         marker["files"] = files
+        if folder is not None:
+            marker["digests"] = _digests(folder, files)
     return marker
+
+
+def _digests(folder: Path, files: list[str]) -> dict[str, str]:
+    return {f: file_digest(folder / f) for f in files
+            if f != "run.json" and ((folder / f).is_file() or (folder / f).is_symlink())}
+
+
+def marker_with_files(marker: dict[str, Any], folder: Path, files: list[str]) -> dict[str, Any]:
+    """``marker`` with ``files`` (just written into ``folder`` by rankscope) added to its files and digests."""
+    digests = marker.get("digests") if isinstance(marker.get("digests"), dict) else None
+    updated = {**marker, "files": sorted({*(marker.get("files") or []), *files})}
+    if digests is not None:
+        updated["digests"] = {**digests, **_digests(folder, files)}
+    return updated
+
+
+def edited_files(folder: Path, marker: dict[str, Any]) -> list[str]:
+    """Files of the result in ``folder`` whose bytes differ from what rankscope wrote (per the marker's digests)."""
+    digests = marker.get("digests")
+    if not isinstance(digests, dict):
+        return []  # a marker of an older rankscope: no digests, every listed file counts as rankscope's
+    edited = []
+    for name, digest in sorted(digests.items()):
+        path = folder / name
+        if not isinstance(name, str) or not _is_safe_relative(name) or not (path.is_file() or path.is_symlink()):
+            continue
+        try:
+            if file_digest(path) != digest:
+                edited.append(name)
+        except OSError:
+            edited.append(name)
+    return edited
 
 
 def read_marker(folder: Path) -> dict[str, Any] | None:
@@ -134,6 +183,7 @@ class OutputTarget:
     given: Path  # as the user typed it
     state: str  # "new", "empty", "replace" (a complete result of this command) or "merge" (--overwrite)
     previous: tuple[str, ...] = ()  # files of the earlier rankscope result that may be replaced
+    edited: tuple[str, ...] = ()  # files of the earlier result changed since rankscope wrote them (kept, never replaced)
 
 
 def _describe_other(marker: dict[str, Any]) -> str:
@@ -187,14 +237,15 @@ def check_output_target(out: str | os.PathLike, command: str | None = None, over
     if not os.access(path, os.W_OK | os.X_OK):
         raise RankscopeError(f"cannot write output folder {given}: it is not writable")
     marker = read_marker(path)
-    previous = tuple(f for f in (marker or {}).get("files") or () if _is_safe_relative(f))
+    edited = edited_files(path, marker) if marker is not None else []
+    previous = tuple(f for f in (marker or {}).get("files") or () if _is_safe_relative(f) and f not in edited)
     present = _relative_files(path)
     foreign = sorted(set(present) - set(previous))
     same = marker is not None and (command is None or marker["command"] == command)
     if same and marker.get("files") is not None and not foreign:
         return OutputTarget(path, given, "replace", previous)
     if overwrite:
-        return OutputTarget(path, given, "merge", previous if marker is not None else ())
+        return OutputTarget(path, given, "merge", previous if marker is not None else (), tuple(edited))
     hint = "give another -o, or --overwrite to replace rankscope's files there and keep the others"
     if marker is None:
         what = ("a run.json that rankscope did not write" if (path / "run.json").exists()
@@ -203,6 +254,10 @@ def check_output_target(out: str | os.PathLike, command: str | None = None, over
     if not same:
         raise RankscopeError(f"output folder {given} holds {_describe_other(marker)}; this `rankscope {command}` "
                              f"result would replace it: {hint}")
+    if edited:
+        raise RankscopeError(f"output folder {given} holds an earlier `rankscope {command}` result with "
+                             f"{len(edited)} file(s) changed since rankscope wrote them (e.g. {edited[0]}): they are "
+                             f"yours now and would be replaced; move them, or give another -o")
     example = foreign[0] if foreign else "run.json"
     raise RankscopeError(f"output folder {given} holds an earlier `rankscope {command}` result plus {len(foreign)} "
                          f"file(s) rankscope did not write (e.g. {example}); move them, or {hint}")
@@ -335,8 +390,9 @@ def _merge(tmp: Path, target: OutputTarget) -> None:
     clash = [f for f in new_files if (out / f).exists() or (out / f).is_symlink()]
     clash = [f for f in clash if f not in previous or (out / f).is_dir()]
     if clash:
-        raise RankscopeError(f"output folder {target.given}: '{clash[0]}' exists and was not written by rankscope; "
-                             "refusing to replace it (give another -o)")
+        how = "was changed since rankscope wrote it" if clash[0] in target.edited else "was not written by rankscope"
+        raise RankscopeError(f"output folder {target.given}: '{clash[0]}' exists and {how}; "
+                             "refusing to replace it (move it, or give another -o)")
     if (out / "run.json").is_file() and "run.json" in previous:
         (out / "run.json").unlink()  # the folder must not look complete while files move
     for name in sorted(previous - {"run.json"}):
@@ -373,7 +429,7 @@ def atomic_output(out: str | os.PathLike, command: str | None = None, overwrite:
         if info is not None:
             write_summary(tmp, info)
             files = sorted({*(f for f in _relative_files(tmp) if f != PARTIAL_MARKER), "run.json"})
-            info[MARKER] = make_marker(command or str(info.get("command")), files)
+            info[MARKER] = make_marker(command or str(info.get("command")), files, tmp)
             write_json(tmp / "run.json", info)
         held = interrupts.hold()
         _install(tmp, target)

@@ -243,6 +243,19 @@ def _search_marker(marker: Path) -> dict[str, Any] | None:
     return data
 
 
+def _refuse_edited_outputs(folder: Path, out: Path) -> None:
+    """A resumed search rewrites its tables and figures: refuse when the user edited one since rankscope wrote it."""
+    from ..io.results import edited_files, read_marker
+
+    marker = read_marker(folder)
+    edited = [f for f in edited_files(folder, marker) if not f.startswith("runs/") and f != "search.json"] \
+        if marker is not None else []
+    if edited:
+        raise RankscopeError(f"output folder {out}: '{edited[0]}' of the earlier search was changed since rankscope "
+                             "wrote it; it is yours now and a resumed search would replace it: move it, or give "
+                             "another -o")
+
+
 def prepare_folder(out: Path, config: SearchConfig, restart: bool, overwrite: bool = False, write: bool = True) -> Path:
     """Create ``out`` or check that it holds a search with the same settings (``restart``: clear its cache).
 
@@ -271,6 +284,7 @@ def prepare_folder(out: Path, config: SearchConfig, restart: bool, overwrite: bo
                 raise RankscopeError(f"output folder {out}: '{taken[0]}' exists and was not written by this search; "
                                      "refusing to replace it (give another -o)")
     else:
+        _refuse_edited_outputs(folder, out)
         # settings a marker does not mention (added in a later version) had their default value
         before = {**asdict(SearchConfig()), **previous["config"]}
         if restart:
@@ -588,7 +602,7 @@ def write_result(result: IntrinsicDimResult, out: Path, t_start: float | None = 
     cached = sorted(f"runs/{p.name}" for p in (out / "runs").glob("*.json") if CACHE_NAME.match(p.name))
     files = sorted([*cached, "search.json", "runs.csv", "result.json", "figures/intrinsic-dim.png", "run.json",
                     *([summary] if summary else [])])
-    result.info[MARKER] = make_marker("intrinsic-dim", files)
+    result.info[MARKER] = make_marker("intrinsic-dim", files, out)
     write_atomic(out / "run.json", json.dumps(result.info, indent=2, default=str) + "\n")
 
 
