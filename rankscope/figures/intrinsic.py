@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 COLOURS = {"did": "#1f77b4", "said": "#d62728"}
+METRIC_LABELS = {"solved": "share of constraints solved (0–1)", "test_accuracy": "test accuracy (0–1)"}
+"""Axis labels of the tasks' metrics (rankscope.subspace.tasks); any other metric is shown by its name."""
 
 
 def plot_intrinsic_dim(runs: pd.DataFrame, result: dict[str, Any], path: Path) -> str:
@@ -36,7 +38,7 @@ def plot_intrinsic_dim(runs: pd.DataFrame, result: dict[str, Any], path: Path) -
                label=f"baseline {result['baseline']['mean']:.3f}")
     ax.set_xscale("log")
     ax.set_xlabel("subspace dimension d")
-    ax.set_ylabel(result["metric"])
+    ax.set_ylabel(METRIC_LABELS.get(result["metric"], str(result["metric"]).replace("_", " ")))
     ax.set_title(f"{result['task']}: intrinsic dimension ({result['projection']}, D = {result['D']:,})", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     return save_figure_replacing(fig, path)

@@ -90,6 +90,14 @@ def _subject(result: SpectrumLike) -> str:
     return "s·B·A (LoRA)" if info.get("command") == "lora" else "ΔW = W_finetuned − W_base"
 
 
+def _symbol(result: SpectrumLike) -> str:
+    """The matrix in axis labels: ``G`` (a gradient probe), ``s·B·A`` (LoRA), else ``ΔW``."""
+    info = result.info
+    if info.get("command") == "probe" and info.get("signal") == "gradient":
+        return "G"
+    return "s·B·A" if info.get("command") == "lora" else "ΔW"
+
+
 def rank_at(s: np.ndarray, tau: float = 0.9) -> int:
     """The smallest k with ``Σ_{i≤k} σ_i² ≥ τ Σ σ_i²`` (0 for ΔW = 0)."""
     c = energy_fraction(s)
@@ -122,7 +130,7 @@ def plot_spectra(result: SpectrumLike, path: Path, plt: Any) -> str:
     for ax, (kind, rows) in zip(axes, panels, strict=True):
         curves = _curves(result, rows, _normalised)
         if not curves:
-            ax.text(0.5, 0.5, "ΔW = 0", transform=ax.transAxes, ha="center")
+            ax.text(0.5, 0.5, f"{_symbol(result)} = 0", transform=ax.transAxes, ha="center")
         for layer, c, band in curves:
             col = "C0" if _isna(layer) else colour(int(layer))
             x = np.arange(1, c.size + 1)
@@ -148,7 +156,7 @@ def plot_energy(result: SpectrumLike, path: Path, plt: Any) -> str:
     for ax, (kind, rows) in zip(axes, panels, strict=True):
         curves = _curves(result, rows, lambda s: None if s.size == 0 or s[0] == 0 else energy_fraction(s))
         if not curves:
-            ax.text(0.5, 0.5, "ΔW = 0", transform=ax.transAxes, ha="center")
+            ax.text(0.5, 0.5, f"{_symbol(result)} = 0", transform=ax.transAxes, ha="center")
         for layer, c, band in curves:
             col = "C0" if _isna(layer) else colour(int(layer))
             ax.plot(np.arange(1, c.size + 1), c, color=col, lw=1.2)
@@ -160,7 +168,7 @@ def plot_energy(result: SpectrumLike, path: Path, plt: Any) -> str:
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{kind}{_expert_note(rows)}", fontsize=10)
         ax.set_xlabel("rank k")
-        ax.set_ylabel("captured share of ‖ΔW‖²")
+        ax.set_ylabel(f"captured share of ‖{_symbol(result)}‖²")
     if layers:
         sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(min(layers), max(layers)))
         fig.colorbar(sm, ax=axes, label="layer (depth)", shrink=0.6)
@@ -173,7 +181,7 @@ def plot_heatmaps(result: SpectrumLike, path: Path, plt: Any, sns: Any) -> str |
     if layered.empty:
         return None
     specs = [("rank_90", "rank for 90% energy", ".4g"), ("effective_rank", "entropy effective rank", ".0f"),
-             ("rel_delta", "‖ΔW‖_F / ‖W‖_F (%)", ".2f")]
+             ("rel_delta", f"‖{_symbol(result)}‖_F / ‖W‖_F (%)", ".2f")]
     specs = [s for s in specs if s[0] in layered]
     width = max(5.0, 0.9 * len(kinds) + 2.5)
     height = 0.45 * layered["layer"].nunique() + 3
@@ -212,7 +220,7 @@ def plot_rank_by_layer(result: SpectrumLike, path: Path, plt: Any) -> str | None
                 ax.fill_between(med.index.astype(int), lo.values, hi.values, color=f"C{i % 10}", alpha=0.15, lw=0)
     ax1.set_title("rank for 90 % of the energy, by layer")
     ax1.set_xlabel("layer")
-    ax1.set_ylabel("rank for 90% of ‖ΔW‖² (count)")
+    ax1.set_ylabel(f"rank for 90% of ‖{_symbol(result)}‖² (count)")
     ax2.set_title("the same rank as a share of the full rank")
     ax2.set_xlabel("layer")
     ax2.set_ylabel("rank for 90 % / min(m, n) (%)")
@@ -249,7 +257,7 @@ def plot_lora_energy(result: SpectrumLike, path: Path, plt: Any, sns: Any) -> st
     for i, (ax, r) in enumerate(zip(axes[0], LORA_RANKS, strict=True)):
         grid = 100 * layered.pivot_table(index="layer", columns="kind", values=f"energy_r{r}", aggfunc="median").reindex(columns=kinds)
         sns.heatmap(grid, ax=ax, annot=grid.size <= 300, fmt=".0f", cmap="mako_r", vmin=0, vmax=100,
-                    cbar=i == len(LORA_RANKS) - 1, cbar_kws={"label": "% of ‖ΔW‖² held", "shrink": 0.8},
+                    cbar=i == len(LORA_RANKS) - 1, cbar_kws={"label": f"% of ‖{_symbol(result)}‖² held", "shrink": 0.8},
                     annot_kws={"fontsize": 7})
         ax.set_title(f"rank {r}")
         ax.set_xlabel("module kind")
