@@ -97,6 +97,7 @@ def _results(study: Any, task: str, r: int) -> tuple[pd.DataFrame, pd.DataFrame,
     ref_lr = study.arm_lr(task, "uniform", r)
     ref = {x["seed"]: x for x in study.rows(task, "uniform", r) if x["lr"] == ref_lr}
     ref_cost = float(np.mean([x.get("run_seconds", 0.0) for x in ref.values()])) if ref else None
+    finished: dict[str, dict[int, float]] = {}  # arm → test accuracy per study seed (arms with every seed)
     for arm in [*arms.TRAINED_ARMS, *arms.EXTRACTED_ARMS]:
         rows = study.rows(task, arm, r)
         if arm in arms.TRAINED_ARMS:
@@ -143,13 +144,53 @@ def _results(study: Any, task: str, r: int) -> tuple[pd.DataFrame, pd.DataFrame,
                                          {k: v["test_accuracy"] for k, v in ref.items() if k in STUDY_SEEDS})
             loss = st.paired_bootstrap({k: v["test_loss"] for k, v in chosen.items() if k in STUDY_SEEDS},
                                        {k: v["test_loss"] for k, v in ref.items() if k in STUDY_SEEDS})
+            arm_acc = {k: v["test_accuracy"] for k, v in chosen.items() if k in STUDY_SEEDS}
+            ref_acc = {k: v["test_accuracy"] for k, v in ref.items() if k in STUDY_SEEDS}
+            family = st.paired_t_interval(arm_acc, ref_acc, level=1 - 0.05 / COMPARISONS)
             extra = cost - (ref_cost or 0.0)
             equal = row["budget_error_pct"] is None or abs(row["budget_error_pct"]) <= 100 * st.BUDGET_TOLERANCE
+            finished[arm] = arm_acc
+            if arm == "placebo" and "plan-full" in finished:  # does the plan beat its own shuffle?
+                against = st.paired_bootstrap(finished["plan-full"], arm_acc)
+                row.update({"plan_minus_placebo": against["mean"], "plan_minus_placebo_low": against["low"],
+                            "plan_minus_placebo_high": against["high"],
+                            "plan_minus_placebo_p": st.sign_flip_p(finished["plan-full"], arm_acc)})
             row.update({"status": "done" if equal else "done, but NOT within 1 % of the budget", "diff": paired["mean"], "diff_low": paired["low"], "diff_high": paired["high"],
                         "verdict": st.verdict(paired["low"], paired["high"]), "loss_diff": loss["mean"],
+                        "diff_low_family": family["low"], "diff_high_family": family["high"],
+                        "verdict_family": st.verdict(family["low"], family["high"]),
+                        "sign_flip_p": st.sign_flip_p(arm_acc, ref_acc),
                         "extra_seconds": extra, "accuracy_per_extra_second": st.gain_per_second(paired["mean"], extra)})
         result_rows.append(row)
     return pd.DataFrame(lr_rows), pd.DataFrame(result_rows), pd.DataFrame(seed_rows)
+
+
+COMPARISONS = len(arms.TRAINED_ARMS) - 1
+"""The arms compared with uniform in one task (every trained arm but uniform): the family of the Bonferroni
+intervals, fixed by the design whatever has run."""
+
+
+def _probe_lines(study: Any) -> list[str]:
+    """One line per probe of each task: its signal, size, cost and (update) how far its short run got."""
+    import json
+
+    lines = []
+    for task in study.tasks:
+        for signal in ("gradient", "update"):
+            path = study.runs / task / f"probe-{signal}" / "run.json"
+            try:
+                info = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            probe = info.get("probe") or {}
+            size = f"{info.get('batches')} batches" if signal == "gradient" else f"{info.get('steps')} steps"
+            text = f"* {task} / {signal}: {size} at the base, {float(info.get('cost_seconds', 0.0)):.0f} s"
+            if signal == "update" and probe.get("validation_accuracy") is not None:
+                text += (f"; after its {info.get('steps')} steps of full fine-tuning (lr {probe.get('lr')}, "
+                         f"{probe.get('epochs_completed')} epochs) validation accuracy was "
+                         f"{probe['validation_accuracy']:.3f} (loss {probe.get('validation_loss', float('nan')):.3f})")
+            lines.append(text + ".")
+    return lines
 
 
 def _plot_gap(gap: pd.DataFrame, path: Path) -> None:
@@ -395,8 +436,9 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
         if "differences.png" in figures:
             L.append("![paired differences](figures/differences.png)\n")
         L.append("| task | arm | what | LoRA params (Δ budget) | seeds | test acc mean ± sd | test loss | "
-                 "Δ vs uniform [95 % CI] | verdict | cost s | Δacc per extra s | status |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+                 f"Δ vs uniform [95 % CI] | verdict | family-wise t CI (Bonferroni, m = {COMPARISONS}) | family-wise "
+                 "verdict | sign-flip p | cost s | Δacc per extra s | status |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for _, x in results.iterrows():
             has = pd.notna(x.get("test_accuracy"))
             done = str(x.get("status")).startswith("done") and pd.notna(x.get("diff"))
@@ -406,13 +448,30 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
             has = has and final  # an arm without all its paired seeds shows no numbers: it is pending, not a result
             acc = f"{x['test_accuracy']:.3f} ± {x['test_accuracy_sd']:.3f}" if has else "–"
             diff = f"{100 * x['diff']:+.2f} pts [{100 * x['diff_low']:+.2f}, {100 * x['diff_high']:+.2f}]" if done else "–"
+            family = (f"[{100 * x['diff_low_family']:+.2f}, {100 * x['diff_high_family']:+.2f}]"
+                      if done and pd.notna(x.get("diff_low_family")) else "–")
             per = x.get("accuracy_per_extra_second")
             per_text = f"{1e4 * per:+.2f} pts/100 s" if done and pd.notna(per) else "–"
             L.append(f"| {x['task']} | {x['arm']} | {x['what']} | {params} | {x['seeds']} | {acc} | "
                      f"{_fmt(x.get('test_loss')) if has else '–'} | {diff} | {x.get('verdict') if done else '–'} | "
+                     f"{family} | {x.get('verdict_family') if done else '–'} | "
+                     f"{_fmt(x.get('sign_flip_p'), 4) if done else '–'} | "
                      f"{_fmt(x.get('cost_seconds'), 0) if has else '–'} | {per_text} | {x['status']} |")
         L.append("\nCost: mean seconds of one run of the arm plus its one-off preparation (probe, full fine-tune + "
-                 "spectrum for the full-FT plans and extraction), on this 2-core machine shared with other work.\n")
+                 "spectrum for the full-FT plans and extraction), on this 2-core machine shared with other work.  "
+                 f"Family-wise: the paired Student-t interval at level 1 − 0.05/{COMPARISONS}, so that all "
+                 f"{COMPARISONS} comparisons of a task hold together with 95 % probability (Bonferroni); a win there "
+                 "survives the multiplicity of this many arms.  (The bootstrap is not used at that level: with 8 "
+                 "seeds its extreme quantiles are far too narrow.)  Sign-flip p: the exact paired randomisation test "
+                 f"of no difference over the 2⁸ sign patterns; its smallest possible value, 2/256 = 0.0078, is above "
+                 f"the Bonferroni threshold 0.05/{COMPARISONS} = {0.05 / COMPARISONS:.4f}, so with 8 seeds no arm can "
+                 "pass an exact family-wise test: the per-arm verdicts are the study's primary answer, the "
+                 "family-wise columns say how much of it would survive a strict correction.\n")
+        probes = _probe_lines(study)
+        if probes:
+            L.append("**The probes** (made once per task, their cost counted in every arm that uses them):\n")
+            L += probes
+            L.append("")
         ext = results[results["arm"].isin(list(arms.EXTRACTED_ARMS)) & results["test_accuracy"].notna()] \
             if "test_accuracy" in results else results[:0]
         L.append("### Extraction from the full fine-tune (no training): the headroom check of allocation\n")
@@ -445,8 +504,22 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
                      zip(v["arm"], v["diff"], v["diff_low"], v["diff_high"], strict=True)]
             wins = v[v["verdict"] == "wins"]["arm"].tolist()
             loses = v[v["verdict"] == "loses"]["arm"].tolist()
+            family_wins = v[v.get("verdict_family", pd.Series(dtype=str)) == "wins"]["arm"].tolist() \
+                if "verdict_family" in v else []
             L.append(f"* **{task}** (budget r = {budgets[task]}): wins: {', '.join(wins) or 'none'}; loses: "
-                     f"{', '.join(loses) or 'none'}; the rest tie.  " + "; ".join(parts) + ".")
+                     f"{', '.join(loses) or 'none'}; the rest tie.  Wins that survive the family-wise (Bonferroni) "
+                     f"intervals: {', '.join(family_wins) or 'none'}.  " + "; ".join(parts) + ".")
+            placebo = v[(v["arm"] == "placebo")]
+            if "plan_minus_placebo" in v and len(placebo) and pd.notna(placebo["plan_minus_placebo"].iloc[0]):
+                x = placebo.iloc[0]
+                says = st.verdict(x["plan_minus_placebo_low"], x["plan_minus_placebo_high"])
+                L.append(f"  * Does the plan carry information?  plan-full − placebo (the same ranks shuffled "
+                         f"within module shapes): {100 * x['plan_minus_placebo']:+.2f} pts "
+                         f"[{100 * x['plan_minus_placebo_low']:+.2f}, {100 * x['plan_minus_placebo_high']:+.2f}], "
+                         f"sign-flip p = {x['plan_minus_placebo_p']:.4f}: "
+                         + ("the plan beats its own shuffle — where the ranks go matters, not only how many."
+                            if says == "wins" else "the plan does not beat its own shuffle: no evidence that it "
+                            "carries information beyond its multiset of ranks."))
         if "status" in results:
             waiting = results[results["status"].str.startswith("pending")]
             per_task = [f"{task}: {', '.join(dict.fromkeys(group['arm']))}" for task, group in

@@ -125,6 +125,32 @@ def test_bootstrap_interval_matches_normal_theory_for_many_seeds():
     assert out["high"] == pytest.approx(d.mean() + half, abs=0.2 * half)
 
 
+def test_paired_t_interval_matches_the_closed_form_and_widens_with_the_level():
+    arm = {s: 0.80 + 0.01 * s for s in range(8)}
+    ref = {s: 0.78 + 0.005 * s + (0.01 if s % 2 else -0.01) for s in range(8)}
+    d = np.array([arm[s] - ref[s] for s in range(8)])
+    t975 = 2.3646242515927844  # t_{7, 0.975} (tables)
+    ci = st.paired_t_interval(arm, ref)
+    half = t975 * d.std(ddof=1) / np.sqrt(8)
+    assert ci["mean"] == pytest.approx(d.mean()) and ci["low"] == pytest.approx(d.mean() - half, rel=1e-9)
+    assert ci["high"] == pytest.approx(d.mean() + half, rel=1e-9)
+    strict = st.paired_t_interval(arm, ref, level=1 - 0.05 / 10)
+    assert strict["low"] < ci["low"] and strict["high"] > ci["high"]
+    with pytest.raises(ValueError):
+        st.paired_t_interval({0: 1.0}, {0: 0.5})
+
+
+def test_sign_flip_p_is_exact():
+    ref = dict.fromkeys(range(8), 0.5)
+    assert st.sign_flip_p({s: 0.6 for s in range(8)}, ref) == pytest.approx(2 / 256)  # only ++…+ and −−…− as extreme
+    assert st.sign_flip_p({s: 0.5 + (0.1 if s < 4 else -0.1) for s in range(8)}, ref) == 1.0  # mean 0: every pattern
+    # one negative seed of eight: patterns at least as extreme are the 2 × (1 + 8) with ≤ 1 sign against the rest
+    arm = {s: 0.6 if s else 0.4 for s in range(8)}
+    brute = np.mean([abs(np.mean([(1 if (m >> i) & 1 else -1) * (arm[i] - 0.5) for i in range(8)])) >= 0.075 - 1e-12
+                     for m in range(256)])
+    assert st.sign_flip_p(arm, ref) == pytest.approx(brute) == pytest.approx(18 / 256)
+
+
 def test_gap_check_and_gain_per_second_and_best_lr():
     gap = st.gap_check([0.90, 0.92], [0.80, 0.81])
     assert gap["gap"] == pytest.approx(0.105) and gap["headroom"]
