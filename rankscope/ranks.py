@@ -425,6 +425,8 @@ def recommend(
     init_scale: float | None = None,
     device: str = "cpu",
     workers: int | None = None,
+    executor: str | None = None,
+    ray_address: str | None = None,
     progress: bool = False,
 ) -> RankPlan:
     """Recommend a LoRA rank per module from the spectra of ``ΔW``.
@@ -448,10 +450,27 @@ def recommend(
             ``rankscope probe`` folder, or ``"pair"`` for the ``source``/``finetuned`` pair (:mod:`rankscope.init_adapter`).
         init_scale: LoRA-One's ``γ`` for a gradient probe (default 128; an error for an update signal).
         device, workers, progress: passed to :func:`rankscope.spectrum.spectrum` when computing on the fly.
+        executor, ray_address: where those spectra (and a ``"pair"`` init's extraction) run: ``"local"`` or
+            ``"ray"`` (:mod:`rankscope.pairing.executors`); ``None`` keeps the current default.
 
     Returns:
         :class:`RankPlan`.
     """
+    if executor is None and ray_address is None:
+        return _recommend(source, finetuned, rule, targets, min_rank, max_rank, snap, alpha, gain, use_rslora,
+                          exclude_embeddings, init_from, init_scale, device, workers, progress)
+    from .pairing.executors import executor_defaults
+
+    with executor_defaults(executor or "local", ray_address):
+        return _recommend(source, finetuned, rule, targets, min_rank, max_rank, snap, alpha, gain, use_rslora,
+                          exclude_embeddings, init_from, init_scale, device, workers, progress)
+
+
+def _recommend(source: Any, finetuned: str | os.PathLike | None, rule: str, targets: str | Sequence[str] | None,
+               min_rank: int, max_rank: int | None, snap: str | Sequence[int] | None, alpha: str | float, gain: str,
+               use_rslora: bool, exclude_embeddings: bool, init_from: str | os.PathLike | None,
+               init_scale: float | None, device: str, workers: int | None, progress: bool) -> RankPlan:
+    """:func:`recommend` under the executor in force."""
     t_start = time.perf_counter()
     rule_ = parse_rule(rule)
     snap_ = parse_snap(snap)

@@ -133,6 +133,17 @@ def test_cli_spectrum_and_recommend_with_ray(cluster, pair, tmp_path):
         assert all(np.array_equal(spectra[k], direct[k]) for k in spectra.files)
 
 
+def test_recommend_api_takes_the_executor_like_spectrum(cluster, pair):
+    from rankscope.ranks import recommend
+
+    remote = recommend(pair.base, pair.finetuned, rule="budget:20k", executor="ray")
+    local = recommend(pair.base, pair.finetuned, rule="budget:20k", workers=2)
+    assert remote.spectrum.info["executor"]["name"] == "ray" and local.spectrum.info["executor"]["name"] == "local"
+    assert remote.table["rank"].tolist() == local.table["rank"].tolist()
+    with pytest.raises(RankscopeError, match="--ray-address only applies"):
+        recommend(pair.base, pair.finetuned, executor="local", ray_address="127.0.0.1:6379")
+
+
 def test_a_path_a_worker_cannot_see_is_one_line_naming_path_and_node(cluster, pair, tmp_path):
     from safetensors.numpy import save_file
 

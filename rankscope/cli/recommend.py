@@ -77,15 +77,14 @@ def recommend_cmd(source: str, finetuned: str | None, out: Path, rule: str, targ
     Example: rankscope recommend bundled:minilm-base bundled:minilm-finetuned --rule budget:500k -o out/ranks
     """
     from ..io.results import check_output_target
-    from ..pairing.executors import executor_defaults
     from ..ranks import recommend
 
     t0 = time.perf_counter()
     check_output_target(out, "recommend", overwrite)
-    with executor_defaults(executor, ray_address):  # the executor of the spectra computed on the fly
-        plan = recommend(source, finetuned, rule=rule, targets=targets, min_rank=min_rank, max_rank=max_rank,
-                         snap=snap, alpha=alpha, gain=gain, use_rslora=use_rslora,
-                         exclude_embeddings=exclude_embeddings, init_from=init_from, init_scale=init_scale,
-                         device=device, workers=workers, progress=not quiet)
+    plan = recommend(source, finetuned, rule=rule, targets=targets, min_rank=min_rank, max_rank=max_rank,
+                     snap=snap, alpha=alpha, gain=gain, use_rslora=use_rslora,
+                     exclude_embeddings=exclude_embeddings, init_from=init_from, init_scale=init_scale,
+                     device=device, workers=workers, executor=executor, ray_address=ray_address,
+                     progress=not quiet)
     finish(plan, out, quiet=quiet, overwrite=overwrite, plots=not no_plots, started=t0,
            notes=plan.spectrum.info if plan.spectrum is not None else {})
