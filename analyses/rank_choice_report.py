@@ -7,6 +7,7 @@ comes from the cached runs; an arm without its full set of paired seeds is liste
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -360,7 +361,10 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
              "(10,000 resamples); verdict **wins** (interval above 0), **loses** (below), **ties**.")
     L.append("* Equal budget: every arm's trainable LoRA parameters are counted exactly, Σ rᵢ·(outᵢ + inᵢ) from the "
              "module shapes, checked against the trained model's own count, and must be within 1 % of uniform "
-             "rank r's (`study_stats.lora_parameters`).\n")
+             "rank r's (`study_stats.lora_parameters`).")
+    L.append(f"* Hardware: every run on CPU, {study.threads} torch threads ({os.cpu_count()} cores here); no GPU was "
+             "lent to the sessions that ran this study, so the seed sweep ran on CPU too.  Seconds are wall "
+             "seconds on this machine.\n")
     L.append("| task | train / val / test | max tokens | epochs × steps | batch | LoRA lr grid (grown past an edge, §2) | full FT lr grid |")
     L.append("|---|---|---|---|---|---|---|")
     for task in study.tasks:
