@@ -3,7 +3,8 @@
 One command, cached and resumable (every training run is one JSON file under ``--runs``; a re-run skips
 finished runs and recomputes a corrupt one with a warning)::
 
-    .venv/bin/python analyses/rank_choice.py [--stage gap|lr|seeds|report] [--max-hours H]   # → reports/rank-choice/
+    .venv/bin/python analyses/rank_choice.py [--stage gap|lr|seeds|report] [--max-hours H] [--device cuda]
+    # → reports/rank-choice/  (--device: where the models run; GPU runs are cached apart from CPU runs)
 
 Stages (without ``--stage``: all, in this order; each ends by regenerating the report from the cache):
 
@@ -117,13 +118,16 @@ class RunCache:
     and the seed, so a changed setting never reuses an old run.
     """
 
-    def __init__(self, root: Path, deadline: float) -> None:
+    def __init__(self, root: Path, deadline: float, device: str = "cpu") -> None:
         self.root = root
         self.deadline = deadline
+        self.device = device
         self.ran = 0
 
     def path(self, settings: TaskSettings, arm: str, spec: dict[str, Any], lr: float, seed: int) -> Path:
         key = {"version": STUDY_VERSION, "settings": settings.key(), "arm": arm, "spec": spec, "lr": lr, "seed": seed}
+        if self.device != "cpu":  # runs on another device are other runs (not bit-identical); CPU keys stay as they were
+            key["device"] = self.device
         safe = arm.replace("+", "_")
         return self.root / "cache" / settings.task / safe / f"lr{lr:g}-s{seed}-{st.settings_hash(key)}.json"
 
@@ -159,7 +163,7 @@ class RunCache:
         metrics = fn()
         record = {"task": settings.task, "arm": arm, "lr": lr, "seed": seed, **extra, **metrics,
                   "run_seconds": round(time.perf_counter() - t0, 3), "spec": spec, "settings": settings.key(),
-                  "version": STUDY_VERSION}
+                  "version": STUDY_VERSION, "device": self.device}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
@@ -176,8 +180,8 @@ class RunCache:
         out = []
         for path in sorted(base.rglob("*.json")) if base.is_dir() else []:
             record = self.get(path, quiet=True)  # a corrupt entry is recomputed (with a warning) when a stage needs it
-            if record is None or record.get("version") != STUDY_VERSION:
-                continue
+            if record is None or record.get("version") != STUDY_VERSION or record.get("device", "cpu") != self.device:
+                continue  # another version's or another device's run (kept on disk, never mixed in)
             settings = TASKS.get(record.get("task"))
             if settings is None or json.loads(json.dumps(settings.key(), default=str)) != record.get("settings"):
                 continue  # a run of other task settings (kept on disk, never mixed in)
@@ -194,9 +198,10 @@ class RunCache:
 class Study:
     """The study's state for one invocation: cache, contexts per task, timing of runs for projections."""
 
-    def __init__(self, runs: Path, out: Path, tasks: list[str], deadline: float, threads: int) -> None:
-        self.runs, self.out, self.tasks, self.threads = runs, out, tasks, threads
-        self.cache = RunCache(runs, deadline)
+    def __init__(self, runs: Path, out: Path, tasks: list[str], deadline: float, threads: int,
+                 device: str = "cpu") -> None:
+        self.runs, self.out, self.tasks, self.threads, self.device = runs, out, tasks, threads, device
+        self.cache = RunCache(runs, deadline, device)
         self._shapes: dict[str, tuple[int, int]] | None = None
         self.unavailable: dict[str, dict[str, str]] = {t: {} for t in tasks}
         self.failed: dict[str, set[str]] = {t: set() for t in tasks}
@@ -410,7 +415,7 @@ class Study:
             return folder, float(rec.get("wall_seconds", rec.get("seconds", 0.0)))
 
         return arms.Context(s, self.runs / task, self.shapes, budget_rank, full_checkpoint, full_lr or 0.0,
-                            self.threads)
+                            self.threads, self.device)
 
     def setup(self, task: str, arm: str, ctx: arms.Context) -> arms.ArmSetup | None:
         """The arm's setup, or None (recorded as unavailable, with its one-line reason)."""
@@ -554,6 +559,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/rank-choice"))
     parser.add_argument("--out", type=Path, default=Path("reports/rank-choice"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="Where the models run: cpu (default), cuda, cuda:N.  Runs on a GPU are cached apart from "
+                             "CPU runs (they are not bit-identical) and the report covers the runs of this device.")
     parser.add_argument("--arms", default=None, help="Comma-separated arms for stages lr/seeds (default: all).")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes (minutes) to check the pipeline end to end.")
     args = parser.parse_args(argv)
@@ -565,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
         if t not in TASKS:
             parser.error(f"--tasks: unknown task {t!r} (choose from {', '.join(TASKS)})")
     deadline = time.time() + (args.max_hours * 3600 if args.max_hours is not None else math.inf)
-    study = Study(args.runs, args.out, tasks, deadline, args.threads)
+    study = Study(args.runs, args.out, tasks, deadline, args.threads, args.device)
     if args.arms:
         study.only = {a.strip() for a in args.arms.split(",") if a.strip()}
         unknown = study.only - set(arms.TRAINED_ARMS) - set(arms.EXTRACTED_ARMS)

@@ -43,6 +43,7 @@ class Context:
     full_checkpoint: Callable[[], tuple[Path, float]]  # → (full fine-tune folder, its training seconds)
     full_lr: float
     threads: int = 2
+    device: str = "cpu"  # where every model runs (training, probes, evaluation): cpu, cuda, cuda:N
 
     @property
     def budget(self) -> int:
@@ -193,7 +194,8 @@ def probe_folder(ctx: Context, signal: str, arm: str) -> tuple[Path, float]:
     steps = max(1, round(0.2 * s.steps))  # update: a fifth of the training steps of full fine-tuning
     wanted = {"task": s.task, "signal": signal, "max_train": s.max_train, "max_eval": s.max_eval,
               "max_length": s.max_length, "batch_size": s.batch_size, "seed": 0, "batches": 8, "steps": steps,
-              "lr": ctx.full_lr, "keep_vectors": max(64, 8 * ctx.budget_rank), "threads": ctx.threads, "progress": False}
+              "lr": ctx.full_lr, "keep_vectors": max(64, 8 * ctx.budget_rank), "threads": ctx.threads, "device": ctx.device,
+              "progress": False}
 
     def make(out: Path) -> None:
         probe(BASE, **_kwargs_for(probe, wanted)).save(out)
@@ -418,7 +420,8 @@ def train_arm(ctx: Context, setup: ArmSetup, lr: float, seed: int) -> dict[str, 
 def _common(ctx: Context) -> dict[str, Any]:
     s = ctx.settings
     return {"task": s.task, "max_train": s.max_train, "max_eval": s.max_eval, "epochs": s.epochs,
-            "batch_size": s.batch_size, "max_length": s.max_length, "threads": ctx.threads, "progress": False}
+            "batch_size": s.batch_size, "max_length": s.max_length, "threads": ctx.threads, "device": ctx.device,
+            "progress": False}
 
 
 def _metrics_subset(m: Any) -> dict[str, Any]:
@@ -539,7 +542,7 @@ def _train_custom(ctx: Context, setup: ArmSetup, lr: float, seed: int, kind: str
         handle = register_optimizer_step_post_hook(allocate)
     setup_seconds = time.perf_counter() - t_setup
     config_ = TrainConfig(epochs=s.epochs, lr=lr, method="lora", batch_size=s.batch_size, max_length=s.max_length,
-                          seed=seed, threads=ctx.threads, progress=False)
+                          seed=seed, threads=ctx.threads, device=ctx.device, progress=False)
     try:
         m = train_model(model, task_data, tokenizer, config_)
     finally:
@@ -554,7 +557,7 @@ def _train_custom(ctx: Context, setup: ArmSetup, lr: float, seed: int, kind: str
     cfg = model.peft_config["default"]
     with torch.no_grad():
         model.base_model.rankallocator.mask_using_rank_pattern(model.base_model.model, cfg.rank_pattern)
-    dev = torch_device("cpu")
+    dev = torch_device(ctx.device)
     pad = tokenizer.pad_token_id
     for split in ("validation", "test"):
         scores = evaluate(model, encode(getattr(task_data, split), tokenizer, s.max_length), pad, config_, dev)
@@ -601,7 +604,8 @@ def _train_resize(ctx: Context, setup: ArmSetup, lr: float, seed: int) -> dict[s
     run_cli(["resize", str(work / "trained"), "--rule", f"budget:{ctx.budget}", "-o", str(work / "resized")])
     t2 = time.perf_counter()
     s = ctx.settings
-    scores = evaluate_checkpoint(BASE, s.task, adapter=work / "resized", max_eval=s.max_eval, max_length=s.max_length)
+    scores = evaluate_checkpoint(BASE, s.task, adapter=work / "resized", max_eval=s.max_eval, max_length=s.max_length,
+                                device=ctx.device)
     ranks = _adapter_ranks(work / "resized")
     result = {**{f"trained_{k}": v for k, v in trained.items() if k != "history"},
               "validation_accuracy": scores["validation_accuracy"], "validation_loss": scores["validation_loss"],
@@ -648,7 +652,8 @@ def _extracted(ctx: Context, setup: ArmSetup) -> dict[str, Any]:
         shutil.rmtree(folder)
     extract(base_cls, full, config=config_file, save_modules=["classifier", "LayerNorm"], bias="all").save(folder)
     seconds = time.perf_counter() - t0
-    scores = evaluate_checkpoint(base_cls, s.task, adapter=folder, max_eval=s.max_eval, max_length=s.max_length)
+    scores = evaluate_checkpoint(base_cls, s.task, adapter=folder, max_eval=s.max_eval, max_length=s.max_length,
+                                device=ctx.device)
     return {k: scores[k] for k in ("validation_accuracy", "validation_loss", "test_accuracy", "test_loss")} | {
         "lora_params": setup.params, "extract_seconds": round(seconds, 3), "seconds": round(seconds, 3)}
 

@@ -362,9 +362,13 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
     L.append("* Equal budget: every arm's trainable LoRA parameters are counted exactly, Σ rᵢ·(outᵢ + inᵢ) from the "
              "module shapes, checked against the trained model's own count, and must be within 1 % of uniform "
              "rank r's (`study_stats.lora_parameters`).")
-    L.append(f"* Hardware: every run on CPU, {study.threads} torch threads ({os.cpu_count()} cores here); no GPU was "
-             "lent to the sessions that ran this study, so the seed sweep ran on CPU too.  Seconds are wall "
-             "seconds on this machine.\n")
+    if study.device == "cpu":
+        L.append(f"* Hardware: every run on CPU, {study.threads} torch threads ({os.cpu_count()} cores here); no GPU "
+                 "was lent to the sessions that ran this study, so the seed sweep ran on CPU too (`--device cuda` "
+                 "runs it on a GPU, cached apart).  Seconds are wall seconds on this machine.\n")
+    else:
+        L.append(f"* Hardware: every run of this report on `{study.device}` (`--device`); CPU runs in the cache are "
+                 "not mixed in.  Seconds are wall seconds on that machine.\n")
     L.append("| task | train / val / test | max tokens | epochs × steps | batch | LoRA lr grid (grown past an edge, §2) | full FT lr grid |")
     L.append("|---|---|---|---|---|---|---|")
     for task in study.tasks:
