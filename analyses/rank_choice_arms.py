@@ -80,7 +80,7 @@ def config_from_ranks(ranks: dict[str, int]) -> dict[str, Any]:
 
 def checked(setup: ArmSetup, ctx: Context) -> ArmSetup:
     """Recount the setup's parameters from its ranks and refuse one that is not within 1 % of the budget."""
-    setup.params = st.lora_parameters(ctx.shapes, setup.ranks, 1 if setup.method == "adalora" else 0)
+    setup.params = st.lora_parameters(ctx.shapes, setup.ranks, 1 if setup.method.startswith("adalora") else 0)
     nominal = st.lora_parameters(ctx.shapes, setup.ranks)
     if not st.within_budget(nominal, ctx.budget):
         raise ArmUnavailable(f"arm {setup.name}: {nominal:,} LoRA parameters is not within 1 % of the budget "
@@ -336,6 +336,63 @@ def arm_adalora(ctx: Context) -> ArmSetup:
     return checked(setup, ctx)
 
 
+def arm_adalora_params(ctx: Context) -> ArmSetup:
+    """AdaLoRA with its budget counted in parameters: the final model holds at most the uniform arm's count.
+
+    peft's AdaLoRA keeps a number of triplets (rank units), so where it puts them decides the parameter count
+    (±5 % across seeds here).  This arm keeps AdaLoRA's schedule, scores and training, and only changes which
+    triplets survive each masking: the best-scored ones that fit in a parameter budget (:func:`_param_mask`).
+    """
+    try:
+        from peft import AdaLoraConfig  # noqa: F401
+    except ImportError:
+        raise ArmUnavailable("arm adalora-params needs peft's AdaLoraConfig (not in this peft)") from None
+    setup = ArmSetup("adalora-params", st.uniform_ranks(ctx.shapes, ctx.budget_rank), 0, method="adalora-params",
+                     notes="AdaLoRA, final budget in parameters (≤ the uniform arm's count)")
+    return checked(setup, ctx)
+
+
+def _param_mask(allocator: Any, model: Any, budget: int, target_params: int) -> dict[str, list[bool]]:
+    """AdaLoRA's masking step with the budget in parameters (replaces ``RankAllocator.mask_to_budget``).
+
+    A triplet i of a module with an ``out × in`` weight costs ``out + in + 1`` parameters (its columns of P and Q and
+    its entry of Λ).  Its importance is AdaLoRA's (Zhang et al. 2023, "Adaptive budget allocation for
+    parameter-efficient fine-tuning", eq. 11): ``S_i = s(λ_i) + mean_j s(P_ji) + mean_j s(Q_ij)`` with the smoothed
+    sensitivity × uncertainty ``s = Ī·Ū`` that the allocator keeps.  AdaLoRA's cubic schedule gives ``budget``
+    triplets; it is mapped linearly onto parameters, from every triplet (``init_bgt``) down to ``target_params``
+    (at ``target_bgt``).  Triplets are kept in order of importance while they fit; the rest get ``λ_i = 0``.
+    """
+    import torch
+
+    name = allocator.adapter_name
+    span = max(1, allocator.init_bgt - allocator.target_bgt)
+    params = {n: p for n, p in model.named_parameters() if f".{name}" in n}
+    triplets = []  # (importance, E parameter name, index, cost)
+    total = 0
+    for n, e in params.items():
+        if f"lora_E.{name}" not in n:
+            continue
+        a, b = n.replace("lora_E", "lora_A"), n.replace("lora_E", "lora_B")
+        score_a = (allocator.exp_avg_ipt[a] * allocator.exp_avg_unc[a]).mean(dim=1)
+        score_b = (allocator.exp_avg_ipt[b] * allocator.exp_avg_unc[b]).mean(dim=0)
+        score_e = (allocator.exp_avg_ipt[n] * allocator.exp_avg_unc[n]).view(-1)
+        cost = params[a].shape[1] + params[b].shape[0] + 1
+        importance = (score_e + score_a + score_b).tolist()
+        triplets += [(importance[i], n, i, cost) for i in range(e.shape[0])]
+        total += cost * e.shape[0]
+    allowed = target_params + (budget - allocator.target_bgt) * (total - target_params) / span
+    keep: dict[str, list[bool]] = {n: [False] * params[n].shape[0] for n in params if f"lora_E.{name}" in n}
+    spent = 0
+    for _importance, n, i, cost in sorted(triplets, key=lambda x: -x[0]):
+        if spent + cost <= allowed:
+            keep[n][i] = True
+            spent += cost
+    with torch.no_grad():
+        for n, kept in keep.items():
+            params[n].masked_fill_(~torch.tensor(kept, device=params[n].device).view(-1, 1), 0.0)
+    return keep
+
+
 def arm_resize4x(ctx: Context) -> ArmSetup:
     """Uniform rank 4r trained, then ``rankscope resize --rule budget:N`` to the budget (evaluated as resized)."""
     need_resize("resize4x")
@@ -378,6 +435,7 @@ TRAINED_ARMS: dict[str, Callable[[Context], ArmSetup]] = {
     "plan+init-gradient": arm_plan_init,
     "eva": arm_eva,
     "adalora": arm_adalora,
+    "adalora-params": arm_adalora_params,
     "resize4x": arm_resize4x,
 }
 """Arms trained with the task's steps, batch and schedule (learning rate chosen per arm)."""
@@ -405,8 +463,8 @@ def train_arm(ctx: Context, setup: ArmSetup, lr: float, seed: int) -> dict[str, 
         out = _train_lora(ctx, setup, lr, seed)
     elif setup.method == "eva":
         out = _train_custom(ctx, setup, lr, seed, "eva")
-    elif setup.method == "adalora":
-        out = _train_custom(ctx, setup, lr, seed, "adalora")
+    elif setup.method in ("adalora", "adalora-params"):
+        out = _train_custom(ctx, setup, lr, seed, setup.method)
     elif setup.method == "resize":
         out = _train_resize(ctx, setup, lr, seed)
     elif setup.method == "extract":
@@ -531,6 +589,12 @@ def _train_custom(ctx: Context, setup: ArmSetup, lr: float, seed: int, kind: str
                                target_modules="all-linear", total_step=steps, tinit=round(0.1 * steps),
                                tfinal=round(0.55 * steps), deltaT=max(1, steps // 40))
         model = get_peft_model(model, config)
+        if kind == "adalora-params":  # the same AdaLoRA, its masking step counting parameters
+            import types
+
+            allocator = model.base_model.rankallocator
+            allocator.mask_to_budget = types.MethodType(
+                lambda self, net, budget: _param_mask(self, net, budget, ctx.budget), allocator)
         counter = {"step": 0}
 
         def allocate(optimizer: Any, args: Any, kwargs: Any) -> None:

@@ -31,6 +31,7 @@ ARM_TEXT = {
     "plan+init-gradient": "probe-gradient plan with gradient-subspace init",
     "eva": "peft EVA init (rho = 1: equal budget), uniform r",
     "adalora": "peft AdaLoRA, 1.5r → average r (final budget in rank units)",
+    "adalora-params": "the same AdaLoRA, its masking counting parameters: final model ≤ the budget",
     "resize4x": "uniform 4r trained, then `rankscope resize` to the budget",
     "extract-greedy": "no training: full fine-tune's ΔW cut with the greedy plan",
     "extract-uniform": "no training: full fine-tune's ΔW cut at uniform r",
@@ -550,7 +551,7 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
              "uniform+init-gradient": "probe + `recommend --init-from` + `train --init`",
              "uniform+init-update": "probe + `recommend --init-from` + `train --init`",
              "plan+init-gradient": "probe + `recommend --init-from` + `train --init`",
-             "eva": "peft 0.21 `EvaConfig`, `initialize_lora_eva_weights`", "adalora": "peft `AdaLoraConfig`",
+             "eva": "peft 0.21 `EvaConfig`, `initialize_lora_eva_weights`", "adalora": "peft `AdaLoraConfig`", "adalora-params": "peft `AdaLoraConfig` + `_param_mask`",
              "resize4x": "`rankscope resize`", "extract-greedy": "a full fine-tune", "extract-uniform": "a full fine-tune"}
     for arm, text in ARM_TEXT.items():
         L.append(f"| {arm} | {text} | {needs.get(arm, '–')} |")

@@ -290,3 +290,47 @@ def test_lr_grid_grows_past_an_edge_only_while_the_best_rate_sits_there(tmp_path
                             lambda acc=acc: {"validation_accuracy": acc, "validation_loss": 0.1,
                                              "test_accuracy": acc, "test_loss": 0.1}, budget_rank=2)
     assert study.lr_grid("entity-facts", "uniform+init-update", 2) == (5e-4, 1e-3, 2e-3, 4e-3)
+
+
+def test_adalora_parameter_masking_keeps_the_best_triplets_that_fit(tmp_path):
+    """``_param_mask`` (the adalora-params arm): the kept triplets cost at most the parameter budget, no dropped
+    triplet would still fit, dropped ones have λ = 0, and with a budget of everything nothing is dropped."""
+    import rank_choice_arms as arms
+    import torch
+    from peft import AdaLoraConfig, TaskType, get_peft_model
+    from tiny_text import bert_folder
+
+    from rankscope.training.models import load_classifier, load_tokenizer
+
+    folder = bert_folder(tmp_path / "bert")
+    model = load_classifier(folder, ["a", "b"], load_tokenizer(folder).pad_token_id, 0)
+    config = AdaLoraConfig(task_type=TaskType.SEQ_CLS, init_r=3, target_r=2, target_modules="all-linear",
+                           total_step=100, tinit=10, tfinal=50)
+    peft_model = get_peft_model(model, config)
+    net, allocator = peft_model.base_model.model, peft_model.base_model.rankallocator
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if "lora_" in n:
+                allocator.exp_avg_ipt[n] = torch.rand(p.shape, generator=generator)
+                allocator.exp_avg_unc[n] = torch.rand(p.shape, generator=generator)
+                if "lora_E" in n:
+                    p.fill_(1.0)
+    params = dict(net.named_parameters())
+    costs = {n: params[n.replace("lora_E", "lora_A")].shape[1] + params[n.replace("lora_E", "lora_B")].shape[0] + 1
+             for n in params if "lora_E" in n}  # in + out + 1 per triplet
+    everything = sum(3 * c for c in costs.values())
+    target = int(0.55 * everything)
+    keep = arms._param_mask(allocator, net, allocator.target_bgt, target)
+    spent = sum(costs[n] * sum(k) for n, k in keep.items())
+    assert spent <= target
+    assert all(spent + costs[n] > target for n, k in keep.items() for kept in k if not kept)  # maximal
+    for n, k in keep.items():
+        assert torch.equal(params[n].view(-1) != 0, torch.tensor(k))
+    assert 0 < sum(map(sum, keep.values())) < 3 * len(costs)
+    # the start of the schedule (every triplet's budget) drops nothing
+    with torch.no_grad():
+        for n in keep:
+            params[n].fill_(1.0)
+    keep_all = arms._param_mask(allocator, net, allocator.init_bgt, target)
+    assert all(all(k) for k in keep_all.values())
