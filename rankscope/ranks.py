@@ -72,6 +72,7 @@ from .numerics.rank_rules import (
     rule_rank,
     validate_rank_options,
 )
+from .pairing.executors import executor_scope
 from .pairing.experts import fused_expert_modules
 from .pairing.model_layout import (
     EMBEDDING_OR_HEAD,
@@ -425,11 +426,10 @@ def recommend(
     init_scale: float | None = None,
     device: str = "cpu",
     workers: int | None = None,
-    executor: str | None = None,
-    ray_address: str | None = None,
+    executor: str | None = None, ray_address: str | None = None,
     progress: bool = False,
 ) -> RankPlan:
-    """Recommend a LoRA rank per module from the spectra of ``ΔW``.
+    """Recommend a LoRA rank per module from the spectra of ``ΔW``: a :class:`RankPlan`.
 
     Args:
         source: a ``rankscope spectrum`` (or ``rankscope lora``) result folder, a :class:`SpectrumResult`,
@@ -450,18 +450,9 @@ def recommend(
             ``rankscope probe`` folder, or ``"pair"`` for the ``source``/``finetuned`` pair (:mod:`rankscope.init_adapter`).
         init_scale: LoRA-One's ``γ`` for a gradient probe (default 128; an error for an update signal).
         device, workers, progress: passed to :func:`rankscope.spectrum.spectrum` when computing on the fly.
-        executor, ray_address: where those spectra (and a ``"pair"`` init's extraction) run: ``"local"`` or
-            ``"ray"`` (:mod:`rankscope.pairing.executors`); ``None`` keeps the current default.
-
-    Returns:
-        :class:`RankPlan`.
+        executor, ray_address: where those spectra (and a ``"pair"`` init) run: ``"local"``, ``"ray"`` or the default.
     """
-    if executor is None and ray_address is None:
-        return _recommend(source, finetuned, rule, targets, min_rank, max_rank, snap, alpha, gain, use_rslora,
-                          exclude_embeddings, init_from, init_scale, device, workers, progress)
-    from .pairing.executors import executor_defaults
-
-    with executor_defaults(executor or "local", ray_address):
+    with executor_scope(executor, ray_address):
         return _recommend(source, finetuned, rule, targets, min_rank, max_rank, snap, alpha, gain, use_rslora,
                           exclude_embeddings, init_from, init_scale, device, workers, progress)
 

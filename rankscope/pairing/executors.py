@@ -421,6 +421,13 @@ def executor_defaults(kind: str = "local", ray_address: str | None = None) -> It
         _DEFAULTS.reset(token)
 
 
+def executor_scope(kind: str | None, ray_address: str | None = None) -> contextlib.AbstractContextManager:
+    """:func:`executor_defaults` for an API call's ``executor``/``ray_address``; nothing changes when both are None."""
+    if kind is None and ray_address is None:
+        return contextlib.nullcontext()
+    return executor_defaults(kind or "local", ray_address)
+
+
 def make_executor(kind: str | Executor | None, device: str, workers: int | None = None,
                   ray_address: str | None = None) -> Executor:
     """The executor of a run: an executor object is used as is; ``None`` is the current default.
