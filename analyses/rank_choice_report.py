@@ -183,10 +183,18 @@ def _probe_lines(study: Any) -> list[str]:
     for task in study.tasks:
         for signal in ("gradient", "update"):
             path = study.runs / task / f"probe-{signal}" / "run.json"
+            kept = study.runs / "cache" / "probes" / f"{task}-{signal}.json"  # committed with the run cache
             try:
                 info = json.loads(path.read_text())
+                facts = {k: info.get(k) for k in ("batches", "steps", "cost_seconds", "probe")}
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                kept.write_text(json.dumps(facts, indent=1) + "\n")
+                info = facts
             except (OSError, ValueError):
-                continue
+                try:  # a fresh clone: the probe folder is not in git, its facts are
+                    info = json.loads(kept.read_text())
+                except (OSError, ValueError):
+                    continue
             probe = info.get("probe") or {}
             size = f"{info.get('batches')} batches" if signal == "gradient" else f"{info.get('steps')} steps"
             text = f"* {task} / {signal}: {size} at the base, {float(info.get('cost_seconds', 0.0)):.0f} s"
