@@ -123,6 +123,7 @@ class RunCache:
         self.deadline = deadline
         self.device = device
         self.ran = 0
+        self._records: dict[str | None, list[dict[str, Any]]] = {}  # read once per task; dropped when a run is stored
 
     def path(self, settings: TaskSettings, arm: str, spec: dict[str, Any], lr: float, seed: int) -> Path:
         key = {"version": STUDY_VERSION, "settings": settings.key(), "arm": arm, "spec": spec, "lr": lr, "seed": seed}
@@ -169,13 +170,19 @@ class RunCache:
         tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
         os.replace(tmp, path)
         self.ran += 1
+        self._records.clear()
         rank = f" r={extra['budget_rank']}" if extra.get("budget_rank") else ""
         log(f"{settings.task} {arm}{rank} lr={lr:g} seed={seed}: val {record['validation_accuracy']:.4f} "
             f"test {record['test_accuracy']:.4f} ({record['run_seconds']:.0f} s)")
         return record
 
     def records(self, task: str | None = None) -> list[dict[str, Any]]:
-        """Every readable record (of ``task``)."""
+        """Every readable record (of ``task``), read from disk once until the next run is stored."""
+        if task not in self._records:
+            self._records[task] = self._read_records(task)
+        return list(self._records[task])
+
+    def _read_records(self, task: str | None) -> list[dict[str, Any]]:
         base = self.root / "cache" / (task or "")
         out = []
         for path in sorted(base.rglob("*.json")) if base.is_dir() else []:

@@ -202,7 +202,16 @@ def probe_folder(ctx: Context, signal: str, arm: str) -> tuple[Path, float]:
 
     wall = _timed_folder(folder, make)
     info = json.loads((folder / "run.json").read_text())
+    facts = {k: info.get(k) for k in ("batches", "steps", "cost_seconds", "probe")}
+    kept = probe_facts_path(ctx.folder.parent, s.task, signal)  # the probe folder is not in git; its facts are
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(facts, indent=1) + "\n")
     return folder, float(info.get("cost_seconds", wall))
+
+
+def probe_facts_path(runs: Path, task: str, signal: str) -> Path:
+    """Where a probe's size, cost and training metrics are kept beside the run cache (for the report)."""
+    return runs / "cache" / "probes" / f"{task}-{signal}.json"
 
 
 def plan_ranks(source: Path, ctx: Context, out: Path, extra: list[str] | None = None) -> tuple[dict[str, int], float]:
@@ -325,15 +334,18 @@ def arm_eva(ctx: Context) -> ArmSetup:
                             notes="EVA init (rho=1, no label mask), B=0"), ctx)
 
 
-def arm_adalora(ctx: Context) -> ArmSetup:
-    """peft's AdaLoRA from 1.5·r down to a final average rank r (final budget r per module in rank units)."""
+def _adalora_setup(ctx: Context, name: str, notes: str) -> ArmSetup:
+    """The setup of an AdaLoRA arm (``name`` is also its training method), or :class:`ArmUnavailable`."""
     try:
         from peft import AdaLoraConfig  # noqa: F401
     except ImportError:
-        raise ArmUnavailable("arm adalora needs peft's AdaLoraConfig (not in this peft)") from None
-    setup = ArmSetup("adalora", st.uniform_ranks(ctx.shapes, ctx.budget_rank), 0, method="adalora",
-                     notes="final budget in rank units; effective parameters measured after training")
-    return checked(setup, ctx)
+        raise ArmUnavailable(f"arm {name} needs peft's AdaLoraConfig (not in this peft)") from None
+    return checked(ArmSetup(name, st.uniform_ranks(ctx.shapes, ctx.budget_rank), 0, method=name, notes=notes), ctx)
+
+
+def arm_adalora(ctx: Context) -> ArmSetup:
+    """peft's AdaLoRA from 1.5·r down to a final average rank r (final budget r per module in rank units)."""
+    return _adalora_setup(ctx, "adalora", "final budget in rank units; effective parameters measured after training")
 
 
 def arm_adalora_params(ctx: Context) -> ArmSetup:
@@ -343,13 +355,7 @@ def arm_adalora_params(ctx: Context) -> ArmSetup:
     (±5 % across seeds here).  This arm keeps AdaLoRA's schedule, scores and training, and only changes which
     triplets survive each masking: the best-scored ones that fit in a parameter budget (:func:`_param_mask`).
     """
-    try:
-        from peft import AdaLoraConfig  # noqa: F401
-    except ImportError:
-        raise ArmUnavailable("arm adalora-params needs peft's AdaLoraConfig (not in this peft)") from None
-    setup = ArmSetup("adalora-params", st.uniform_ranks(ctx.shapes, ctx.budget_rank), 0, method="adalora-params",
-                     notes="AdaLoRA, final budget in parameters (≤ the uniform arm's count)")
-    return checked(setup, ctx)
+    return _adalora_setup(ctx, "adalora-params", "AdaLoRA, final budget in parameters (≤ the uniform arm's count)")
 
 
 def _param_mask(allocator: Any, model: Any, budget: int, target_params: int) -> dict[str, list[bool]]:

@@ -177,24 +177,13 @@ intervals, fixed by the design whatever has run."""
 
 def _probe_lines(study: Any) -> list[str]:
     """One line per probe of each task: its signal, size, cost and (update) how far its short run got."""
-    import json
-
     lines = []
     for task in study.tasks:
         for signal in ("gradient", "update"):
-            path = study.runs / task / f"probe-{signal}" / "run.json"
-            kept = study.runs / "cache" / "probes" / f"{task}-{signal}.json"  # committed with the run cache
-            try:
-                info = json.loads(path.read_text())
-                facts = {k: info.get(k) for k in ("batches", "steps", "cost_seconds", "probe")}
-                kept.parent.mkdir(parents=True, exist_ok=True)
-                kept.write_text(json.dumps(facts, indent=1) + "\n")
-                info = facts
+            try:  # written by rank_choice_arms.probe_folder when the probe is made or reused
+                info = json.loads(arms.probe_facts_path(study.runs, task, signal).read_text())
             except (OSError, ValueError):
-                try:  # a fresh clone: the probe folder is not in git, its facts are
-                    info = json.loads(kept.read_text())
-                except (OSError, ValueError):
-                    continue
+                continue
             probe = info.get("probe") or {}
             size = f"{info.get('batches')} batches" if signal == "gradient" else f"{info.get('steps')} steps"
             text = f"* {task} / {signal}: {size} at the base, {float(info.get('cost_seconds', 0.0)):.0f} s"
@@ -526,8 +515,7 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
                      zip(v["arm"], v["diff"], v["diff_low"], v["diff_high"], strict=True)]
             wins = v[v["verdict"] == "wins"]["arm"].tolist()
             loses = v[v["verdict"] == "loses"]["arm"].tolist()
-            family_wins = v[v.get("verdict_family", pd.Series(dtype=str)) == "wins"]["arm"].tolist() \
-                if "verdict_family" in v else []
+            family_wins = v[v["verdict_family"] == "wins"]["arm"].tolist() if "verdict_family" in v else []
             L.append(f"* **{task}** (budget r = {budgets[task]}): wins: {', '.join(wins) or 'none'}; loses: "
                      f"{', '.join(loses) or 'none'}; the rest tie.  Wins that survive the family-wise (Bonferroni) "
                      f"intervals: {', '.join(family_wins) or 'none'}.  " + "; ".join(parts) + ".")
@@ -564,7 +552,8 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
              "uniform+init-gradient": "probe + `recommend --init-from` + `train --init`",
              "uniform+init-update": "probe + `recommend --init-from` + `train --init`",
              "plan+init-gradient": "probe + `recommend --init-from` + `train --init`",
-             "eva": "peft 0.21 `EvaConfig`, `initialize_lora_eva_weights`", "adalora": "peft `AdaLoraConfig`", "adalora-params": "peft `AdaLoraConfig` + `_param_mask`",
+             "eva": "peft 0.21 `EvaConfig`, `initialize_lora_eva_weights`", "adalora": "peft `AdaLoraConfig`",
+             "adalora-params": "peft `AdaLoraConfig` + `_param_mask`",
              "resize4x": "`rankscope resize`", "extract-greedy": "a full fine-tune", "extract-uniform": "a full fine-tune"}
     for arm, text in ARM_TEXT.items():
         L.append(f"| {arm} | {text} | {needs.get(arm, '–')} |")

@@ -130,7 +130,7 @@ def edited_files(folder: Path, marker: dict[str, Any]) -> list[str]:
     edited = []
     for name, digest in sorted(digests.items()):
         path = folder / name
-        if not isinstance(name, str) or not _is_safe_relative(name) or not (path.is_file() or path.is_symlink()):
+        if not _is_safe_relative(name) or not (path.is_file() or path.is_symlink()):
             continue
         try:
             if file_digest(path) != digest:
@@ -237,11 +237,12 @@ def check_output_target(out: str | os.PathLike, command: str | None = None, over
     if not os.access(path, os.W_OK | os.X_OK):
         raise RankscopeError(f"cannot write output folder {given}: it is not writable")
     marker = read_marker(path)
-    edited = edited_files(path, marker) if marker is not None else []
+    same = marker is not None and (command is None or marker["command"] == command)
+    # the files' bytes are read only where an edit changes the answer: another command's result is refused anyway
+    edited = edited_files(path, marker) if marker is not None and (same or overwrite) else []
     previous = tuple(f for f in (marker or {}).get("files") or () if _is_safe_relative(f) and f not in edited)
     present = _relative_files(path)
     foreign = sorted(set(present) - set(previous))
-    same = marker is not None and (command is None or marker["command"] == command)
     if same and marker.get("files") is not None and not foreign:
         return OutputTarget(path, given, "replace", previous)
     if overwrite:
