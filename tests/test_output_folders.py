@@ -468,6 +468,11 @@ def test_killed_run_leaves_a_partial_that_the_next_run_removes(tmp_path, inputs)
     unmarked = tmp_path / f".out.partial-{dead.pid}-abcd1234"
     unmarked.mkdir()
     stale.append(unmarked)
+    # killed while writing its marker: only a cut-short marker inside -> removed too
+    truncated = tmp_path / f".out.partial-{dead.pid}-trunc123"
+    truncated.mkdir()
+    (truncated / PARTIAL_MARKER).write_text('{"tool": "rank')
+    stale.append(truncated)
     # not ours: no marker (and not empty), no pid, or a live owner -> kept
     kept = tmp_path / f".out.partial-{dead.pid}-keepme12"
     kept.mkdir()

@@ -282,14 +282,14 @@ def _stale(folder: Path) -> bool:
     """A work folder whose marker names a process of this host that no longer runs.
 
     A folder killed between its creation and its marker is still recognised: named like ours with a dead
-    owner pid, and empty.
+    owner pid, and empty but for a marker whose writing was cut short.
     """
     try:
         owner = json.loads((folder / PARTIAL_MARKER).read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         match = _WORK_NAME.search(folder.name)
         try:
-            empty = not any(folder.iterdir())
+            empty = all(entry.name == PARTIAL_MARKER for entry in folder.iterdir())
         except OSError:
             return False
         return bool(match) and empty and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1)))
@@ -355,8 +355,8 @@ def apply_umask(folder: Path) -> None:
 
 def _install(tmp: Path, target: OutputTarget) -> None:
     """Move the finished work folder onto ``OUT`` according to ``target.state``."""
+    apply_umask(tmp)  # before the marker goes: a run killed while this walks stays recognisably ours
     (tmp / PARTIAL_MARKER).unlink(missing_ok=True)
-    apply_umask(tmp)
     out = target.path
     if target.state == "merge":
         _merge(tmp, target)
