@@ -353,50 +353,10 @@ def arm_adalora_params(ctx: Context) -> ArmSetup:
 
     peft's AdaLoRA keeps a number of triplets (rank units), so where it puts them decides the parameter count
     (±5 % across seeds here).  This arm keeps AdaLoRA's schedule, scores and training, and only changes which
-    triplets survive each masking: the best-scored ones that fit in a parameter budget (:func:`_param_mask`).
+    triplets survive each masking: the best-scored ones that fit in a parameter budget
+    (:func:`rankscope.training.adalora.mask_to_parameters`, what ``train --method adalora --budget-unit params`` runs).
     """
     return _adalora_setup(ctx, "adalora-params", "AdaLoRA, final budget in parameters (≤ the uniform arm's count)")
-
-
-def _param_mask(allocator: Any, model: Any, budget: int, target_params: int) -> dict[str, list[bool]]:
-    """AdaLoRA's masking step with the budget in parameters (replaces ``RankAllocator.mask_to_budget``).
-
-    A triplet i of a module with an ``out × in`` weight costs ``out + in + 1`` parameters (its columns of P and Q and
-    its entry of Λ).  Its importance is AdaLoRA's (Zhang et al. 2023, "Adaptive budget allocation for
-    parameter-efficient fine-tuning", eq. 11): ``S_i = s(λ_i) + mean_j s(P_ji) + mean_j s(Q_ij)`` with the smoothed
-    sensitivity × uncertainty ``s = Ī·Ū`` that the allocator keeps.  AdaLoRA's cubic schedule gives ``budget``
-    triplets; it is mapped linearly onto parameters, from every triplet (``init_bgt``) down to ``target_params``
-    (at ``target_bgt``).  Triplets are kept in order of importance while they fit; the rest get ``λ_i = 0``.
-    """
-    import torch
-
-    name = allocator.adapter_name
-    span = max(1, allocator.init_bgt - allocator.target_bgt)
-    params = {n: p for n, p in model.named_parameters() if f".{name}" in n}
-    triplets = []  # (importance, E parameter name, index, cost)
-    total = 0
-    for n, e in params.items():
-        if f"lora_E.{name}" not in n:
-            continue
-        a, b = n.replace("lora_E", "lora_A"), n.replace("lora_E", "lora_B")
-        score_a = (allocator.exp_avg_ipt[a] * allocator.exp_avg_unc[a]).mean(dim=1)
-        score_b = (allocator.exp_avg_ipt[b] * allocator.exp_avg_unc[b]).mean(dim=0)
-        score_e = (allocator.exp_avg_ipt[n] * allocator.exp_avg_unc[n]).view(-1)
-        cost = params[a].shape[1] + params[b].shape[0] + 1
-        importance = (score_e + score_a + score_b).tolist()
-        triplets += [(importance[i], n, i, cost) for i in range(e.shape[0])]
-        total += cost * e.shape[0]
-    allowed = target_params + (budget - allocator.target_bgt) * (total - target_params) / span
-    keep: dict[str, list[bool]] = {n: [False] * params[n].shape[0] for n in params if f"lora_E.{name}" in n}
-    spent = 0
-    for _importance, n, i, cost in sorted(triplets, key=lambda x: -x[0]):
-        if spent + cost <= allowed:
-            keep[n][i] = True
-            spent += cost
-    with torch.no_grad():
-        for n, kept in keep.items():
-            params[n].masked_fill_(~torch.tensor(kept, device=params[n].device).view(-1, 1), 0.0)
-    return keep
 
 
 def arm_resize4x(ctx: Context) -> ArmSetup:
@@ -598,9 +558,11 @@ def _train_custom(ctx: Context, setup: ArmSetup, lr: float, seed: int, kind: str
         if kind == "adalora-params":  # the same AdaLoRA, its masking step counting parameters
             import types
 
+            from rankscope.training.adalora import mask_to_parameters
+
             allocator = model.base_model.rankallocator
             allocator.mask_to_budget = types.MethodType(
-                lambda self, net, budget: _param_mask(self, net, budget, ctx.budget), allocator)
+                lambda self, net, budget: mask_to_parameters(self, net, budget, ctx.budget), allocator)
         counter = {"step": 0}
 
         def allocate(optimizer: Any, args: Any, kwargs: Any) -> None:

@@ -5,9 +5,9 @@
 modules, applies a rank rule, and returns a :class:`RankPlan`: a table (one row per target module) and a peft
 ``LoraConfig`` dictionary whose ``rank_pattern`` / ``alpha_pattern`` give each module exactly its recommended
 rank under peft's matching rules.  Every plan states its **signal** (``run.json`` ``"signal"`` and the summary,
-:func:`plan_signal`): ``full-FT ΔW`` (a spectrum result or a pair), ``probe gradient`` / ``probe update`` (a probe
-result, by its ``"signal"``), ``adapter`` (a ``lora`` result).  With ``init_from`` the plan also carries a
-spectral-init adapter at its ranks (:mod:`rankscope.init_adapter`, written to ``OUT/init/``).
+:func:`rankscope.plan_source.plan_signal`): ``full-FT ΔW`` (a spectrum result or a pair), ``probe gradient`` /
+``probe update`` (a probe result, by its ``"signal"``), ``adapter`` (a ``lora`` result).  With ``init_from`` the
+plan also carries a spectral-init adapter at its ranks (:mod:`rankscope.init_adapter`, written to ``OUT/init/``).
 
 The scale ``s`` of every module is the same by default: ``--alpha 2r`` gives ``α = 2r`` per module (``α/r = 2``;
 with ``use_rslora`` ``α = 2√r``, so ``α/√r = 2``), so a module given 4x the rank keeps the scale of the others.
@@ -32,9 +32,9 @@ A module whose ``ΔW`` is exactly zero (an untouched pooler) is never adapted: r
 ``target_modules`` and of the budget rules' allocation (and of the uniform alternative), whatever
 ``min_rank`` and ``snap`` say, with a note.
 
-peft task (:mod:`rankscope.pairing.model_layout`): ``task_type`` comes from the ``architectures`` recorded for
-the inputs, the fine-tune's when it is a task model (a bare ``BertModel`` fine-tuned into
-``BertForSequenceClassification`` gives ``SEQ_CLS``).  Modules that peft treats as heads under that
+peft task (:func:`rankscope.plan_source.plan_task`, :mod:`rankscope.pairing.model_layout`): ``task_type`` comes
+from the ``architectures`` recorded for the inputs, the fine-tune's when it is a task model (a bare ``BertModel``
+fine-tuned into ``BertForSequenceClassification`` gives ``SEQ_CLS``).  Modules that peft treats as heads under that
 task type — ``classifier``/``score`` (``SEQ_CLS``, ``TOKEN_CLS``), ``qa_outputs`` (``QUESTION_ANS``),
 ``lm_head`` (``CAUSAL_LM``) — are never planned; the wrapped heads, and a head that only the fine-tune
 has, go to ``modules_to_save`` (trained whole), so ``get_peft_model(AutoModelFor<task>.from_pretrained(BASE),
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,8 +56,7 @@ import pandas as pd
 
 from .errors import RankscopeError
 from .init_adapter import INIT_FOLDER, InitSource, check_init_source, spectral_init
-from .io.checkpoints import is_in_memory, source_name
-from .io.peft import WRAPPED_HEADS, check_lora_config, head_modules, head_owner, lora_config_dict
+from .io.peft import check_lora_config, head_owner, lora_config_dict
 from .io.results import read_json, result_folder, versions, write_json
 from .numerics import metrics
 from .numerics.allocation import Allocation, greedy_allocation, rank_levels, snap_up, uniform_rank_for_budget
@@ -74,16 +72,9 @@ from .numerics.rank_rules import (
 )
 from .pairing.executors import executor_scope
 from .pairing.experts import fused_expert_modules
-from .pairing.model_layout import (
-    EMBEDDING_OR_HEAD,
-    OUTPUT_HEADS,
-    TaskChoice,
-    choose_task,
-    describe_config,
-    head_names,
-    is_embedding_or_head,
-)
+from .pairing.model_layout import head_names, is_embedding_or_head
 from .pairing.order import SWAP_WARNING
+from .plan_source import check_spectra, heads_to_save, load_source, plan_signal, plan_task
 from .protocol import ResultView
 from .summaries import ResultFiles
 
@@ -304,48 +295,6 @@ def _save_spectrum(spec, folder: Path) -> None:
     write_json(folder / "run.json", {**spec.info, MARKER: make_marker("spectrum", files, folder)})
 
 
-def _load_source(source, finetuned, targets: tuple[str, ...], exclude_embeddings: bool, device: str,
-                 workers: int | None, progress: bool):
-    """(SpectrumResult, description of the inputs, computed on the fly?)."""
-    from .spectrum import SpectrumResult, spectrum
-
-    if isinstance(source, SpectrumResult):
-        return source, {"spectrum": "in memory", "spectrum_inputs": source.info.get("inputs")}, False
-    if finetuned is None:
-        if is_in_memory(source):
-            raise RankscopeError(f"SOURCE {source_name(source)}: a model in memory is a base checkpoint; give the "
-                                 f"fine-tune too (recommend(base, finetuned)), or a spectrum result")
-        folder = Path(source)
-        if not folder.exists():
-            raise RankscopeError(f"SOURCE {source}: no such folder (give a rankscope spectrum result folder, "
-                                 f"or BASE FINETUNED)")
-        if not (folder.is_dir() and (folder / "modules.csv").is_file() and (folder / "spectra.npz").is_file()):
-            raise RankscopeError(f"SOURCE {source}: not a rankscope spectrum result folder (no modules.csv and "
-                                 f"spectra.npz); give BASE FINETUNED to compute the spectra")
-        spec = SpectrumResult.load(folder)
-        return spec, {"spectrum": str(folder), "spectrum_inputs": spec.info.get("inputs")}, False
-    include = [] if targets == (ALL_LINEAR,) else [rf"(?:^|\.){re.escape(t)}$" for t in targets]
-    exclude = [EMBEDDING_OR_HEAD.pattern] if exclude_embeddings else []
-    try:
-        spec = spectrum(source, finetuned, include=include, exclude=exclude, device=device, workers=workers,
-                        progress=progress)
-    except RankscopeError as exc:
-        if str(exc).startswith("--include/--exclude"):
-            raise RankscopeError(f"--targets {','.join(targets)}: matches no 2-D module of {source_name(source)}") from exc
-        raise
-    return spec, spec.info.get("inputs", {}), True
-
-
-def _check_spectra(table: pd.DataFrame, spectra: dict[str, np.ndarray]) -> None:
-    for row in table.itertuples():
-        s = spectra.get(row.module)
-        if s is None:
-            raise RankscopeError(f"SOURCE: no spectrum for module '{row.module}' in spectra.npz")
-        if s.size != min(int(row.rows), int(row.cols)):
-            raise RankscopeError(f"SOURCE: spectrum of '{row.module}' has {s.size} values, expected min(m, n) = "
-                                 f"{min(int(row.rows), int(row.cols))}")
-
-
 def _levels_or_error(row, min_rank: int, max_rank: int | None, snap: tuple[int, ...] | None) -> np.ndarray:
     dim = min(int(row.rows), int(row.cols))
     if min_rank > dim:
@@ -356,57 +305,6 @@ def _levels_or_error(row, min_rank: int, max_rank: int | None, snap: tuple[int, 
         raise RankscopeError(f"--snap {','.join(map(str, snap or ()))}: no allowed rank for module '{row.module}' "
                              f"(min(m, n) = {dim}, --min-rank {min_rank}, --max-rank {max_rank or dim})")
     return levels
-
-
-SIGNALS = {"spectrum": "full-FT ΔW", "lora": "adapter"}
-"""The signal of a plan by the SOURCE's ``run.json`` command (a probe: ``probe <its signal>``)."""
-
-
-def plan_signal(info: dict[str, Any]) -> str:
-    """What the spectra of a source measure: ``full-FT ΔW`` (``spectrum``, or no command recorded), ``probe gradient``
-    / ``probe update`` (``probe``, by its ``"signal"``) or ``adapter`` (``lora``); another command is an error."""
-    command = info.get("command")
-    if command == "probe":
-        signal = info.get("signal")
-        if signal not in ("gradient", "update"):
-            raise RankscopeError(f"SOURCE: a probe result whose run.json 'signal' is {signal!r} (expected gradient or "
-                                 f"update)")
-        return f"probe {signal}"
-    if command is None:
-        return SIGNALS["spectrum"]
-    if command not in SIGNALS:
-        raise RankscopeError(f"SOURCE: holds a '{command}' result, not spectra to plan from (give a spectrum, probe or "
-                             f"lora result folder, or BASE FINETUNED)")
-    return SIGNALS[command]
-
-
-def plan_task(info: dict[str, Any]) -> TaskChoice:
-    """The peft task of a spectrum result: :func:`rankscope.pairing.model_layout.choose_task` on the ``architectures`` that
-    its ``run.json`` records for both inputs (:meth:`rankscope.io.checkpoints.Checkpoint.describe`); the fine-tune's
-    when it has heads.  Unknown (no ``architectures``, a spectrum built in memory): ``task_type`` null."""
-    inputs = info.get("inputs") if isinstance(info.get("inputs"), dict) else {}
-    base, ft = inputs.get("base"), inputs.get("finetuned")
-    name = lambda d, default: d.get("given", default) if isinstance(d, dict) else default  # noqa: E731
-    choice = choose_task(describe_config(base), describe_config(ft), name(base, "the base"), name(ft, "the fine-tune"))
-    if info.get("command") == "probe" and choice.task in (None, "FEATURE_EXTRACTION"):
-        # a probe trains the sequence-classification model that `rankscope train` builds on its base
-        return TaskChoice("SEQ_CLS", "base", choice.architecture, choice.config, choice.notes)
-    return choice
-
-
-def heads_to_save(spec: SpectrumResult, task: str | None) -> list[str]:
-    """Task heads for ``modules_to_save``: every head peft wraps under ``task`` (``classifier``/``score``,
-    ``qa_outputs``; :data:`rankscope.io.peft.WRAPPED_HEADS`) found in the pair, including one that only the
-    fine-tune has (a fresh classifier), and an output head that only the fine-tune has (a fresh ``lm_head`` on a
-    bare ``LlamaModel`` base, which ``AutoModelForCausalLM.from_pretrained(BASE)`` would initialise at random)."""
-    align_info = spec.info.get("alignment", {}) or {}
-    only_ft = list(align_info.get("only_in_finetuned") or [])
-    vectors = list(spec.vectors["module"]) if len(getattr(spec, "vectors", [])) else []
-    present = [*spec.table["module"], *vectors, *only_ft, *(align_info.get("only_in_base") or []),
-               *(align_info.get("skipped") or {})]
-    wrapped = head_modules(map(str, present), WRAPPED_HEADS.get(task or "", ()))
-    fresh = head_modules(only_ft, OUTPUT_HEADS.get(task or "", ()))
-    return sorted(set(wrapped) | set(fresh))
 
 
 def recommend(
@@ -471,7 +369,7 @@ def _recommend(source: Any, finetuned: str | os.PathLike | None, rule: str, targ
     if init_scale is not None and init_from is None:
         raise RankscopeError("--init-scale only applies with --init-from")
     init_source = check_init_source(init_from, finetuned, init_scale) if init_from is not None else None
-    spec, inputs, on_the_fly = _load_source(source, finetuned, tokens, exclude_embeddings, device, workers, progress)
+    spec, inputs, on_the_fly = load_source(source, finetuned, tokens, exclude_embeddings, device, workers, progress)
     signal = plan_signal(spec.info)
     t_loaded = time.perf_counter()
     table = spec.table
@@ -498,7 +396,7 @@ def _recommend(source: Any, finetuned: str | os.PathLike | None, rule: str, targ
         raise RankscopeError(f"--targets {','.join(tokens)}: selects only the {task.task} task head(s) "
                              f"{', '.join(dropped)}, which peft trains whole (modules_to_save), not with LoRA")
     rows = table[mask].reset_index(drop=True)
-    _check_spectra(rows, spec.spectra)
+    check_spectra(rows, spec.spectra)
     spectra = [spec.spectra[m] for m in rows["module"]]
     live = np.array([bool(np.any(s)) for s in spectra], dtype=bool)  # ΔW = 0 exactly: never adapted
     if not live.any():

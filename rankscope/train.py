@@ -26,16 +26,21 @@ from typing import TYPE_CHECKING, Any
 from .errors import RankscopeError
 from .protocol import ResultView
 from .summaries import ResultFiles
+from .training.adalora import AdaLoraHooks, AdaLoraSpec, apply_adalora, to_lora
 from .training.data import TaskData
 from .training.engine import OBJECTIVES, TrainConfig, encode, evaluate, torch_device, train_model, usable_length
 from .training.lm_data import LMTaskData, load_task_for
 from .training.lora import LoraSpec, init_options, load_pattern, parse_target_modules
-from .training.models import METHODS, build_init_model, build_model, lora_summary, save_model
+from .training.models import build_init_model, build_model, lora_summary, save_model
 
 if TYPE_CHECKING:  # torch and pandas are imported inside functions so that `rankscope --help` stays fast
     import pandas as pd
     import torch
 
+METHODS = ("full", "lora", "adalora")
+"""Training methods: every weight, a LoRA adapter, or AdaLoRA (saved as LoRA at its final ranks)."""
+ADALORA_SCHEDULE = (0.1, 0.55)
+"""AdaLoRA's warm-up and final phases as fractions of the steps (:class:`rankscope.training.adalora.AdaLoraSpec`)."""
 RECORD_FILES = ("metrics.json", "run.json", "summary.json")
 """What :meth:`TrainResult.save` writes (with any ``figures/``): the record of a run, without its weights."""
 
@@ -175,12 +180,15 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
           max_eval: int | None = None, seed: int = 0, epochs: int = 2, lr: float | None = None, batch_size: int = 16,
           max_length: int = 128, warmup_ratio: float = 0.1, weight_decay: float = 0.01, grad_clip: float | None = 1.0,
           device: str = "cpu", eval_every: int | None = None, patience: int | None = None, restore_best: bool = True,
-          r: int = 8, alpha: float = 16, target_modules: str | Sequence[str] | None = None,
+          r: int = 8, alpha: float | None = None, target_modules: str | Sequence[str] | None = None,
           rank_pattern: dict | str | None = None, alpha_pattern: dict | str | None = None, use_rslora: bool = False,
           lora_dropout: float = 0.0, init: str | os.PathLike | None = None, threads: int | None = None,
           progress: bool = True, argv: str | None = None, overwrite: bool = False, objective: str = "classification",
-          tokenizer: str | os.PathLike | None = None, plots: bool = True) -> TrainResult:
-    """Fine-tune ``model`` on ``task`` with ``method`` (``full`` or ``lora``); return the metrics as a :class:`TrainResult`.
+          tokenizer: str | os.PathLike | None = None, plots: bool = True, init_r: int | None = None,
+          budget_unit: str = "rank", adalora_schedule: tuple[float, float] = ADALORA_SCHEDULE,
+          orth_reg: float = 0.5) -> TrainResult:
+    """Fine-tune ``model`` on ``task`` with ``method`` (``full``, ``lora`` or ``adalora``); return the metrics as a
+    :class:`TrainResult`.
 
     ``objective``: ``classification`` (a sequence classifier with a fresh seeded head; accuracy) or ``causal-lm``
     (a decoder with its LM head on a plain-text or prompt/response file, the loss on the response tokens only,
@@ -201,6 +209,14 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     LoRA factors replace the fresh ones before the first step; the head starts fresh and seeded as in any run
     (:func:`rankscope.training.models.build_init_model`).  ``run.json`` records it under ``"init"``.
 
+    ``adalora``: peft's AdaLoRA (:mod:`rankscope.training.adalora`) from ``init_r`` (default ``⌈1.5·r⌉``) triplets per
+    module down to a final average rank ``r``, its budget counted in triplets (``budget_unit="rank"``, peft's rule)
+    or in parameters (``"params"``: at most uniform-rank LoRA's count at ``r``); ``alpha`` default ``2·init_r``;
+    ``adalora_schedule``: the warm-up and final phases as fractions of the steps; ``orth_reg``: the weight γ of the
+    orthogonality regulariser.  The best weights are chosen among the evaluations at the final allocation.  The
+    adapter is saved as plain LoRA at the final ranks (exactly the trained update; modules left with no triplet
+    are not adapted) and ``run.json`` / ``metrics.json`` record the schedule and the final ranks under ``"adalora"``.
+
     Example::
 
         metrics = train("bundled:minilm-base", "rotten-tomatoes", "lora", "runs/lora-r8", max_train=2000)
@@ -220,6 +236,9 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
                          device=device, eval_every=eval_every, patience=patience, restore_best=restore_best,
                          progress=progress, threads=threads, objective=objective)
     torch_device(device)  # fail on a bad device before loading anything
+    adalora = _adalora_spec(method, r, alpha, target_modules, init_r, budget_unit, adalora_schedule, orth_reg,
+                            lora_dropout, patience, rank_pattern, alpha_pattern, use_rslora, init)
+    alpha = 16.0 if alpha is None else alpha
     if method == "lora":  # and on a bad pattern file
         load_pattern(rank_pattern, "--rank-pattern")
         load_pattern(alpha_pattern, "--alpha-pattern")
@@ -233,7 +252,14 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
                     lora_dropout) if method == "lora" else None
     warnings: list[str] = []
     notes: list[str] = []
-    if init_opts is None:
+    task_type = "CAUSAL_LM" if objective == "causal-lm" else "SEQ_CLS"
+    hooks = None
+    if adalora is not None:
+        net, tok, path = build_model(model, task_data.label_names, "full", None, seed, objective=objective,
+                                     tokenizer=tokenizer)
+        net = apply_adalora(net, adalora, task_type)
+        hooks = AdaLoraHooks(net, adalora)
+    elif init_opts is None:
         net, tok, path = build_model(model, task_data.label_names, method, lora, seed, objective=objective,
                                      tokenizer=tokenizer)
     else:
@@ -241,14 +267,19 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
                                                   tokenizer=tokenizer)
         init_info = _init_record(init, init_opts, loaded, path, warnings, notes)
     t_built = time.perf_counter()
-    loop = train_model(net, task_data, tok, config)
+    loop = train_model(net, task_data, tok, config, hooks)
     metrics = {"method": method, "task": task_data.name, "model": str(model), **loop}
+    if hooks is not None:
+        metrics["adalora"] = hooks.record()
+        net = to_lora(net, hooks, task_type)
     warnings += _loop_warnings(metrics, task_data, config.max_length)
     inputs = {"model": str(model), "model_resolved": str(path), "task": task, "data": None if data is None else str(data),
               "tokenizer": None if tokenizer is None else str(tokenizer)}
     info = _run_info(inputs, task_data, config, net, metrics, argv)
     if init_opts is not None:
         info["init"] = init_info
+    if hooks is not None:
+        info["adalora"] = metrics["adalora"]
     info["warnings"], info["notes"] = warnings, notes
     if out is None:
         return TrainResult(metrics, info)
@@ -302,6 +333,35 @@ def _loop_warnings(metrics: Mapping[str, Any], task_data: TaskData | LMTaskData,
         return []
     what = ", ".join(f"{v} {k}" for k, v in dropped.items())
     return [f"{what} example(s) left out: no response token within --max-length {max_length} (a longer --max-length?)"]
+
+
+def _adalora_spec(method: str, r: int, alpha: float | None, target_modules: Any, init_r: int | None,
+                  budget_unit: str, schedule: tuple[float, float], orth_reg: float, dropout: float,
+                  patience: int | None, rank_pattern: Any, alpha_pattern: Any, use_rslora: bool,
+                  init: Any) -> AdaLoraSpec | None:
+    """The checked :class:`AdaLoraSpec` of an ``adalora`` run (None for the other methods, which must not set its
+    options); LoRA-only options and ``--patience`` are errors with it."""
+    if method != "adalora":
+        given = [name for name, value, default in (("--init-r", init_r, None), ("--budget-unit", budget_unit, "rank"),
+                                                   ("--adalora-schedule", tuple(schedule), ADALORA_SCHEDULE),
+                                                   ("--orth-reg", orth_reg, 0.5)) if value != default]
+        if given:
+            raise RankscopeError(f"{', '.join(given)} only apply to --method adalora")
+        return None
+    clash = [name for name, value in (("--rank-pattern", rank_pattern), ("--alpha-pattern", alpha_pattern),
+                                      ("--use-rslora", use_rslora or None), ("--init", init)) if value is not None]
+    if clash:
+        raise RankscopeError(f"{', '.join(clash)} only apply to --method lora (AdaLoRA allocates the ranks itself)")
+    if patience is not None:
+        raise RankscopeError("--patience does not apply to --method adalora (its budget schedule runs over every step)")
+    if len(tuple(schedule)) != 2:
+        raise RankscopeError(f"--adalora-schedule: give WARMUP,FINAL (two fractions of the steps), got {schedule!r}")
+    warmup, final = (float(x) for x in schedule)
+    spec = AdaLoraSpec(target_r=r, init_r=init_r, alpha=alpha, target_modules=parse_target_modules(target_modules),
+                       budget_unit=budget_unit, warmup=warmup, final=final, orth_reg_weight=orth_reg,
+                       dropout=dropout)
+    spec.check()
+    return spec
 
 
 def _init_options(init: str | os.PathLike | None, method: str, target_modules: Any, rank_pattern: Any,

@@ -34,9 +34,9 @@ LAYERS: dict[int, tuple[str, ...]] = {
     4: ("rankscope.figures", "rankscope.summaries", "rankscope.protocol"),
     5: ("rankscope.training",),
     6: ("rankscope.subspace",),
-    7: ("rankscope.spectrum", "rankscope.lora", "rankscope.compare", "rankscope.ranks", "rankscope.extract",
-        "rankscope.train", "rankscope.resize", "rankscope.probe", "rankscope.init_adapter", "rankscope.report",
-        "rankscope.loader", "rankscope.model_card"),
+    7: ("rankscope.spectrum", "rankscope.lora", "rankscope.compare", "rankscope.ranks", "rankscope.plan_source",
+        "rankscope.extract", "rankscope.train", "rankscope.resize", "rankscope.probe", "rankscope.init_adapter",
+        "rankscope.report", "rankscope.loader", "rankscope.model_card"),
     8: ("rankscope.cli",),
 }
 """Layer of each module: a name here covers the module and everything under it. Imports go down or sideways."""

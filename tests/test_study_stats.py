@@ -293,13 +293,13 @@ def test_lr_grid_grows_past_an_edge_only_while_the_best_rate_sits_there(tmp_path
 
 
 def test_adalora_parameter_masking_keeps_the_best_triplets_that_fit(tmp_path):
-    """``_param_mask`` (the adalora-params arm): the kept triplets cost at most the parameter budget, no dropped
+    """``mask_to_parameters`` (the adalora-params arm): the kept triplets cost at most the parameter budget, no dropped
     triplet would still fit, dropped ones have λ = 0, and with a budget of everything nothing is dropped."""
-    import rank_choice_arms as arms
     import torch
     from peft import AdaLoraConfig, TaskType, get_peft_model
     from tiny_text import bert_folder
 
+    from rankscope.training.adalora import mask_to_parameters
     from rankscope.training.models import load_classifier, load_tokenizer
 
     folder = bert_folder(tmp_path / "bert")
@@ -321,7 +321,7 @@ def test_adalora_parameter_masking_keeps_the_best_triplets_that_fit(tmp_path):
              for n in params if "lora_E" in n}  # in + out + 1 per triplet
     everything = sum(3 * c for c in costs.values())
     target = int(0.55 * everything)
-    keep = arms._param_mask(allocator, net, allocator.target_bgt, target)
+    keep = mask_to_parameters(allocator, net, allocator.target_bgt, target)
     spent = sum(costs[n] * sum(k) for n, k in keep.items())
     assert spent <= target
     assert all(spent + costs[n] > target for n, k in keep.items() for kept in k if not kept)  # maximal
@@ -332,5 +332,5 @@ def test_adalora_parameter_masking_keeps_the_best_triplets_that_fit(tmp_path):
     with torch.no_grad():
         for n in keep:
             params[n].fill_(1.0)
-    keep_all = arms._param_mask(allocator, net, allocator.init_bgt, target)
+    keep_all = mask_to_parameters(allocator, net, allocator.init_bgt, target)
     assert all(all(k) for k in keep_all.values())

@@ -32,6 +32,8 @@ def task_help() -> str:
 
 
 LORA_ONLY = ("r", "alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora")
+ADALORA_TOO = ("r", "alpha", "target_modules")
+"""The LoRA options that ``--method adalora`` also takes (its final average rank, alpha and targets)."""
 
 
 def typed(name: str) -> bool:
@@ -74,10 +76,14 @@ def lora_options_given() -> list[str]:
 @objective_option()
 @tokenizer_option()
 @click.option("--method", type=click.Choice(METHODS), default="full", show_default=True,
-              help="full: every weight trainable; lora: a peft LoRA adapter (plus the classifier head).")
-@click.option("--r", "r", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True,
-              help="LoRA alpha (scale alpha/r, alpha/sqrt(r) with --use-rslora).")
+              help="full: every weight trainable; lora: a peft LoRA adapter (plus the classifier head); adalora: "
+                   "peft's AdaLoRA, which allocates the rank per module while training (saved as LoRA at its final "
+                   "ranks).")
+@click.option("--r", "r", type=click.IntRange(min=1), default=8, show_default=True,
+              help="LoRA rank (adalora: the final average rank).")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="LoRA alpha (scale alpha/r, alpha/sqrt(r) with --use-rslora)  [default: 16; adalora: 2 x --init-r, "
+                   "scale alpha/init-r].")
 @click.option("--target-modules", default=None, metavar="NAMES",
               help="Comma-separated module names (query,value) or all-linear  [default: peft's for the architecture].")
 @click.option("--rank-pattern", default=None, metavar="FILE", help="JSON {module pattern: r} overriding --r.")
@@ -89,6 +95,15 @@ def lora_options_given() -> list[str]:
 @click.option("--init", "init", default=None, metavar="ADAPTER",
               help="Start LoRA from this peft adapter's factors (e.g. OUT/init of `rankscope recommend --init-from`); "
                    "its adapter_config.json sets the ranks, alphas and targets.")
+@click.option("--init-r", type=click.IntRange(min=2), default=None,
+              help="adalora: initial rank of every module  [default: ceil(1.5 x --r)].")
+@click.option("--budget-unit", type=click.Choice(("rank", "params")), default="rank", show_default=True,
+              help="adalora: the final budget counts triplets (peft's AdaLoRA) or parameters (at most uniform LoRA's "
+                   "count at --r).")
+@click.option("--adalora-schedule", default="0.1,0.55", show_default=True, metavar="WARMUP,FINAL",
+              help="adalora: warm-up before pruning and the final phase at the final ranks, as fractions of the steps.")
+@click.option("--orth-reg", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="adalora: weight of the orthogonality regulariser of P and Q.")
 @click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate  [default: 5e-5 full, 5e-4 lora].")
@@ -110,8 +125,9 @@ def lora_options_given() -> list[str]:
 @overwrite_option()
 @handle_errors
 def train_cmd(model: str, task: str | None, data: Path | None, text_column: str, label_column: str, objective: str,
-              tokenizer: str | None, method: str, r: int, alpha: float, target_modules: str | None, rank_pattern: str | None, alpha_pattern: str | None,
-              use_rslora: bool, lora_config: str | None, init: str | None, epochs: int, lr: float | None, batch_size: int,
+              tokenizer: str | None, method: str, r: int, alpha: float | None, target_modules: str | None, rank_pattern: str | None, alpha_pattern: str | None,
+              use_rslora: bool, lora_config: str | None, init: str | None, init_r: int | None, budget_unit: str,
+              adalora_schedule: str, orth_reg: float, epochs: int, lr: float | None, batch_size: int,
               max_length: int, max_train: int | None, max_eval: int | None, seed: int, split_seed: int, device: str,
               eval_every: int | None, patience: int | None, threads: int | None, last: bool, out: Path,
               no_plots: bool, quiet: bool, overwrite: bool) -> None:
@@ -120,6 +136,9 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
     Writes the model (full: HF checkpoint; lora: peft adapter), the tokenizer, OUT/metrics.json,
     OUT/figures/learning_curves.png and OUT/run.json.  The test scores are those of the best validation checkpoint (--last: the final one):
     accuracy, or for causal-lm the mean token loss and perplexity.
+
+    --method adalora writes OUT/adapter_model.safetensors as plain LoRA at the final ranks (rank_pattern and
+    alpha_pattern in adapter_config.json) and the final ranks under "adalora" in metrics.json and run.json.
 
     Example: rankscope train --task rotten-tomatoes --method lora --max-train 2000 -o runs/lora
     """
@@ -135,8 +154,15 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
     if task is None:
         task = Path(data).stem if data is not None else "rotten-tomatoes"
     given = lora_options_given()
+    if method == "adalora":
+        given = [g for g in given if g.removeprefix("--").replace("-", "_") not in ADALORA_TOO]
     if method != "lora" and given:
         raise RankscopeError(f"{', '.join(given)} only apply to --method lora")
+    schedule = _schedule(adalora_schedule)
+    adalora_given = [f"--{n.replace('_', '-')}" for n in ("init_r", "budget_unit", "adalora_schedule", "orth_reg")
+                     if typed(n)]
+    if method != "adalora" and adalora_given:
+        raise RankscopeError(f"{', '.join(adalora_given)} only apply to --method adalora")
     if init is not None:
         if method != "lora":
             raise RankscopeError("--init only applies to --method lora")
@@ -162,6 +188,18 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
                     patience=patience, restore_best=not last, r=r, alpha=alpha, target_modules=target_modules,
                     rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_rslora=use_rslora, init=init,
                     threads=threads, progress=not quiet, argv=argv_line(), overwrite=overwrite, objective=objective,
-                    tokenizer=tokenizer, plots=not no_plots)
+                    tokenizer=tokenizer, plots=not no_plots, init_r=init_r, budget_unit=budget_unit,
+                    adalora_schedule=schedule, orth_reg=orth_reg)
     finish(None, out, quiet=quiet, saved=True, summary=lambda: summary_line(metrics),
            notes={"warnings": metrics.info.get("warnings", []), "notes": metrics.info.get("notes", [])})
+
+
+def _schedule(value: str) -> tuple[float, float]:
+    """``--adalora-schedule WARMUP,FINAL`` as two floats (a one-line error otherwise)."""
+    parts = [part.strip() for part in value.split(",")]
+    try:
+        warmup, final = (float(part) for part in parts)
+    except ValueError:
+        raise RankscopeError(f"--adalora-schedule: expected WARMUP,FINAL (two fractions of the steps, e.g. 0.1,0.55), "
+                             f"got {value!r}") from None
+    return warmup, final

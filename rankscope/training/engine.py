@@ -21,7 +21,8 @@ validation accuracy, ties broken by lower validation loss, then by the earlier e
 restored before the test evaluation (``restore_best=False`` keeps the last weights).
 
 Learning rates: full fine-tuning defaults to 5e-5 (the BERT paper's 2e-5 is tuned for long runs of
-BERT-base; the small MiniLM-L6 on a 2,000-example, 2-epoch run converges further with 5e-5), LoRA to 5e-4.
+BERT-base; the small MiniLM-L6 on a 2,000-example, 2-epoch run converges further with 5e-5), LoRA and AdaLoRA to
+5e-4 (tune it per method: rankscope's rank-choice study found AdaLoRA's best rate above LoRA's).
 
 Determinism: ``torch.manual_seed``, ``numpy`` and ``random`` are seeded with ``seed`` before training
 (:func:`rankscope.training.models.load_classifier` seeds them before the model is built, too); the data
@@ -43,7 +44,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -55,7 +56,7 @@ if TYPE_CHECKING:  # torch is imported inside functions so that `rankscope --hel
     import torch
     from transformers import PreTrainedTokenizerBase
 
-DEFAULT_LR = {"full": 5e-5, "lora": 5e-4}
+DEFAULT_LR = {"full": 5e-5, "lora": 5e-4, "adalora": 5e-4}
 """Learning rate of :class:`TrainConfig` by ``method`` when ``lr`` is None (module docstring)."""
 BUCKET_BATCHES = 32
 """Batches per length-sorted bucket: large enough to cut padding, small enough to keep batches random."""
@@ -341,11 +342,18 @@ class _Best:
     stale: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def update(self, model: torch.nn.Module, scores: dict[str, float], step: int, epoch: float) -> bool:
-        """Record an evaluation; return True when it improves on the best (accuracy, then loss; causal LM: loss)."""
+    def update(self, model: torch.nn.Module, scores: dict[str, float], step: int, epoch: float,
+               selectable: bool = True) -> bool:
+        """Record an evaluation; return True when it improves on the best (accuracy, then loss; causal LM: loss).
+
+        An evaluation that is not ``selectable`` (a method's weights before their final form) is recorded only.
+        """
         metric = "accuracy" if "accuracy" in scores else "perplexity"
         self.history.append({"step": step, "epoch": round(epoch, 4), "validation_loss": scores["loss"],
                              f"validation_{metric}": scores[metric]})
+        if not selectable:
+            self.history[-1]["selectable"] = False
+            return False
         accuracy = scores.get("accuracy", 0.0)
         better = accuracy > self.accuracy or (accuracy == self.accuracy and scores["loss"] < self.loss)
         if better:
@@ -386,21 +394,43 @@ def _check_config(config: TrainConfig, task_data: TaskData | LMTaskData) -> None
 
 
 def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float | None) -> float:
-    """One optimisation step on ``batch`` (the mean cross-entropy of :func:`batch_loss`, optional clipping); returns
-    the batch loss."""
+               scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float | None,
+               hooks: StepHooks | None = None) -> float:
+    """One optimisation step on ``batch`` (the mean cross-entropy of :func:`batch_loss`, plus ``hooks.extra_loss()``
+    when given; optional clipping); returns the batch's cross-entropy (without the extra term)."""
     import torch
 
     total, terms = batch_loss(logits_of(model, batch).float(), batch["labels"])
     loss = total / max(terms, 1)
+    extra = hooks.extra_loss() if hooks is not None else None
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if extra is None else loss + extra).backward()
     if grad_clip:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     scheduler.step()
     return loss.item()
+
+
+class StepHooks(Protocol):
+    """What a method with its own schedule adds to the loop (AdaLoRA: :class:`rankscope.training.adalora.AdaLoraHooks`).
+
+    ``start(total_steps)`` before the first step; ``extra_loss()`` a term added to each step's loss (or None);
+    ``after_step(step)`` after each optimiser step, the gradients still in place; ``selectable(step)`` whether an
+    evaluation after ``step`` may become the best (the last one always is kept when none was); ``finish()`` once the
+    tested weights are in place, before the test evaluation.
+    """
+
+    def start(self, total_steps: int) -> None: ...
+
+    def extra_loss(self) -> torch.Tensor | None: ...
+
+    def after_step(self, step: int) -> None: ...
+
+    def selectable(self, step: int) -> bool: ...
+
+    def finish(self) -> None: ...
 
 
 @dataclass
@@ -472,7 +502,7 @@ def _metrics(best: _Best, config: TrainConfig, test: dict[str, float | None], mo
 
 
 def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokenizer: PreTrainedTokenizerBase,
-                config: TrainConfig) -> dict[str, Any]:
+                config: TrainConfig, hooks: StepHooks | None = None) -> dict[str, Any]:
     """Train every ``requires_grad`` parameter of ``model`` on ``task_data``; return the metrics.
 
     The model is left on ``config.device`` holding the weights that were tested: those of the best
@@ -480,6 +510,8 @@ def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokeni
     ``validation_*`` scores belong to those same weights (``last_validation_accuracy``: the final one).
     Causal LM (``config.objective``): ``validation_loss`` / ``validation_perplexity``, ``test_loss`` /
     ``test_perplexity`` and the token counts instead of accuracies; the tokenizer pads on the right.
+
+    ``hooks``: a method's own schedule (:class:`StepHooks`), e.g. AdaLoRA's.
 
     Progress: one bar of the optimisation steps; while it evaluates, its description says so, a second bar counts
     the evaluation batches, and the step bar's clock is paused (its rate and ETA count training time only).
@@ -507,6 +539,8 @@ def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokeni
     model.to(device).train()
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler = linear_schedule(optimizer, int(round(config.warmup_ratio * total)), total)
+    if hooks is not None:
+        hooks.start(total)
     best = _Best()
     c = _Counters(steps_per_epoch, (len(train_data), len(val_data), len(test_data)), str(device),
                   tokens=(train_data.tokens, val_data.tokens, test_data.tokens),
@@ -517,7 +551,8 @@ def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokeni
         t_eval = time.perf_counter()
         bar.set_description_str("train (validating)", refresh=True)
         scores = evaluate(model, val_data, pad_id, config, device, left, desc="validate")
-        best.update(model, scores, c.step, c.step / steps_per_epoch)
+        best.update(model, scores, c.step, c.step / steps_per_epoch,
+                    hooks is None or hooks.selectable(c.step) or (c.step == total and best.state is None))
         bar.set_description_str("train", refresh=False)
         bar.unpause()  # the step bar's rate and ETA leave the evaluation out
         c.eval_seconds += time.perf_counter() - t_eval
@@ -531,10 +566,12 @@ def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokeni
             loss_sum, seen = 0.0, 0
             for idx in train_batches(train_data, config.batch_size, generator):
                 batch = {k: v.to(device) for k, v in collate(train_data, idx, pad_id, left).items()}
-                loss = train_step(model, batch, optimizer, scheduler, config.grad_clip)
+                loss = train_step(model, batch, optimizer, scheduler, config.grad_clip, hooks)
                 weight = len(idx) if train_data.token_labels is None else int((batch["labels"][:, 1:] != IGNORE).sum())
                 c.step, c.examples = c.step + 1, c.examples + len(idx)
                 loss_sum, seen = loss_sum + loss * weight, seen + weight
+                if hooks is not None:
+                    hooks.after_step(c.step)
                 bar.update(1)
                 last = c.step == total  # the end of the last epoch, or max_steps
                 if c.step % steps_per_epoch == 0 or (config.eval_every and c.step % config.eval_every == 0) or last:
@@ -549,6 +586,8 @@ def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokeni
     c.train_seconds = time.perf_counter() - t_train - c.eval_seconds
     if config.restore_best:
         best.restore(model)
+    if hooks is not None:
+        hooks.finish()
     t_test = time.perf_counter()
     with num_threads(config.threads):
         test = evaluate(model, test_data, pad_id, config, device, left, desc="test") if len(test_data) else \

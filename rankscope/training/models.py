@@ -55,7 +55,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence the 'newly initialised weights' report (a fresh head is expected) and the load/save bars."""
     import warnings
 
@@ -99,7 +99,7 @@ def load_tokenizer(path: Path, tokenizer: str | os.PathLike | None = None) -> Pr
             raise RankscopeError(f"{where}: no tokenizer in {source} (none of tokenizer.json, tokenizer_config.json, "
                                  f"vocab files){hint}")
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError) as exc:
         raise RankscopeError(f"{where}: cannot load a tokenizer ({_first_line(exc)})") from exc
@@ -130,7 +130,7 @@ def load_classifier(path: Path, label_names: Sequence[str], pad_token_id: int | 
     seed_everything(seed)
     id2label = dict(enumerate(label_names))
     try:
-        with _quiet_transformers(), warnings.catch_warnings():
+        with quiet_transformers(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle warnings must not add lines to stderr
             model = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=len(label_names), id2label=id2label,
@@ -158,7 +158,7 @@ def check_decoder(path: Path) -> None:
     )
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise RankscopeError(f"{path}: cannot read the model's config.json ({_first_line(exc)})") from exc
@@ -191,7 +191,7 @@ def load_causal_lm(path: Path, pad_token_id: int | None, seed: int) -> torch.nn.
     check_decoder(path)
     seed_everything(seed)
     try:
-        with _quiet_transformers(), warnings.catch_warnings():
+        with quiet_transformers(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model, loading = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
     except pickle.UnpicklingError as exc:
@@ -275,7 +275,7 @@ def apply_lora(model: torch.nn.Module, spec: LoraSpec, where: str | None = None,
                         rank_pattern=spec.rank_pattern or {}, alpha_pattern=spec.alpha_pattern or {},
                         use_rslora=spec.use_rslora, lora_dropout=spec.dropout)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             wrapped = get_peft_model(model, config)
     except (ValueError, TypeError) as exc:
         raise RankscopeError(f"LoRA: {_first_line(exc)}") from exc
@@ -462,7 +462,7 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folde
     (the output folder when ``folder`` is the work folder of :func:`rankscope.io.results.atomic_output`); by
     default it is derived from the work folder's name (``.NAME.partial-PID-XXXX`` → ``NAME``), else ``folder``.
     """
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     if getattr(model, "peft_config", None):
