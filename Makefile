@@ -37,6 +37,7 @@ bench: setup
 	$(PY) benchmarks/subspace.py
 	$(PY) benchmarks/llm.py
 	$(PY) benchmarks/llm.py --moe
+	$(PY) benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -283,3 +283,35 @@ def test_cli_trains_adalora_and_writes_lora(bert, easy_csv, tmp_path):
     assert math.isclose(run["options"]["lr"], 5e-4)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "adalora" and metrics["adalora"]["lora_params"] == _lora_params(out)
+
+
+def test_export_of_a_gpt2_causal_lm_keeps_the_logits(gpt2):
+    """GPT-2's Conv1D layers (peft's fan_in_fan_out): the export keeps the logits; the LM head is not adapted."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    spec = AdaLoraSpec(target_r=1, init_r=3, target_modules="all-linear")
+    model = apply_adalora(AutoModelForCausalLM.from_pretrained(gpt2).eval(), spec, "CAUSAL_LM")
+    hooks = AdaLoraHooks(model, spec)
+    hooks.start(100)
+    gen = torch.Generator().manual_seed(1)
+    pattern = {}
+    with torch.no_grad():
+        for name, module in model.base_model.model.named_modules():
+            if hasattr(module, "lora_E") and "default" in module.lora_E:
+                for p in (module.lora_A["default"], module.lora_B["default"], module.lora_E["default"]):
+                    p.copy_(torch.randn(p.shape, generator=gen))
+                pattern[f"{name}.lora_E.default"] = [True, False, True]
+    model.peft_config["default"].rank_pattern = pattern
+    ids = torch.randint(0, model.config.vocab_size, (2, 7), generator=gen)
+    hooks.finish()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    lora = to_lora(model, hooks, "CAUSAL_LM")
+    with torch.no_grad():
+        after = lora(input_ids=ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    adapted = {n for n, m in lora.base_model.model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    assert adapted and not any(n.endswith("lm_head") for n in adapted)
+    assert all(m.lora_A["default"].weight.shape[0] == 2 for n, m in lora.base_model.model.named_modules()
+               if n in adapted)

@@ -191,6 +191,7 @@ class AdaLoraHooks:
         self.shapes = module_shapes(model)
         self.target_params = parameter_budget(self.shapes, spec.target_r)
         self.final_step = 0
+        self._groups: list[tuple[tuple[str, tuple[int, ...]], list[torch.nn.Parameter]]] | None = None
 
     def start(self, total_steps: int) -> None:
         """Set peft's schedule for a run of ``total_steps`` steps (an error when it leaves no pruning phase)."""
@@ -212,18 +213,29 @@ class AdaLoraHooks:
                 lambda alloc, net, budget: mask_to_parameters(alloc, net, budget, target), allocator)
 
     def extra_loss(self) -> torch.Tensor | None:
-        """``γ · mean ‖PᵀP − I‖_F`` over the P (``lora_B``) and Q (``lora_A``) factors; None when ``γ = 0``."""
+        """``γ · mean ‖PᵀP − I‖_F`` over the P (``lora_B``) and Q (``lora_A``) factors; None when ``γ = 0``.
+
+        Factors of one shape are stacked and their Gram matrices formed in one batched product: the same sum as one
+        term per factor, in a handful of kernels instead of several per module (measured in ``benchmarks/train.py``).
+        """
         import torch
 
         if not self.spec.orth_reg_weight:
             return None
-        terms = []
-        for name, p in self.model.named_parameters():
-            if (".lora_A." in name or ".lora_B." in name) and p.requires_grad:
-                gram = p @ p.T if ".lora_A." in name else p.T @ p
-                terms.append(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], dtype=gram.dtype,
-                                                                        device=gram.device)))
-        return self.spec.orth_reg_weight * torch.stack(terms).mean() if terms else None
+        if self._groups is None:
+            groups: dict[tuple[str, tuple[int, ...]], list[torch.nn.Parameter]] = {}
+            for name, p in self.model.named_parameters():
+                if (".lora_A." in name or ".lora_B." in name) and p.requires_grad:
+                    groups.setdefault(("A" if ".lora_A." in name else "B", tuple(p.shape)), []).append(p)
+            self._groups = list(groups.items())
+        total, count = None, 0
+        for (kind, _shape), params in self._groups:
+            x = torch.stack(params)
+            gram = x @ x.mT if kind == "A" else x.mT @ x
+            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+            norms = torch.linalg.matrix_norm(gram - eye).sum()
+            total, count = (norms if total is None else total + norms), count + len(params)
+        return None if total is None else self.spec.orth_reg_weight * total / count
 
     def after_step(self, step: int) -> None:
         """peft's budget update and masking at optimisation step ``step`` (1-based)."""
