@@ -315,3 +315,16 @@ def test_export_of_a_gpt2_causal_lm_keeps_the_logits(gpt2):
     assert adapted and not any(n.endswith("lm_head") for n in adapted)
     assert all(m.lora_A["default"].weight.shape[0] == 2 for n, m in lora.base_model.model.named_modules()
                if n in adapted)
+
+
+def test_causal_lm_adalora_run_saves_a_lora_that_scores_as_recorded(gpt2, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"q{i} ", "response": f"a{i % 3} b"}) for i in range(80)))
+    out = tmp_path / "out"
+    metrics = train(gpt2, "pairs", "adalora", out, data=data, objective="causal-lm", epochs=3, batch_size=8,
+                    max_length=16, progress=False, r=1, target_modules="all-linear", lr=5e-3)
+    assert sum(metrics["adalora"]["final_ranks"].values()) == len(metrics["adalora"]["final_ranks"])
+    scores = evaluate_checkpoint(gpt2, "pairs", adapter=out, data=data, objective="causal-lm", max_length=16)
+    assert scores["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and not config.get("modules_to_save")
