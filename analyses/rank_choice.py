@@ -291,6 +291,10 @@ class Study:
             kept += [x for x in group if st.settings_hash(x["spec"]) == newest]
         return kept
 
+    def rate_done(self, task: str, arm: str, lr: float, rank: int | None = None) -> bool:
+        """Whether every grid seed of ``arm`` at ``lr`` is in the cache already."""
+        return sum(1 for x in self.rows(task, arm, rank) if x["lr"] == lr and x["seed"] in LR_SEEDS) >= len(LR_SEEDS)
+
     def best_lr(self, task: str, arm: str, lrs: tuple[float, ...], rank: int | None = None) -> float | None:
         rows = [x for x in self.rows(task, arm, rank) if x["seed"] in LR_SEEDS and x["lr"] in lrs]
         complete = [lr for lr in lrs if sum(1 for x in rows if x["lr"] == lr) >= len(LR_SEEDS)]
@@ -331,7 +335,7 @@ class Study:
             if not todo:
                 return
             for lr in todo:
-                if lr not in base:
+                if lr not in base and not self.rate_done(task, arm, lr, rank):
                     log(f"{task} {arm}: best rate at the grid edge; adding lr {lr:g}")
                 if run_one(lr) is False:
                     return
