@@ -32,6 +32,11 @@ Everything else of the adapter is kept: ``modules_to_save`` copies, biases and o
 :func:`rankscope.io.peft.lora_config_dict` and checked against every module under peft's matching rules
 (:func:`rankscope.io.peft.check_lora_config`).
 
+An AdaLoRA adapter (``peft_type`` ``ADALORA``) is read as its equivalent plain LoRA
+(:mod:`rankscope.io.adapters`: ``B = P``, ``A = diag(λ)·Q``, ``s = α/(r₀ + 1e-5)``) and written as a plain LoRA
+adapter: every module is re-factored as above (none is copied as stored), ``peft_type`` becomes ``LORA`` and
+AdaLoRA's own fields (:data:`ADALORA_FIELDS`) are dropped; its modules that kept no triplet stay out.
+
 Refused with one line: non-LoRA adapters, DoRA (``use_dora``: its update is not ``s·B·A``), ``lora_bias``
 (a bias on ``lora_B``), adapters saved with a base-modifying init (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA) without
 peft's conversion, and NaN / Inf factors (:func:`rankscope.io.adapters.read_adapter`).
@@ -448,7 +453,7 @@ def resize(
         top = float(np.sum(s[:k] ** 2))
         if k == 0:
             action, rel = "dropped", (1.0 if energy > 0 else 0.0)
-        elif k == lm.r and math.isclose(s_new, lm.scale, rel_tol=1e-12):
+        elif k == lm.r and math.isclose(s_new, lm.scale, rel_tol=1e-12) and not ad.adalora:
             action, rel = "copied", 0.0
             a_new, s_new = float(lm.alpha), float(lm.scale)
             tensors.update({_factor_key(lm.module, which): value for which, (_, value) in stored[lm.module].items()})
@@ -537,6 +542,9 @@ def _config(ad: Adapter, table: pd.DataFrame, raw: dict[str, Any]) -> dict[str, 
     part = lora_config_dict(list(kept["module"]), list(kept["r_after"]), list(kept["alpha_after"]),
                             task_type=ad.config.get("task_type"), modules_to_save=ad.config.get("modules_to_save"))
     config = dict(ad.config)
+    if ad.adalora:  # written as plain LoRA
+        config = {k: v for k, v in config.items() if k not in ADALORA_FIELDS}
+        config["peft_type"] = "LORA"
     config.update(r=part["r"], lora_alpha=part["lora_alpha"], target_modules=sorted(part["target_modules"]),
                   rank_pattern=part["rank_pattern"], alpha_pattern=part["alpha_pattern"])
     intended = {m: (int(r), float(a)) for m, r, a in zip(kept["module"], kept["r_after"], kept["alpha_after"],
@@ -544,6 +552,11 @@ def _config(ad: Adapter, table: pd.DataFrame, raw: dict[str, Any]) -> dict[str, 
     known = [*table["module"], *(n for k in raw if not LORA_KEY.match(n := k.removeprefix(PEFT_PREFIX)))]
     check_lora_config(config, intended, known)
     return config
+
+
+ADALORA_FIELDS = ("target_r", "init_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight",
+                  "total_step", "rank_pattern", "alpha_pattern")
+"""The fields of an AdaLoRA config that a plain LoRA config has not (or means otherwise): dropped on resize."""
 
 
 def _uniform(table: pd.DataFrame, spectra: list[np.ndarray], budget: int, min_rank: int, max_rank: int | None,

@@ -13,6 +13,13 @@ DoRA (``use_dora``, Liu et al. 2024): with magnitude ``m`` (one entry per output
 weight is ``m ⊙ (W + sBA) / ||W + sBA||_row``, so the effective update
 ``ΔW = diag(m / ||W + sBA||_row) (W + sBA) - W`` is dense and needs the base weight.
 
+AdaLoRA (``peft_type`` ``ADALORA``, Zhang et al. 2023): peft saves each module's kept triplets ``P`` (``lora_B``,
+``out x k``), ``λ`` (``lora_E``, ``k x 1``) and ``Q`` (``lora_A``, ``k x in``), cut by the final ``rank_pattern``
+(one boolean per initial triplet), and applies ``ΔW = P · diag(λ) · Q · α / (r₀ + 1e-5)`` with ``r₀ = init_r``
+(``α = lora_alpha``, or ``r₀`` when it is 0), as peft's own ``get_delta_weight`` of the loaded adapter does.  It is
+read as the plain LoRA ``B = P``, ``A = diag(λ)·Q`` with the equivalent ``α' = k · α / (r₀ + 1e-5)``
+(``s = α'/k``); a module that kept no triplet has ``ΔW = 0`` and is left out (``Adapter.empty_modules``).
+
 Key layouts accepted: current peft (``base_model.model.<module>.lora_A.weight``), older files
 with the adapter name kept (``...lora_A.default.weight``), and files without the
 ``base_model.model.`` prefix.  Tensors that are not LoRA factors are ``modules_to_save`` copies
@@ -92,16 +99,46 @@ class Adapter:
     modules: dict[str, LoraModule]
     modules_to_save: dict[str, np.ndarray] = field(default_factory=dict)  # tensor name -> values
     skipped_tensors: list[dict[str, str]] = field(default_factory=list)  # non-float or empty tensors not analysed
+    empty_modules: list[str] = field(default_factory=list)  # AdaLoRA modules that kept no triplet (ΔW = 0)
 
     @property
     def use_dora(self) -> bool:
         return bool(self.config.get("use_dora"))
 
+    @property
+    def adalora(self) -> bool:
+        """Whether this is an AdaLoRA adapter (read as the equivalent plain LoRA: module docstring)."""
+        return is_adalora(self.config)
+
     def describe(self) -> dict[str, Any]:
-        keys = ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora", "fan_in_fan_out", "rank_pattern",
+        keys = ("peft_type", "r", "lora_alpha", "init_r", "target_r", "target_modules", "use_rslora", "use_dora", "fan_in_fan_out", "rank_pattern",
                 "alpha_pattern", "base_model_name_or_path", "task_type", "peft_version")
-        return {"path": str(self.path), "modules": len(self.modules),
-                "modules_to_save": sorted(self.modules_to_save), **{k: self.config.get(k) for k in keys}}
+        return {"path": str(self.path), "modules": len(self.modules), "empty_modules": len(self.empty_modules),
+                "modules_to_save": sorted(self.modules_to_save),
+                **{k: self.config.get(k) for k in keys if k in self.config or k in ("r", "lora_alpha")}}
+
+
+def is_adalora(config: dict[str, Any]) -> bool:
+    """Whether an adapter config is peft's AdaLoRA."""
+    return str(config.get("peft_type") or "LORA").upper() == "ADALORA"
+
+
+def _check_adalora_fields(config: dict[str, Any], where: str) -> None:
+    """``init_r`` a positive integer, ``lora_alpha`` a number ≥ 0, ``rank_pattern`` lists of ``init_r`` booleans."""
+    r0, alpha = config.get("init_r"), config.get("lora_alpha", 0)
+    if isinstance(r0, bool) or not isinstance(r0, int) or r0 < 1:
+        raise RankscopeError(f"{where}: AdaLoRA 'init_r' must be a positive integer, got {r0!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha) or alpha < 0:
+        raise RankscopeError(f"{where}: 'lora_alpha' must be a number >= 0, got {alpha!r}")
+    pattern = config.get("rank_pattern")
+    if pattern is None:
+        return
+    if not isinstance(pattern, dict):
+        raise RankscopeError(f"{where}: AdaLoRA 'rank_pattern' must be an object of module -> booleans")
+    for key, kept in pattern.items():
+        if not (isinstance(kept, list) and len(kept) == r0 and all(isinstance(k, bool) for k in kept)):
+            raise RankscopeError(f"{where}: AdaLoRA rank_pattern['{key}'] must be a list of {r0} booleans (one per "
+                                 f"initial triplet)")
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -114,9 +151,12 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise RankscopeError(f"{cfg}: unreadable adapter config ({exc})") from exc
     if not isinstance(config, dict):
         raise RankscopeError(f"{cfg}: adapter config is not a JSON object")
-    peft_type = str(config.get("peft_type", "LORA")).upper()
+    peft_type = str(config.get("peft_type") or "LORA").upper()
+    if peft_type == "ADALORA":
+        _check_adalora_fields(config, str(cfg))
+        return config
     if peft_type != "LORA":
-        raise RankscopeError(f"{cfg}: peft_type {peft_type} is not supported (only LORA adapters)")
+        raise RankscopeError(f"{cfg}: peft_type {peft_type} is not supported (only LORA and ADALORA adapters)")
     for key in ("r", "lora_alpha"):
         if config.get(key) is None:
             raise RankscopeError(f"{cfg}: '{key}' is missing")
@@ -125,13 +165,16 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def _keep(file: Path, name: str, dtype: str, is_float: bool, numel: int,
-          skipped: list[dict[str, str]]) -> bool:
-    """Whether a stored adapter tensor is read; the others go to ``skipped`` (an empty LoRA factor is an error)."""
+          skipped: list[dict[str, str]], empty_factors: bool = False) -> bool:
+    """Whether a stored adapter tensor is read; the others go to ``skipped`` (an empty LoRA factor is an error, unless
+    ``empty_factors``: AdaLoRA saves a module that kept no triplet as ``0 x n`` factors)."""
     if not is_float:
         skipped.append(skipped_entry(name, "adapter", dtype, dtype_reason(dtype)))
         return False
     if numel == 0:
         if LORA_KEY.match(name.removeprefix(PEFT_PREFIX)):
+            if empty_factors:
+                return True
             raise RankscopeError(f"{file}: LoRA factor '{name}' is empty (a zero dimension)")
         skipped.append(skipped_entry(name, "adapter", dtype, "empty tensor, nothing to analyse"))
         return False
@@ -144,7 +187,7 @@ def _finite(file: Path, name: str, values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _read_tensors(folder: Path) -> tuple[dict[str, np.ndarray], list[dict[str, str]]]:
+def _read_tensors(folder: Path, empty_factors: bool = False) -> tuple[dict[str, np.ndarray], list[dict[str, str]]]:
     """The floating tensors of the adapter weights (float64, all finite) and the tensors left out."""
     st, pt = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
     skipped: list[dict[str, str]] = []
@@ -154,7 +197,7 @@ def _read_tensors(folder: Path) -> tuple[dict[str, np.ndarray], list[dict[str, s
         with open_checkpoint(st) as ckpt:
             return {n: _finite(st, n, ckpt.read_rows(n).reshape(info.shape).astype(np.float64))
                     for n, info in ckpt.tensors.items()
-                    if _keep(st, n, info.dtype, info.is_float, info.numel, skipped)}, sorted(skipped,
+                    if _keep(st, n, info.dtype, info.is_float, info.numel, skipped, empty_factors)}, sorted(skipped,
                                                                                        key=lambda s: s["tensor"])
     if pt.is_file():
         import torch
@@ -171,7 +214,7 @@ def _read_tensors(folder: Path) -> tuple[dict[str, np.ndarray], list[dict[str, s
                                 "reason": "not a tensor"})
             elif _keep(pt, str(n), torch_dtype_name(t.dtype), t.dtype in (torch.float32, torch.float16,
                                                                            torch.bfloat16, torch.float64),
-                       t.numel(), skipped):
+                       t.numel(), skipped, empty_factors):
                 tensors[str(n)] = _finite(pt, str(n), t.detach().to(torch.float64).numpy())
         return tensors, sorted(skipped, key=lambda s: s["tensor"])
     raise RankscopeError(f"{folder}: no adapter_model.safetensors or adapter_model.bin")
@@ -185,7 +228,7 @@ def read_adapter(path: str | Path) -> Adapter:
     if folder.is_file():
         folder = folder.parent
     config = _read_config(folder)
-    tensors, skipped = _read_tensors(folder)
+    tensors, skipped = _read_tensors(folder, empty_factors=is_adalora(config))
     parts: dict[str, dict[str, np.ndarray]] = {}
     extra: dict[str, np.ndarray] = {}
     for key, value in tensors.items():
@@ -196,12 +239,44 @@ def read_adapter(path: str | Path) -> Adapter:
         else:
             extra[saved_module_key(name)] = value
     modules: dict[str, LoraModule] = {}
+    empty: list[str] = []
     use_rslora = bool(config.get("use_rslora"))
     for module, p in sorted(parts.items()):
-        modules[module] = _build_module(folder, config, module, p, use_rslora)
+        if is_adalora(config):
+            lm = _build_adalora_module(folder, config, module, p)
+            if lm is None:
+                empty.append(module)
+                continue
+            modules[module] = lm
+        else:
+            modules[module] = _build_module(folder, config, module, p, use_rslora)
     if not modules:
-        raise RankscopeError(f"{folder}: the adapter holds no LoRA factors")
-    return Adapter(folder, config, modules, extra, skipped)
+        raise RankscopeError(f"{folder}: the adapter holds no LoRA factors" +
+                             (f" (every one of its {len(empty)} AdaLoRA modules kept no triplet)" if empty else ""))
+    return Adapter(folder, config, modules, extra, skipped, empty)
+
+
+def _build_adalora_module(folder: Path, config: dict, module: str, p: dict[str, np.ndarray]) -> LoraModule | None:
+    """An AdaLoRA module as the equivalent plain LoRA (module docstring); None when it kept no triplet."""
+    missing = [w for w in ("lora_A", "lora_B", "lora_E") if w not in p]
+    if missing:
+        raise RankscopeError(f"{folder}: AdaLoRA module '{module}' has {sorted(p)} but needs lora_A, lora_E and lora_B")
+    a, b, e = p["lora_A"], p["lora_B"], p["lora_E"].reshape(-1)
+    if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0] or e.size != a.shape[0]:
+        raise RankscopeError(f"{folder}: AdaLoRA module '{module}': lora_B is {b.shape}, lora_E {p['lora_E'].shape} "
+                             f"and lora_A {a.shape} (wanted out x k, k x 1 and k x in)")
+    r0 = int(config["init_r"])
+    pattern = config.get("rank_pattern") or {}
+    kept = pattern.get(f"{module}.lora_E", pattern.get(f"{module}.lora_E.default"))
+    k = sum(kept) if kept is not None else r0
+    if a.shape[0] != k:
+        raise RankscopeError(f"{folder}: rank mismatch for AdaLoRA module '{module}': adapter_config.json keeps {k} of "
+                             f"init_r={r0} triplets, the weights have {a.shape[0]}")
+    if k == 0:
+        return None
+    alpha = float(config.get("lora_alpha") or 0) or float(r0)
+    scale = alpha / (r0 + 1e-5)
+    return LoraModule(module, np.ascontiguousarray(b), np.ascontiguousarray(e[:, None] * a), scale, scale * k)
 
 
 def _build_module(folder: Path, config: dict, module: str, p: dict[str, np.ndarray], use_rslora: bool) -> LoraModule:

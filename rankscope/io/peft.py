@@ -40,10 +40,11 @@ from ..options import compile_regex, compile_regexes
 PEFT_PREFIX = "base_model.model."
 """The prefix of every tensor key in a peft adapter file (``PeftModel`` → ``LoraModel`` → the model)."""
 LORA_KEY = re.compile(
-    r"^(?P<module>.+?)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+    r"^(?P<module>.+?)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector|lora_E)"
     r"(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$"
 )
-"""A LoRA factor's key (after :data:`PEFT_PREFIX`): current peft, or older files that keep the adapter name."""
+"""A LoRA factor's key (after :data:`PEFT_PREFIX`): current peft, or older files that keep the adapter name; AdaLoRA's
+``lora_A`` / ``lora_E`` / ``lora_B`` (no ``.weight``) too."""
 BIAS = ("none", "lora_only", "all")
 """peft's ``bias`` values."""
 
