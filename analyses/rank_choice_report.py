@@ -552,8 +552,9 @@ def _readme(study: Any, gap: pd.DataFrame, lrs: pd.DataFrame, results: pd.DataFr
              "uniform+init-gradient": "probe + `recommend --init-from` + `train --init`",
              "uniform+init-update": "probe + `recommend --init-from` + `train --init`",
              "plan+init-gradient": "probe + `recommend --init-from` + `train --init`",
-             "eva": "peft 0.21 `EvaConfig`, `initialize_lora_eva_weights`", "adalora": "peft `AdaLoraConfig`",
-             "adalora-params": "peft `AdaLoraConfig` + `mask_to_parameters`",
+             "eva": "peft 0.21 `EvaConfig`, `initialize_lora_eva_weights`", "adalora": "`rankscope train --method adalora --orth-reg 0` (same runs, checked on seed 0)",
+             "adalora-params": "`rankscope train --method adalora --budget-unit params --orth-reg 0` (same runs, "
+                               "checked on seed 0)",
              "resize4x": "`rankscope resize`", "extract-greedy": "a full fine-tune", "extract-uniform": "a full fine-tune"}
     for arm, text in ARM_TEXT.items():
         L.append(f"| {arm} | {text} | {needs.get(arm, '–')} |")
