@@ -1,4 +1,4 @@
-"""The train API: fine-tune a checkpoint on a classification or causal-LM task (full or LoRA), evaluate one, report it.
+"""The train API: fine-tune a checkpoint on a classification or causal-LM task (full, LoRA, AdaLoRA), evaluate one.
 
 Data flow::
 

@@ -86,11 +86,41 @@ def test_reading_equals_peft_loaded_delta(adalora_adapter, peft_deltas):
         assert np.all(reference[module.r:] < 1e-5 * reference[0])
 
 
-def test_lora_command_reads_it(adalora_adapter, tmp_path):
+def test_lora_command_reads_it(adalora_adapter, peft_deltas, tmp_path):
+    import pandas as pd
+
     result = CliRunner().invoke(main, ["lora", str(adalora_adapter), "-o", str(tmp_path / "spec"), "--no-plots", "-q"])
     assert result.exit_code == 0, result.output
     run = json.loads((tmp_path / "spec" / "run.json").read_text())
-    assert "ADALORA" in json.dumps(run)
+    described = json.dumps(run)
+    assert '"peft_type": "ADALORA"' in described and '"empty_modules": 1' in described
+    table = pd.read_csv(tmp_path / "spec" / "modules.csv")
+    spectra = np.load(tmp_path / "spec" / "spectra.npz")
+    assert len(table) == len(peft_deltas) - 1
+    for _, row in table.iterrows():
+        reference = np.linalg.svd(peft_deltas[row["module"]], compute_uv=False)
+        assert row["r"] == int(np.sum(reference > 1e-5 * reference[0]))
+        key = next(k for k in spectra.files if row["module"] in k)
+        np.testing.assert_allclose(spectra[key][: row["r"]], reference[: row["r"]], atol=1e-6 * reference[0])
+
+
+def test_zero_alpha_is_read_as_peft_loads_it(adalora_adapter, bert, tmp_path):
+    """``lora_alpha = 0``: peft's loader scales a module keeping k triplets by k/(init_r + 1e-5)."""
+    import shutil
+
+    from peft import PeftModel
+
+    folder = tmp_path / "alpha0"
+    shutil.copytree(adalora_adapter, folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["lora_alpha"] = 0
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    loaded = PeftModel.from_pretrained(_classifier(bert), folder)
+    ad = read_adapter(folder)
+    for name, module in loaded.base_model.model.named_modules():
+        if name in ad.modules:
+            delta = module.get_delta_weight("default").double().numpy()
+            np.testing.assert_allclose(ad.modules[name].delta(), delta, rtol=0, atol=1e-6 * np.abs(delta).max())
 
 
 def test_resize_writes_plain_lora_at_the_best_rank_r(adalora_adapter, peft_deltas, bert, tmp_path):

@@ -1,4 +1,4 @@
-"""``rankscope train``: fine-tune a classifier or a causal LM, full or LoRA, and save it with its metrics.
+"""``rankscope train``: fine-tune a classifier or a causal LM (full, LoRA or AdaLoRA) and save it with its metrics.
 
 A thin layer over :func:`rankscope.train.train`.
 """
@@ -106,7 +106,7 @@ def lora_options_given() -> list[str]:
               help="adalora: weight of the orthogonality regulariser of P and Q.")
 @click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate  [default: 5e-5 full, 5e-4 lora].")
+              help="Peak learning rate  [default: 5e-5 full, 5e-4 lora and adalora].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True, help="Tokens per text.")
 @click.option("--max-train", type=click.IntRange(min=1), default=None, help="Train on a seeded subsample of this size.")
@@ -131,7 +131,7 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
               max_length: int, max_train: int | None, max_eval: int | None, seed: int, split_seed: int, device: str,
               eval_every: int | None, patience: int | None, threads: int | None, last: bool, out: Path,
               no_plots: bool, quiet: bool, overwrite: bool) -> None:
-    """Fine-tune MODEL on a classification task, or a decoder on text (--objective causal-lm), full or LoRA.
+    """Fine-tune MODEL on a classification task, or a decoder on text (--objective causal-lm), full, LoRA or AdaLoRA.
 
     Writes the model (full: HF checkpoint; lora: peft adapter), the tokenizer, OUT/metrics.json,
     OUT/figures/learning_curves.png and OUT/run.json.  The test scores are those of the best validation checkpoint (--last: the final one):
@@ -158,11 +158,11 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
         given = [g for g in given if g.removeprefix("--").replace("-", "_") not in ADALORA_TOO]
     if method != "lora" and given:
         raise RankscopeError(f"{', '.join(given)} only apply to --method lora")
-    schedule = _schedule(adalora_schedule)
     adalora_given = [f"--{n.replace('_', '-')}" for n in ("init_r", "budget_unit", "adalora_schedule", "orth_reg")
                      if typed(n)]
     if method != "adalora" and adalora_given:
         raise RankscopeError(f"{', '.join(adalora_given)} only apply to --method adalora")
+    schedule = _schedule(adalora_schedule)
     if init is not None:
         if method != "lora":
             raise RankscopeError("--init only applies to --method lora")

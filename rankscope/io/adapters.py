@@ -16,7 +16,9 @@ weight is ``m ⊙ (W + sBA) / ||W + sBA||_row``, so the effective update
 AdaLoRA (``peft_type`` ``ADALORA``, Zhang et al. 2023): peft saves each module's kept triplets ``P`` (``lora_B``,
 ``out x k``), ``λ`` (``lora_E``, ``k x 1``) and ``Q`` (``lora_A``, ``k x in``), cut by the final ``rank_pattern``
 (one boolean per initial triplet), and applies ``ΔW = P · diag(λ) · Q · α / (r₀ + 1e-5)`` with ``r₀ = init_r``
-(``α = lora_alpha``, or ``r₀`` when it is 0), as peft's own ``get_delta_weight`` of the loaded adapter does.  It is
+(``α = lora_alpha``, peft's default 8 when absent), as peft's own ``get_delta_weight`` of the loaded adapter does.
+With ``lora_alpha = 0`` peft's loader scales a module that keeps ``k`` triplets by ``k / (r₀ + 1e-5)`` (its scaling
+falls back to the rank it rebuilds the layer with, the kept one; training had used ``r₀``): read as peft loads it.  It is
 read as the plain LoRA ``B = P``, ``A = diag(λ)·Q`` with the equivalent ``α' = k · α / (r₀ + 1e-5)``
 (``s = α'/k``); a module that kept no triplet has ``ΔW = 0`` and is left out (``Adapter.empty_modules``).
 
@@ -111,11 +113,19 @@ class Adapter:
         return is_adalora(self.config)
 
     def describe(self) -> dict[str, Any]:
-        keys = ("peft_type", "r", "lora_alpha", "init_r", "target_r", "target_modules", "use_rslora", "use_dora", "fan_in_fan_out", "rank_pattern",
+        keys = ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora", "fan_in_fan_out", "rank_pattern",
                 "alpha_pattern", "base_model_name_or_path", "task_type", "peft_version")
-        return {"path": str(self.path), "modules": len(self.modules), "empty_modules": len(self.empty_modules),
-                "modules_to_save": sorted(self.modules_to_save),
-                **{k: self.config.get(k) for k in keys if k in self.config or k in ("r", "lora_alpha")}}
+        described = {"path": str(self.path), "modules": len(self.modules),
+                     "modules_to_save": sorted(self.modules_to_save), **{k: self.config.get(k) for k in keys}}
+        if self.adalora:  # peft's `r` is unused by AdaLoRA
+            del described["r"]
+            described.update(peft_type="ADALORA", init_r=self.config.get("init_r"),
+                             target_r=self.config.get("target_r"), empty_modules=len(self.empty_modules))
+        return described
+
+
+ADALORA_DEFAULT_ALPHA = 8
+"""peft's ``lora_alpha`` when a config leaves it out (``LoraConfig``'s default, which ``AdaLoraConfig`` inherits)."""
 
 
 def is_adalora(config: dict[str, Any]) -> bool:
@@ -125,7 +135,7 @@ def is_adalora(config: dict[str, Any]) -> bool:
 
 def _check_adalora_fields(config: dict[str, Any], where: str) -> None:
     """``init_r`` a positive integer, ``lora_alpha`` a number ≥ 0, ``rank_pattern`` lists of ``init_r`` booleans."""
-    r0, alpha = config.get("init_r"), config.get("lora_alpha", 0)
+    r0, alpha = config.get("init_r"), config.get("lora_alpha", ADALORA_DEFAULT_ALPHA)
     if isinstance(r0, bool) or not isinstance(r0, int) or r0 < 1:
         raise RankscopeError(f"{where}: AdaLoRA 'init_r' must be a positive integer, got {r0!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha) or alpha < 0:
@@ -274,8 +284,9 @@ def _build_adalora_module(folder: Path, config: dict, module: str, p: dict[str, 
                              f"init_r={r0} triplets, the weights have {a.shape[0]}")
     if k == 0:
         return None
-    alpha = float(config.get("lora_alpha") or 0) or float(r0)
-    scale = alpha / (r0 + 1e-5)
+    alpha = config.get("lora_alpha")
+    alpha = float(ADALORA_DEFAULT_ALPHA if alpha is None else alpha)
+    scale = (alpha if alpha > 0 else float(k)) / (r0 + 1e-5)
     return LoraModule(module, np.ascontiguousarray(b), np.ascontiguousarray(e[:, None] * a), scale, scale * k)
 
 

@@ -76,6 +76,8 @@ class AdaLoraSpec:
         """Every option in range, as one :class:`RankscopeError` naming it."""
         if self.budget_unit not in BUDGET_UNITS:
             raise RankscopeError(f"--budget-unit: unknown unit '{self.budget_unit}' (choose from {', '.join(BUDGET_UNITS)})")
+        if self.alpha is not None and not self.alpha > 0:
+            raise RankscopeError(f"--alpha must be positive, got {self.alpha!r}")
         if self.target_r < 1:
             raise RankscopeError(f"--r: AdaLoRA's final average rank must be at least 1, got {self.target_r}")
         if self.initial_rank <= self.target_r:
@@ -283,6 +285,7 @@ def to_lora(model: torch.nn.Module, hooks: AdaLoraHooks, task_type: str = "SEQ_C
     """
     import torch
 
+    from ..io.peft import pattern_key
     from .lora import LoraSpec
     from .models import apply_lora
 
@@ -304,8 +307,8 @@ def to_lora(model: torch.nn.Module, hooks: AdaLoraHooks, task_type: str = "SEQ_C
     base = model.base_model.unload()
     common = max(set(ranks.values()), key=list(ranks.values()).count)
     spec = LoraSpec(common, common * scale, sorted(ranks),
-                    {m: r for m, r in ranks.items() if r != common},
-                    {m: r * scale for m, r in ranks.items() if r != common})
+                    {pattern_key(m): r for m, r in ranks.items() if r != common},
+                    {pattern_key(m): r * scale for m, r in ranks.items() if r != common}, dropout=hooks.spec.dropout)
     lora = apply_lora(base, spec, None, task_type)
     with torch.no_grad():
         for name, module in lora.base_model.model.named_modules():
