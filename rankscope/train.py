@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,7 +177,8 @@ def _run_info(inputs: dict[str, Any], task_data: TaskData | LMTaskData, config: 
 def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-tomatoes", method: str = "full",
           out: str | os.PathLike | None = None, *, data: str | os.PathLike | None = None, text_column: str = "text",
           label_column: str = "label", split_seed: int = 0, max_train: int | None = None,
-          max_eval: int | None = None, seed: int = 0, epochs: int = 2, lr: float | None = None, batch_size: int = 16,
+          max_eval: int | None = None, seed: int = 0, epochs: int = 2, lr: float | Sequence[float] | None = None,
+          batch_size: int = 16,
           max_length: int = 128, warmup_ratio: float = 0.1, weight_decay: float = 0.01, grad_clip: float | None = 1.0,
           device: str = "cpu", eval_every: int | None = None, patience: int | None = None, restore_best: bool = True,
           r: int = 8, alpha: float | None = None, target_modules: str | Sequence[str] | None = None,
@@ -209,6 +210,13 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     LoRA factors replace the fresh ones before the first step; the head starts fresh and seeded as in any run
     (:func:`rankscope.training.models.build_init_model`).  ``run.json`` records it under ``"init"``.
 
+    ``lr``: the peak learning rate, or several (a learning-rate sweep): one run per rate, every one from the same
+    seed, the same data order and the same initial weights, and the run with the best validation score (accuracy,
+    ties by lower loss; causal LM: loss) is the one tested and saved; the other rates are scored on validation only
+    (the test set is never used to choose).  ``metrics.json`` / ``run.json`` hold ``lr_sweep`` (every rate's
+    validation scores and the chosen one) and ``OUT/lr_sweep.csv`` the same table; a best rate at either end of the
+    grid is a warning (the optimum may lie beyond it).
+
     ``adalora``: peft's AdaLoRA (:mod:`rankscope.training.adalora`) from ``init_r`` (default ``⌈1.5·r⌉``) triplets per
     module down to a final average rank ``r``, its budget counted in triplets (``budget_unit="rank"``, peft's rule)
     or in parameters (``"params"``: at most uniform-rank LoRA's count at ``r``); ``alpha`` default ``2·init_r``;
@@ -231,7 +239,8 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
         raise RankscopeError(f"--objective: unknown objective '{objective}' (choose from {', '.join(OBJECTIVES)})")
     if out is not None:
         check_output_target(Path(out), "train", overwrite)
-    config = TrainConfig(epochs=epochs, lr=lr, method=method, batch_size=batch_size, max_length=max_length,
+    rates = _rates(lr)
+    config = TrainConfig(epochs=epochs, lr=rates[0], method=method, batch_size=batch_size, max_length=max_length,
                          warmup_ratio=warmup_ratio, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
                          device=device, eval_every=eval_every, patience=patience, restore_best=restore_best,
                          progress=progress, threads=threads, objective=objective)
@@ -253,33 +262,64 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     warnings: list[str] = []
     notes: list[str] = []
     task_type = "CAUSAL_LM" if objective == "causal-lm" else "SEQ_CLS"
-    hooks = None
-    if adalora is not None:
-        net, tok, path = build_model(model, task_data.label_names, "full", None, seed, objective=objective,
-                                     tokenizer=tokenizer)
-        net = apply_adalora(net, adalora, task_type)
-        hooks = AdaLoraHooks(net, adalora)
-    elif init_opts is None:
-        net, tok, path = build_model(model, task_data.label_names, method, lora, seed, objective=objective,
-                                     tokenizer=tokenizer)
-    else:
-        net, tok, path, loaded = build_init_model(model, task_data.label_names, init, lora, seed, objective=objective,
-                                                  tokenizer=tokenizer)
-        init_info = _init_record(init, init_opts, loaded, path, warnings, notes)
+
+    def fit(run_config: TrainConfig, first: bool) -> tuple[Any, Any, Path, dict[str, Any], dict[str, Any] | None]:
+        """Build the model afresh (same seed) and train it at ``run_config``'s rate (``first``: keep its notes)."""
+        hooks, init_info = None, None
+        t_build = time.perf_counter()
+        if adalora is not None:
+            net, tok, path = build_model(model, task_data.label_names, "full", None, seed, objective=objective,
+                                         tokenizer=tokenizer)
+            net = apply_adalora(net, adalora, task_type)
+            hooks = AdaLoraHooks(net, adalora)
+        elif init_opts is None:
+            net, tok, path = build_model(model, task_data.label_names, method, lora, seed, objective=objective,
+                                         tokenizer=tokenizer)
+        else:
+            net, tok, path, loaded = build_init_model(model, task_data.label_names, init, lora, seed,
+                                                      objective=objective, tokenizer=tokenizer)
+            init_info = _init_record(init, init_opts, loaded, path, warnings if first else [], notes if first else [])
+        build_seconds[run_config.learning_rate] = time.perf_counter() - t_build
+        loop = train_model(net, task_data, tok, run_config, hooks)
+        metrics = {"method": method, "task": task_data.name, "model": str(model), **loop}
+        if hooks is not None:
+            metrics["adalora"] = hooks.record()
+            net = to_lora(net, hooks, task_type)
+        return net, tok, path, metrics, init_info
+
+    best: tuple[Any, Any, Path, dict[str, Any], dict[str, Any] | None] | None = None
+    build_seconds: dict[float, float] = {}
+    sweep: list[dict[str, Any]] = []
     t_built = time.perf_counter()
-    loop = train_model(net, task_data, tok, config, hooks)
-    metrics = {"method": method, "task": task_data.name, "model": str(model), **loop}
-    if hooks is not None:
-        metrics["adalora"] = hooks.record()
-        net = to_lora(net, hooks, task_type)
+    for index, rate in enumerate(rates):
+        run_config = replace(config, lr=rate)
+        if len(rates) > 1 and progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"learning rate {run_config.learning_rate:g} ({index + 1} of {len(rates)})")
+        run = fit(run_config, index == 0)
+        sweep.append(_sweep_row(run[3], run_config.learning_rate))
+        if best is None or _selection_key(run[3]) > _selection_key(best[3]):  # ties: the earlier rate
+            best, config = run, run_config
+        del run
+    assert best is not None
+    net, tok, path, metrics, init_info = best
+    t_swept = time.perf_counter()
+    if len(rates) > 1:
+        for row in sweep:
+            row["chosen"] = row["lr"] == config.learning_rate
+        metrics["lr_sweep"] = sweep
+        warnings.extend(_edge_warning(sweep))
     warnings += _loop_warnings(metrics, task_data, config.max_length)
     inputs = {"model": str(model), "model_resolved": str(path), "task": task, "data": None if data is None else str(data),
               "tokenizer": None if tokenizer is None else str(tokenizer)}
     info = _run_info(inputs, task_data, config, net, metrics, argv)
     if init_opts is not None:
         info["init"] = init_info
-    if hooks is not None:
+    if "adalora" in metrics:
         info["adalora"] = metrics["adalora"]
+    if len(rates) > 1:
+        info["lr_sweep"] = sweep
     info["warnings"], info["notes"] = warnings, notes
     if out is None:
         return TrainResult(metrics, info)
@@ -287,14 +327,60 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
         t_save = time.perf_counter()
         files = save_model(net, tok, tmp, final=resolve_output(out))
         write_json(tmp / "metrics.json", metrics)
+        if len(rates) > 1:
+            import pandas as pd
+
+            pd.DataFrame(sweep).to_csv(tmp / "lr_sweep.csv", index=False)
         figures = _learning_curves(TrainResult(metrics, info), tmp / "figures", warnings) if plots else []
-        info["outputs"] = sorted({*files, "metrics.json", "run.json", *(f"figures/{f}" for f in figures)}
+        info["outputs"] = sorted({*files, "metrics.json", "run.json", *(f"figures/{f}" for f in figures),
+                                  *(["lr_sweep.csv"] if len(rates) > 1 else [])}
                                  - {PARTIAL_MARKER})  # the work folder's own marker is no output
-        info["seconds"] = {"load": round(t_built - t_start, 3), "train": metrics["train_seconds"],
+        info["seconds"] = {"load": round(t_built - t_start + build_seconds[config.learning_rate], 3),
+                           **({"sweep": round(t_swept - t_built, 3)} if len(rates) > 1 else {}),
+                           "train": metrics["train_seconds"],
                            "eval": metrics["eval_seconds"], "save": round(time.perf_counter() - t_save, 3),
                            "total": round(time.perf_counter() - t_start, 3)}
         info["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return TrainResult(metrics, info)
+
+
+def _rates(lr: float | Sequence[float] | None) -> list[float | None]:
+    """The rates of a run: one (or None: the method's default), or a sweep of distinct positive rates."""
+    if lr is None or isinstance(lr, (int, float)):
+        return [lr]
+    rates = list(lr)
+    if not rates:
+        raise RankscopeError("--lr: give at least one learning rate")
+    for rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < float("inf"):
+            raise RankscopeError(f"--lr: every learning rate must be a positive number, got {rate!r}")
+    if len(set(rates)) != len(rates):
+        raise RankscopeError(f"--lr: a rate is given twice ({', '.join(f'{r:g}' for r in rates)})")
+    return [float(r) for r in rates]
+
+
+def _selection_key(metrics: Mapping[str, Any]) -> tuple[float, ...]:
+    """What a sweep maximises: validation accuracy, then lower validation loss (causal LM: lower loss)."""
+    if "validation_accuracy" in metrics:
+        return (metrics["validation_accuracy"], -metrics["validation_loss"])
+    return (-metrics["validation_loss"],)
+
+
+def _sweep_row(metrics: Mapping[str, Any], rate: float) -> dict[str, Any]:
+    """One rate of a sweep: its validation scores (never the test set's), best step and training time."""
+    scores = {k: metrics[k] for k in ("validation_accuracy", "validation_perplexity", "validation_loss") if k in metrics}
+    return {"lr": rate, **scores, "best_step": metrics["best_step"], "train_seconds": metrics["train_seconds"]}
+
+
+def _edge_warning(sweep: list[dict[str, Any]]) -> list[str]:
+    """A warning when the chosen rate is the smallest or the largest of the grid."""
+    rates = sorted(row["lr"] for row in sweep)
+    chosen = next(row["lr"] for row in sweep if row["chosen"])
+    if chosen not in (rates[0], rates[-1]):
+        return []
+    side, beyond = ("largest", "higher") if chosen == rates[-1] else ("smallest", "lower")
+    return [f"--lr: the best rate on validation, {chosen:g}, is the {side} of the grid ({', '.join(f'{r:g}' for r in rates)}): "
+            f"a {beyond} rate may be better (extend the grid)"]
 
 
 def _learning_curves(result: TrainResult, folder: Path, warnings: list[str]) -> list[str]:

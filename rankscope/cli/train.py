@@ -105,8 +105,9 @@ def lora_options_given() -> list[str]:
 @click.option("--orth-reg", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="adalora: weight of the orthogonality regulariser of P and Q.")
 @click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate  [default: 5e-5 full, 5e-4 lora and adalora].")
+@click.option("--lr", default=None, metavar="LR[,LR…]",
+              help="Peak learning rate, or several (e.g. 1e-3,2e-3,4e-3): one run per rate, the best on validation "
+                   "is tested and saved, lr_sweep.csv lists them  [default: 5e-5 full, 5e-4 lora and adalora].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True, help="Tokens per text.")
 @click.option("--max-train", type=click.IntRange(min=1), default=None, help="Train on a seeded subsample of this size.")
@@ -127,7 +128,7 @@ def lora_options_given() -> list[str]:
 def train_cmd(model: str, task: str | None, data: Path | None, text_column: str, label_column: str, objective: str,
               tokenizer: str | None, method: str, r: int, alpha: float | None, target_modules: str | None, rank_pattern: str | None, alpha_pattern: str | None,
               use_rslora: bool, lora_config: str | None, init: str | None, init_r: int | None, budget_unit: str,
-              adalora_schedule: str, orth_reg: float, epochs: int, lr: float | None, batch_size: int,
+              adalora_schedule: str, orth_reg: float, epochs: int, lr: str | None, batch_size: int,
               max_length: int, max_train: int | None, max_eval: int | None, seed: int, split_seed: int, device: str,
               eval_every: int | None, patience: int | None, threads: int | None, last: bool, out: Path,
               no_plots: bool, quiet: bool, overwrite: bool) -> None:
@@ -183,7 +184,8 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
         r, alpha, target_modules = opts["r"], opts["alpha"], opts["target_modules"]
         rank_pattern, alpha_pattern, use_rslora = opts["rank_pattern"], opts["alpha_pattern"], opts["use_rslora"]
     metrics = train(model, task, method, out, data=data, text_column=text_column, label_column=label_column,
-                    split_seed=split_seed, max_train=max_train, max_eval=max_eval, seed=seed, epochs=epochs, lr=lr,
+                    split_seed=split_seed, max_train=max_train, max_eval=max_eval, seed=seed, epochs=epochs,
+                    lr=_learning_rates(lr),
                     batch_size=batch_size, max_length=max_length, device=device, eval_every=eval_every,
                     patience=patience, restore_best=not last, r=r, alpha=alpha, target_modules=target_modules,
                     rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_rslora=use_rslora, init=init,
@@ -203,3 +205,16 @@ def _schedule(value: str) -> tuple[float, float]:
         raise RankscopeError(f"--adalora-schedule: expected WARMUP,FINAL (two fractions of the steps, e.g. 0.1,0.55), "
                              f"got {value!r}") from None
     return warmup, final
+
+
+def _learning_rates(value: str | None) -> float | list[float] | None:
+    """``--lr 5e-4`` -> 5e-4; ``--lr 1e-3,2e-3`` -> a sweep; a bad value is a one-line error."""
+    if value is None:
+        return None
+    try:
+        rates = [float(part) for part in value.split(",")]
+    except ValueError:
+        raise RankscopeError(f"--lr: expected a number or comma-separated numbers (1e-3,2e-3), got {value!r}") from None
+    if any(not rate > 0 or rate == float("inf") for rate in rates):
+        raise RankscopeError(f"--lr: every learning rate must be positive and finite, got {value!r}")
+    return rates[0] if len(rates) == 1 else rates
