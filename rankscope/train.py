@@ -215,7 +215,8 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     ties by lower loss; causal LM: loss) is the one tested and saved; the other rates are scored on validation only
     (the test set is never used to choose).  ``metrics.json`` / ``run.json`` hold ``lr_sweep`` (every rate's
     validation scores and the chosen one) and ``OUT/lr_sweep.csv`` the same table; a best rate at either end of the
-    grid is a warning (the optimum may lie beyond it).
+    grid is a warning (the optimum may lie beyond it).  At most two models are held at a time (the best so far and
+    the one training).
 
     ``adalora``: peft's AdaLoRA (:mod:`rankscope.training.adalora`) from ``init_r`` (default ``⌈1.5·r⌉``) triplets per
     module down to a final average rank ``r``, its budget counted in triplets (``budget_unit="rank"``, peft's rule)
