@@ -16,9 +16,10 @@ read-only mapping of the metrics (what ``metrics.json`` holds) that also carries
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,16 @@ from .protocol import ResultView
 from .summaries import ResultFiles
 from .training.adalora import AdaLoraHooks, AdaLoraSpec, apply_adalora, to_lora
 from .training.data import TaskData
-from .training.engine import OBJECTIVES, TrainConfig, encode, evaluate, torch_device, train_model, usable_length
+from .training.engine import (
+    OBJECTIVES,
+    TrainConfig,
+    encode,
+    evaluate,
+    test_scores,
+    torch_device,
+    train_model,
+    usable_length,
+)
 from .training.lm_data import LMTaskData, load_task_for
 from .training.lora import LoraSpec, init_options, load_pattern, parse_target_modules
 from .training.models import build_init_model, build_model, lora_summary, save_model
@@ -212,11 +222,13 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
 
     ``lr``: the peak learning rate, or several (a learning-rate sweep): one run per rate, every one from the same
     seed, the same data order and the same initial weights, and the run with the best validation score (accuracy,
-    ties by lower loss; causal LM: loss) is the one tested and saved; the other rates are scored on validation only
-    (the test set is never used to choose).  ``metrics.json`` / ``run.json`` hold ``lr_sweep`` (every rate's
-    validation scores and the chosen one) and ``OUT/lr_sweep.csv`` the same table; a best rate at either end of the
-    grid is a warning (the optimum may lie beyond it).  At most two models are held at a time (the best so far and
-    the one training).
+    then lower loss; causal LM: loss; a diverged run's NaN loss counts as the worst; exact ties: the earlier rate
+    given) is the one tested and saved; the other rates are scored on validation only (the test set is neither used
+    to choose nor evaluated for them).  ``metrics.json`` / ``run.json`` hold ``lr_sweep`` (every rate's validation
+    scores and the chosen one) and ``OUT/lr_sweep.csv`` the same table; ``seconds.sweep`` is the whole sweep,
+    ``train`` / ``eval`` the kept run's.  A best rate at either end of a grid of three or more, or a grid whose rates
+    all reach the same validation accuracy, is a warning.  At most two models are held at a time (the best so far,
+    in host memory while the next rate trains on an accelerator, and the one training).
 
     ``adalora``: peft's AdaLoRA (:mod:`rankscope.training.adalora`) from ``init_r`` (default ``⌈1.5·r⌉``) triplets per
     module down to a final average rank ``r``, its budget counted in triplets (``budget_unit="rank"``, peft's rule)
@@ -264,7 +276,8 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     notes: list[str] = []
     task_type = "CAUSAL_LM" if objective == "causal-lm" else "SEQ_CLS"
 
-    def fit(run_config: TrainConfig, first: bool) -> tuple[Any, Any, Path, dict[str, Any], dict[str, Any] | None]:
+    def fit(run_config: TrainConfig, first: bool) -> tuple[Any, Any, Path, dict[str, Any], dict[str, Any] | None,
+                                                          AdaLoraHooks | None]:
         """Build the model afresh (same seed) and train it at ``run_config``'s rate (``first``: keep its notes)."""
         hooks, init_info = None, None
         t_build = time.perf_counter()
@@ -281,14 +294,13 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
                                                       objective=objective, tokenizer=tokenizer)
             init_info = _init_record(init, init_opts, loaded, path, warnings if first else [], notes if first else [])
         build_seconds[run_config.learning_rate] = time.perf_counter() - t_build
-        loop = train_model(net, task_data, tok, run_config, hooks)
+        loop = train_model(net, task_data, tok, run_config, hooks, test=len(rates) == 1)
         metrics = {"method": method, "task": task_data.name, "model": str(model), **loop}
         if hooks is not None:
             metrics["adalora"] = hooks.record()
-            net = to_lora(net, hooks, task_type)
-        return net, tok, path, metrics, init_info
+        return net, tok, path, metrics, init_info, hooks
 
-    best: tuple[Any, Any, Path, dict[str, Any], dict[str, Any] | None] | None = None
+    best: tuple[Any, Any, Path, dict[str, Any], dict[str, Any] | None, AdaLoraHooks | None] | None = None
     build_seconds: dict[float, float] = {}
     sweep: list[dict[str, Any]] = []
     t_built = time.perf_counter()
@@ -300,17 +312,27 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
             tqdm.write(f"learning rate {run_config.learning_rate:g} ({index + 1} of {len(rates)})")
         run = fit(run_config, index == 0)
         sweep.append(_sweep_row(run[3], run_config.learning_rate))
-        if best is None or _selection_key(run[3]) > _selection_key(best[3]):  # ties: the earlier rate
+        if best is None or _selection_key(run[3]) > _selection_key(best[3]):  # ties: the earlier rate given
             best, config = run, run_config
         del run
+        if index + 1 < len(rates) and config.device != "cpu":
+            best[0].to("cpu")  # the best so far waits in host memory while the next rate trains
     assert best is not None
-    net, tok, path, metrics, init_info = best
+    net, tok, path, metrics, init_info, hooks = best
     t_swept = time.perf_counter()
     if len(rates) > 1:
+        net.to(torch_device(config.device))
+        scores = test_scores(net, task_data, tok, config)  # the kept rate only
+        metrics.update({k: v for k, v in scores.items() if k != "seconds"})
+        metrics["eval_seconds"] = round(metrics["eval_seconds"] + scores["seconds"], 3)
         for row in sweep:
             row["chosen"] = row["lr"] == config.learning_rate
         metrics["lr_sweep"] = sweep
+        notes.append(f"--lr: {config.learning_rate:g} chosen on validation of {len(rates)} rates "
+                     f"({', '.join(f'{r:g}' for r in sorted(row['lr'] for row in sweep))}); only it was tested")
         warnings.extend(_edge_warning(sweep))
+    if hooks is not None:
+        net = to_lora(net, hooks, task_type)
     warnings += _loop_warnings(metrics, task_data, config.max_length)
     inputs = {"model": str(model), "model_resolved": str(path), "task": task, "data": None if data is None else str(data),
               "tokenizer": None if tokenizer is None else str(tokenizer)}
@@ -347,13 +369,17 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
 
 def _rates(lr: float | Sequence[float] | None) -> list[float | None]:
     """The rates of a run: one (or None: the method's default), or a sweep of distinct positive rates."""
-    if lr is None or isinstance(lr, (int, float)):
-        return [lr]
+    import numbers
+
+    if lr is None or (isinstance(lr, numbers.Real) and not isinstance(lr, bool)):
+        return [None if lr is None else float(lr)]
+    if isinstance(lr, (str, bytes)) or not isinstance(lr, Iterable):
+        raise RankscopeError(f"--lr: a number or a sequence of numbers, got {lr!r}")
     rates = list(lr)
     if not rates:
         raise RankscopeError("--lr: give at least one learning rate")
     for rate in rates:
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < float("inf"):
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 < rate < float("inf"):
             raise RankscopeError(f"--lr: every learning rate must be a positive number, got {rate!r}")
     if len(set(rates)) != len(rates):
         raise RankscopeError(f"--lr: a rate is given twice ({', '.join(f'{r:g}' for r in rates)})")
@@ -362,9 +388,12 @@ def _rates(lr: float | Sequence[float] | None) -> list[float | None]:
 
 def _selection_key(metrics: Mapping[str, Any]) -> tuple[float, ...]:
     """What a sweep maximises: validation accuracy, then lower validation loss (causal LM: lower loss)."""
+    loss = metrics["validation_loss"]
+    loss = -loss if loss is not None and math.isfinite(loss) else -math.inf  # a diverged run never wins on loss
     if "validation_accuracy" in metrics:
-        return (metrics["validation_accuracy"], -metrics["validation_loss"])
-    return (-metrics["validation_loss"],)
+        accuracy = metrics["validation_accuracy"]
+        return (accuracy if accuracy is not None and math.isfinite(accuracy) else -math.inf, loss)
+    return (loss,)
 
 
 def _sweep_row(metrics: Mapping[str, Any], rate: float) -> dict[str, Any]:
@@ -374,10 +403,15 @@ def _sweep_row(metrics: Mapping[str, Any], rate: float) -> dict[str, Any]:
 
 
 def _edge_warning(sweep: list[dict[str, Any]]) -> list[str]:
-    """A warning when the chosen rate is the smallest or the largest of the grid."""
+    """A warning when the chosen rate is the smallest or the largest of a grid of three or more, or when every rate
+    reached the same validation accuracy (nothing to choose by but the loss)."""
     rates = sorted(row["lr"] for row in sweep)
     chosen = next(row["lr"] for row in sweep if row["chosen"])
-    if chosen not in (rates[0], rates[-1]):
+    accuracies = {row.get("validation_accuracy") for row in sweep}
+    if "validation_accuracy" in sweep[0] and len(accuracies) == 1:
+        return [f"--lr: every rate reached the same validation accuracy ({next(iter(accuracies)):.4f}): the choice of "
+                f"{chosen:g} rests on the validation loss alone (did any rate learn?)"]
+    if len(rates) < 3 or chosen not in (rates[0], rates[-1]):
         return []
     side, beyond = ("largest", "higher") if chosen == rates[-1] else ("smallest", "lower")
     return [f"--lr: the best rate on validation, {chosen:g}, is the {side} of the grid ({', '.join(f'{r:g}' for r in rates)}): "

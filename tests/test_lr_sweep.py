@@ -8,6 +8,7 @@ scores must be bit-identical to the single run at the chosen rate.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -70,11 +71,48 @@ def test_the_sweep_table_holds_validation_only(sweep):
     assert not any(column.startswith("test") for column in table.columns)
 
 
-def test_a_best_rate_at_the_grid_edge_is_a_warning(bert, easy_csv):
-    metrics = _run(bert, easy_csv, None, [3e-3, 1e-2], method="lora", r=2, epochs=2)
-    chosen = next(row["lr"] for row in metrics["lr_sweep"] if row["chosen"])
-    warnings = metrics.info["warnings"]
-    assert any(f"best rate on validation, {chosen:g}" in w and "extend the grid" in w for w in warnings), warnings
+def _scripted(monkeypatch, scores: dict[float, tuple[float, float]]) -> None:
+    """Each rate's validation (accuracy, loss) set by hand over a real one-step run (the selection logic alone)."""
+    import importlib
+    from dataclasses import replace
+
+    api = importlib.import_module("rankscope.train")
+    real = api.train_model
+
+    def scripted(net, task_data, tok, config, hooks=None, test=True):
+        metrics = real(net, task_data, tok, replace(config, max_steps=1), hooks, test)
+        metrics["validation_accuracy"], metrics["validation_loss"] = scores[config.learning_rate]
+        return metrics
+
+    monkeypatch.setattr(api, "train_model", scripted)
+
+
+@pytest.mark.parametrize(("scores", "chosen", "warning"), [
+    ({1e-3: (0.8, 0.5), 2e-3: (0.8, 0.4), 4e-3: (0.7, 0.1)}, 2e-3, None),  # accuracy ties: lower loss; not an edge
+    ({1e-3: (0.9, 0.3), 2e-3: (0.8, 0.2), 4e-3: (0.7, 0.1)}, 1e-3, "is the smallest of the grid"),
+    ({1e-3: (0.6, 0.3), 2e-3: (0.7, 0.2), 4e-3: (0.8, 0.9)}, 4e-3, "is the largest of the grid"),
+    ({1e-3: (0.5, float("nan")), 2e-3: (0.5, 0.69), 4e-3: (0.5, 0.70)}, 2e-3, "same validation accuracy"),
+    ({1e-3: (0.8, 0.5), 2e-3: (0.8, 0.5), 4e-3: (0.1, 0.1)}, 1e-3, "is the smallest of the grid"),  # exact tie
+])
+def test_selection_rules(bert, easy_csv, monkeypatch, scores, chosen, warning):
+    _scripted(monkeypatch, scores)
+    metrics = _run(bert, easy_csv, None, list(scores), method="lora", epochs=1)
+    assert [row["lr"] for row in metrics["lr_sweep"] if row["chosen"]] == [chosen]
+    assert metrics.info["options"]["lr"] == chosen
+    edge = [w for w in metrics.info["warnings"] if w.startswith("--lr:")]
+    assert (edge == []) if warning is None else (len(edge) == 1 and warning in edge[0]), edge
+    if warning and "smallest" in warning:
+        assert "a lower rate may be better" in edge[0]
+
+
+def test_a_diverged_first_rate_does_not_win_a_causal_lm_sweep(gpt2, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"q{i} ", "response": f"a{i % 3} b"}) for i in range(40)))
+    metrics = train(gpt2, "pairs", "lora", None, data=data, objective="causal-lm", lr=[1e6, 1e-2], epochs=1,
+                    batch_size=8, max_length=16, progress=False)
+    rows = {row["lr"]: row for row in metrics["lr_sweep"]}
+    assert math.isnan(rows[1e6]["validation_loss"]) or rows[1e6]["validation_loss"] > 1e3
+    assert rows[1e-2]["chosen"] and metrics["test_loss"] is not None and math.isfinite(metrics["test_loss"])
 
 
 def test_a_single_rate_is_no_sweep(bert, easy_csv):

@@ -502,7 +502,7 @@ def _metrics(best: _Best, config: TrainConfig, test: dict[str, float | None], mo
 
 
 def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokenizer: PreTrainedTokenizerBase,
-                config: TrainConfig, hooks: StepHooks | None = None) -> dict[str, Any]:
+                config: TrainConfig, hooks: StepHooks | None = None, test: bool = True) -> dict[str, Any]:
     """Train every ``requires_grad`` parameter of ``model`` on ``task_data``; return the metrics.
 
     The model is left on ``config.device`` holding the weights that were tested: those of the best
@@ -511,7 +511,8 @@ def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokeni
     Causal LM (``config.objective``): ``validation_loss`` / ``validation_perplexity``, ``test_loss`` /
     ``test_perplexity`` and the token counts instead of accuracies; the tokenizer pads on the right.
 
-    ``hooks``: a method's own schedule (:class:`StepHooks`), e.g. AdaLoRA's.
+    ``hooks``: a method's own schedule (:class:`StepHooks`), e.g. AdaLoRA's.  ``test=False`` leaves the test split
+    alone (its scores None: a learning-rate sweep tests only the rate it keeps, with :func:`test_scores`).
 
     Progress: one bar of the optimisation steps; while it evaluates, its description says so, a second bar counts
     the evaluation batches, and the step bar's clock is paused (its rate and ETA count training time only).
@@ -590,8 +591,24 @@ def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokeni
         hooks.finish()
     t_test = time.perf_counter()
     with num_threads(config.threads):
-        test = evaluate(model, test_data, pad_id, config, device, left, desc="test") if len(test_data) else \
-            {"loss": None, metric: None}
+        scores = evaluate(model, test_data, pad_id, config, device, left, desc="test") if len(test_data) and test \
+            else {"loss": None, metric: None}
     c.eval_seconds += time.perf_counter() - t_test
     c.seconds = time.perf_counter() - t_start
-    return _metrics(best, config, test, model, c)
+    return _metrics(best, config, scores, model, c)
+
+
+def test_scores(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokenizer: PreTrainedTokenizerBase,
+                config: TrainConfig) -> dict[str, Any]:
+    """The test scores :func:`train_model` reports (``test_loss`` and ``test_accuracy``, or ``test_perplexity``), for
+    a model trained with ``test=False``; also ``seconds``."""
+    t_test = time.perf_counter()
+    device = torch_device(config.device)
+    pad_id, left = tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right") == "left"
+    left = left and config.objective == "classification"
+    data = encode(task_data.test, tokenizer, usable_length(model, config.max_length))
+    metric = "accuracy" if config.objective == "classification" else "perplexity"
+    with num_threads(config.threads):
+        scores = evaluate(model, data, pad_id, config, device, left, desc="test") if len(data) else \
+            {"loss": None, metric: None}
+    return {"test_loss": scores["loss"], f"test_{metric}": scores[metric], "seconds": time.perf_counter() - t_test}
