@@ -254,6 +254,27 @@ def test_train_init_starts_from_exactly_the_factors(base, easy_csv, init_adapter
     assert result.info["lora"]["rank_pattern"] == config["rank_pattern"]
 
 
+def test_a_learning_rate_sweep_starts_every_rate_from_the_init_factors(base, easy_csv, init_adapter, monkeypatch):
+    """``--init`` with ``--lr A,B``: each rate starts from exactly the adapter's factors; the init record and its note
+    are those of one run (not repeated per rate)."""
+    starts: list[dict[str, torch.Tensor]] = []
+    real = train_module.train_model
+
+    def capture(net, *args, **kwargs):
+        starts.append({n: p.detach().clone() for n, p in net.named_parameters() if ".lora_" in n})
+        return real(net, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_model", capture)
+    result = train(base, "easy", "lora", None, data=easy_csv, init=init_adapter, seed=3, lr=[1e-3, 5e-3], **FAST)
+    file = load_file(str(init_adapter / "adapter_model.safetensors"))
+    assert len(starts) == 2
+    for start in starts:
+        assert start and all(torch.equal(v, file[n.replace(".default", "")]) for n, v in start.items())
+    assert result.info["init"]["modules"] == len(starts[0]) // 2
+    assert sum("were not used" in note for note in result.info["notes"]) == 1
+    assert len(result["lr_sweep"]) == 2
+
+
 def test_train_init_cli_and_its_bad_input(base, easy_csv, init_adapter, tmp_path):
     common = ["train", "--model", str(base), "--data", str(easy_csv), "--text-column", "review", "--label-column",
               "sentiment", "--epochs", "1", "--batch-size", "8", "--max-length", "16", "-q"]
