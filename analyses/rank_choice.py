@@ -111,6 +111,11 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _grid_seeds_done(rows: list[dict[str, Any]], lr: float) -> bool:
+    """Whether ``rows`` (an arm's cached records) hold every grid seed at ``lr``."""
+    return sum(1 for x in rows if x["lr"] == lr and x["seed"] in LR_SEEDS) >= len(LR_SEEDS)
+
+
 class RunCache:
     """One JSON file per training run: ``ROOT/cache/<task>/<arm>/lr<lr>-s<seed>-<hash>.json``.
 
@@ -293,14 +298,13 @@ class Study:
 
     def rate_done(self, task: str, arm: str, lr: float, rank: int | None = None) -> bool:
         """Whether every grid seed of ``arm`` at ``lr`` is in the cache already."""
-        return sum(1 for x in self.rows(task, arm, rank) if x["lr"] == lr and x["seed"] in LR_SEEDS) >= len(LR_SEEDS)
+        return _grid_seeds_done(self.rows(task, arm, rank), lr)
 
     def best_lr(self, task: str, arm: str, lrs: tuple[float, ...], rank: int | None = None) -> float | None:
-        rows = [x for x in self.rows(task, arm, rank) if x["seed"] in LR_SEEDS and x["lr"] in lrs]
-        complete = [lr for lr in lrs if sum(1 for x in rows if x["lr"] == lr) >= len(LR_SEEDS)]
-        if len(complete) < len(lrs):
+        rows = self.rows(task, arm, rank)
+        if not all(_grid_seeds_done(rows, lr) for lr in lrs):
             return None
-        return st.best_setting([x for x in rows if x["lr"] in complete])
+        return st.best_setting([x for x in rows if x["seed"] in LR_SEEDS and x["lr"] in lrs])
 
     def lr_grid(self, task: str, arm: str, rank: int | None = None) -> tuple[float, ...]:
         """The LoRA learning-rate grid of ``arm``: the task's grid, grown past an edge while the best rate sits there.

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import RankscopeError
 from .protocol import ResultView
@@ -276,8 +276,7 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     notes: list[str] = []
     task_type = "CAUSAL_LM" if objective == "causal-lm" else "SEQ_CLS"
 
-    def fit(run_config: TrainConfig, first: bool) -> tuple[Any, Any, Path, dict[str, Any], dict[str, Any] | None,
-                                                          AdaLoraHooks | None]:
+    def fit(run_config: TrainConfig, first: bool) -> _Run:
         """Build the model afresh (same seed) and train it at ``run_config``'s rate (``first``: keep its notes)."""
         hooks, init_info = None, None
         t_build = time.perf_counter()
@@ -293,15 +292,14 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
             net, tok, path, loaded = build_init_model(model, task_data.label_names, init, lora, seed,
                                                       objective=objective, tokenizer=tokenizer)
             init_info = _init_record(init, init_opts, loaded, path, warnings if first else [], notes if first else [])
-        build_seconds[run_config.learning_rate] = time.perf_counter() - t_build
+        built = time.perf_counter() - t_build
         loop = train_model(net, task_data, tok, run_config, hooks, test=len(rates) == 1)
         metrics = {"method": method, "task": task_data.name, "model": str(model), **loop}
         if hooks is not None:
             metrics["adalora"] = hooks.record()
-        return net, tok, path, metrics, init_info, hooks
+        return _Run(net, tok, path, metrics, init_info, hooks, built)
 
-    best: tuple[Any, Any, Path, dict[str, Any], dict[str, Any] | None, AdaLoraHooks | None] | None = None
-    build_seconds: dict[float, float] = {}
+    best: _Run | None = None
     sweep: list[dict[str, Any]] = []
     t_built = time.perf_counter()
     for index, rate in enumerate(rates):
@@ -311,14 +309,14 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
 
             tqdm.write(f"learning rate {run_config.learning_rate:g} ({index + 1} of {len(rates)})")
         run = fit(run_config, index == 0)
-        sweep.append(_sweep_row(run[3], run_config.learning_rate))
-        if best is None or _selection_key(run[3]) > _selection_key(best[3]):  # ties: the earlier rate given
+        sweep.append(_sweep_row(run.metrics, run_config.learning_rate))
+        if best is None or _selection_key(run.metrics) > _selection_key(best.metrics):  # ties: the earlier rate given
             best, config = run, run_config
         del run
         if index + 1 < len(rates) and config.device != "cpu":
-            best[0].to("cpu")  # the best so far waits in host memory while the next rate trains
+            best.net.to("cpu")  # the best so far waits in host memory while the next rate trains
     assert best is not None
-    net, tok, path, metrics, init_info, hooks = best
+    net, tok, path, metrics, init_info, hooks, build_seconds = best
     t_swept = time.perf_counter()
     if len(rates) > 1:
         net.to(torch_device(config.device))
@@ -358,7 +356,7 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
         info["outputs"] = sorted({*files, "metrics.json", "run.json", *(f"figures/{f}" for f in figures),
                                   *(["lr_sweep.csv"] if len(rates) > 1 else [])}
                                  - {PARTIAL_MARKER})  # the work folder's own marker is no output
-        info["seconds"] = {"load": round(t_built - t_start + build_seconds[config.learning_rate], 3),
+        info["seconds"] = {"load": round(t_built - t_start + build_seconds, 3),
                            **({"sweep": round(t_swept - t_built, 3)} if len(rates) > 1 else {}),
                            "train": metrics["train_seconds"],
                            "eval": metrics["eval_seconds"], "save": round(time.perf_counter() - t_save, 3),
@@ -367,20 +365,34 @@ def train(model: str | os.PathLike = "bundled:minilm-base", task: str = "rotten-
     return TrainResult(metrics, info)
 
 
+class _Run(NamedTuple):
+    """One trained rate of :func:`train`: the model (AdaLoRA still unconverted), its tokenizer and resolved path, the
+    metrics, ``run.json``'s ``init`` record (with ``init``), AdaLoRA's hooks, and the seconds spent building it."""
+
+    net: Any
+    tokenizer: Any
+    path: Path
+    metrics: dict[str, Any]
+    init_info: dict[str, Any] | None
+    hooks: AdaLoraHooks | None
+    build_seconds: float
+
+
 def _rates(lr: float | Sequence[float] | None) -> list[float | None]:
     """The rates of a run: one (or None: the method's default), or a sweep of distinct positive rates."""
     import numbers
 
-    if lr is None or (isinstance(lr, numbers.Real) and not isinstance(lr, bool)):
-        return [None if lr is None else float(lr)]
-    if isinstance(lr, (str, bytes)) or not isinstance(lr, Iterable):
+    if lr is None:
+        return [None]
+    single = isinstance(lr, numbers.Real) and not isinstance(lr, bool)
+    if not single and (isinstance(lr, (str, bytes)) or not isinstance(lr, Iterable)):
         raise RankscopeError(f"--lr: a number or a sequence of numbers, got {lr!r}")
-    rates = list(lr)
+    rates = [lr] if single else list(lr)
     if not rates:
         raise RankscopeError("--lr: give at least one learning rate")
     for rate in rates:
         if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 < rate < float("inf"):
-            raise RankscopeError(f"--lr: every learning rate must be a positive number, got {rate!r}")
+            raise RankscopeError(f"--lr: every learning rate must be a positive, finite number, got {rate!r}")
     if len(set(rates)) != len(rates):
         raise RankscopeError(f"--lr: a rate is given twice ({', '.join(f'{r:g}' for r in rates)})")
     return [float(r) for r in rates]

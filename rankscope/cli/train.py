@@ -56,12 +56,9 @@ def tokenizer_option() -> Callable[[Callable], Callable]:
                         help="Tokenizer folder or Hub id  [default: the model folder's].")
 
 
-def lora_options_given() -> list[str]:
-    """The LoRA-only options that were typed on the command line."""
-    from click.core import ParameterSource
-
-    ctx = click.get_current_context()
-    return [f"--{n.replace('_', '-')}" for n in LORA_ONLY if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+def lora_options_given(names: tuple[str, ...] = LORA_ONLY) -> list[str]:
+    """The options among ``names`` (default: the LoRA-only ones) that were typed on the command line."""
+    return [f"--{n.replace('_', '-')}" for n in names if typed(n)]
 
 
 @click.command("train", cls=OneLineCommand)
@@ -154,13 +151,10 @@ def train_cmd(model: str, task: str | None, data: Path | None, text_column: str,
             raise RankscopeError("--label-column only applies to --objective classification")
     if task is None:
         task = Path(data).stem if data is not None else "rotten-tomatoes"
-    given = lora_options_given()
-    if method == "adalora":
-        given = [g for g in given if g.removeprefix("--").replace("-", "_") not in ADALORA_TOO]
+    given = lora_options_given(tuple(n for n in LORA_ONLY if n not in ADALORA_TOO) if method == "adalora" else LORA_ONLY)
     if method != "lora" and given:
         raise RankscopeError(f"{', '.join(given)} only apply to --method lora")
-    adalora_given = [f"--{n.replace('_', '-')}" for n in ("init_r", "budget_unit", "adalora_schedule", "orth_reg")
-                     if typed(n)]
+    adalora_given = lora_options_given(("init_r", "budget_unit", "adalora_schedule", "orth_reg"))
     if method != "adalora" and adalora_given:
         raise RankscopeError(f"{', '.join(adalora_given)} only apply to --method adalora")
     schedule = _schedule(adalora_schedule)
@@ -208,13 +202,12 @@ def _schedule(value: str) -> tuple[float, float]:
 
 
 def _learning_rates(value: str | None) -> float | list[float] | None:
-    """``--lr 5e-4`` -> 5e-4; ``--lr 1e-3,2e-3`` -> a sweep; a bad value is a one-line error."""
+    """``--lr 5e-4`` -> 5e-4; ``--lr 1e-3,2e-3`` -> a sweep (the values are checked by :func:`rankscope.train.train`);
+    text that is not numbers is a one-line error."""
     if value is None:
         return None
     try:
         rates = [float(part) for part in value.split(",")]
     except ValueError:
         raise RankscopeError(f"--lr: expected a number or comma-separated numbers (1e-3,2e-3), got {value!r}") from None
-    if any(not rate > 0 or rate == float("inf") for rate in rates):
-        raise RankscopeError(f"--lr: every learning rate must be positive and finite, got {value!r}")
     return rates[0] if len(rates) == 1 else rates

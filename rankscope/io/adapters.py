@@ -133,6 +133,13 @@ def is_adalora(config: dict[str, Any]) -> bool:
     return str(config.get("peft_type") or "LORA").upper() == "ADALORA"
 
 
+def adalora_kept(pattern: dict[str, Any] | None, module: str, adapter: str = "default") -> list[bool] | None:
+    """An AdaLoRA ``rank_pattern``'s booleans for ``module`` (keyed ``<module>.lora_E``, or with the adapter name
+    kept, as peft writes it while training), or None when the pattern does not name the module (nothing masked)."""
+    pattern = pattern or {}
+    return pattern.get(f"{module}.lora_E", pattern.get(f"{module}.lora_E.{adapter}"))
+
+
 def _check_adalora_fields(config: dict[str, Any], where: str) -> None:
     """``init_r`` a positive integer, ``lora_alpha`` a number ≥ 0, ``rank_pattern`` lists of ``init_r`` booleans."""
     r0, alpha = config.get("init_r"), config.get("lora_alpha", ADALORA_DEFAULT_ALPHA)
@@ -276,8 +283,7 @@ def _build_adalora_module(folder: Path, config: dict, module: str, p: dict[str, 
         raise RankscopeError(f"{folder}: AdaLoRA module '{module}': lora_B is {b.shape}, lora_E {p['lora_E'].shape} "
                              f"and lora_A {a.shape} (wanted out x k, k x 1 and k x in)")
     r0 = int(config["init_r"])
-    pattern = config.get("rank_pattern") or {}
-    kept = pattern.get(f"{module}.lora_E", pattern.get(f"{module}.lora_E.default"))
+    kept = adalora_kept(config.get("rank_pattern"), module)
     k = sum(kept) if kept is not None else r0
     if a.shape[0] != k:
         raise RankscopeError(f"{folder}: rank mismatch for AdaLoRA module '{module}': adapter_config.json keeps {k} of "

@@ -26,10 +26,12 @@ as any LoRA.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RankscopeError
+from ..io.adapters import adalora_kept
 
 if TYPE_CHECKING:
     import torch
@@ -123,14 +125,18 @@ def apply_adalora(model: torch.nn.Module, spec: AdaLoraSpec, task_type: str = "S
     return wrapped
 
 
-def module_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
-    """``{AdaLoRA module name: (out, in)}`` of a wrapped model (names as in ``model.base_model.model``)."""
-    shapes = {}
+def adalora_layers(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+    """``(name, layer)`` of every AdaLoRA layer of a wrapped model (names as in ``model.base_model.model``)."""
     for name, module in model.base_model.model.named_modules():
         e = getattr(module, "lora_E", None)
         if e is not None and ADAPTER in e:
-            shapes[name] = (module.lora_B[ADAPTER].shape[0], module.lora_A[ADAPTER].shape[1])
-    return shapes
+            yield name, module
+
+
+def module_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """``{AdaLoRA module name: (out, in)}`` of a wrapped model (names as in ``model.base_model.model``)."""
+    return {name: (layer.lora_B[ADAPTER].shape[0], layer.lora_A[ADAPTER].shape[1])
+            for name, layer in adalora_layers(model)}
 
 
 def parameter_budget(shapes: dict[str, tuple[int, int]], target_r: int) -> int:
@@ -258,10 +264,9 @@ class AdaLoraHooks:
 
     def final_ranks(self) -> dict[str, int]:
         """``{module: kept triplets}`` of the final pattern (every module at ``r₀`` before any masking)."""
-        pattern = self.config.rank_pattern or {}
         ranks = {}
         for module in self.shapes:
-            kept = pattern.get(f"{module}.lora_E.{ADAPTER}", pattern.get(f"{module}.lora_E"))
+            kept = adalora_kept(self.config.rank_pattern, module, ADAPTER)
             ranks[module] = self.spec.initial_rank if kept is None else int(sum(bool(k) for k in kept))
         return ranks
 
@@ -271,7 +276,7 @@ class AdaLoraHooks:
         cfg = self.config
         return {**self.spec.describe(), "tinit": cfg.tinit, "tfinal": cfg.tfinal, "deltaT": cfg.deltaT,
                 "total_step": cfg.total_step, "final_ranks": ranks,
-                "lora_params": sum(r * (o + i) for (o, i), r in zip(self.shapes.values(), ranks.values(), strict=True)),
+                "lora_params": sum(ranks[m] * (o + i) for m, (o, i) in self.shapes.items()),
                 "budget_params": self.target_params if self.spec.budget_unit == "params" else None,
                 "budget_triplets": self.spec.target_r * len(self.shapes)}
 
@@ -294,12 +299,11 @@ def to_lora(model: torch.nn.Module, hooks: AdaLoraHooks, task_type: str = "SEQ_C
     if not ranks:
         raise RankscopeError("AdaLoRA kept no triplet in any module (a larger --r?)")
     r0 = hooks.spec.initial_rank
-    pattern = hooks.config.rank_pattern or {}
     factors = {}
-    for name, module in model.base_model.model.named_modules():
+    for name, module in adalora_layers(model):
         if name not in ranks:
             continue
-        kept = pattern.get(f"{name}.lora_E.{ADAPTER}", pattern.get(f"{name}.lora_E"))
+        kept = adalora_kept(hooks.config.rank_pattern, name, ADAPTER)
         index = torch.tensor([i for i in range(r0) if kept is None or kept[i]], dtype=torch.long)
         e, a, b = module.lora_E[ADAPTER].detach(), module.lora_A[ADAPTER].detach(), module.lora_B[ADAPTER].detach()
         factors[name] = ((a * e)[index].clone(), b[:, index].clone())
@@ -321,8 +325,6 @@ def to_lora(model: torch.nn.Module, hooks: AdaLoraHooks, task_type: str = "SEQ_C
 
 def module_scale(model: torch.nn.Module) -> float:
     """peft's AdaLoRA scale ``α / (r₀ + 1e-5)`` (the same in every module: one α, one initial rank)."""
-    for module in model.base_model.model.modules():
-        e = getattr(module, "lora_E", None)
-        if e is not None and ADAPTER in e:
-            return float(module.scaling[ADAPTER]) / (float(module.ranknum[ADAPTER]) + 1e-5)
+    for _name, layer in adalora_layers(model):
+        return float(layer.scaling[ADAPTER]) / (float(layer.ranknum[ADAPTER]) + 1e-5)
     raise RankscopeError("AdaLoRA: the model has no AdaLoRA layer")

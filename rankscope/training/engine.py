@@ -501,6 +501,13 @@ def _metrics(best: _Best, config: TrainConfig, test: dict[str, float | None], mo
     }
 
 
+def padding(tokenizer: PreTrainedTokenizerBase, config: TrainConfig) -> tuple[int, bool]:
+    """(pad token id, pad on the left?) of batches: the tokenizer's side for classification; causal LM always on the
+    right, where the labels line up with the tokens."""
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    return tokenizer.pad_token_id, left and config.objective == "classification"
+
+
 def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokenizer: PreTrainedTokenizerBase,
                 config: TrainConfig, hooks: StepHooks | None = None, test: bool = True) -> dict[str, Any]:
     """Train every ``requires_grad`` parameter of ``model`` on ``task_data``; return the metrics.
@@ -523,8 +530,7 @@ def train_model(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokeni
     _check_config(config, task_data)
     device = torch_device(config.device)
     t_start = time.perf_counter()
-    pad_id, left = tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right") == "left"
-    left = left and config.objective == "classification"  # causal LM: labels line up with right padding
+    pad_id, left = padding(tokenizer, config)
     max_length = usable_length(model, config.max_length)
     train_data, val_data, test_data = (encode(s, tokenizer, max_length)
                                        for s in (task_data.train, task_data.validation, task_data.test))
@@ -604,8 +610,7 @@ def test_scores(model: torch.nn.Module, task_data: TaskData | LMTaskData, tokeni
     a model trained with ``test=False``; also ``seconds``."""
     t_test = time.perf_counter()
     device = torch_device(config.device)
-    pad_id, left = tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right") == "left"
-    left = left and config.objective == "classification"
+    pad_id, left = padding(tokenizer, config)
     data = encode(task_data.test, tokenizer, usable_length(model, config.max_length))
     metric = "accuracy" if config.objective == "classification" else "perplexity"
     with num_threads(config.threads):
