@@ -3,8 +3,8 @@
 What it does, in one run (the bundled MiniLM-L6, the generated ``entity-facts`` task, batch 16, 32 tokens, LoRA
 and AdaLoRA at r = 2 on all 37 linear modules, as in ``reports/rank-choice/``):
 
-* for each method — ``full``, ``lora``, ``adalora`` (budget in triplets) and ``adalora`` with ``--budget-unit
-  params`` — one training run of ``--steps`` steps through :func:`rankscope.train.train` (no output folder), the
+* for each method — ``full``, ``lora``, ``adalora`` (budget in triplets), ``adalora`` with ``--budget-unit
+  params``, and ``adalora`` without its orthogonality term (``--orth-reg 0``: what that term costs) — one training run of ``--steps`` steps through :func:`rankscope.train.train` (no output folder), the
   methods interleaved ``--repeats`` times so that a slow moment of the machine hits every method alike;
 * the figure is the loop's own ``train_seconds / steps`` (evaluation excluded; the engine pauses its clock while
   it validates); medians over the repeats, and each method's ratio to LoRA's median.
@@ -31,6 +31,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "adalora r=2 (rank)": {"method": "adalora", "r": 2, "target_modules": "all-linear", "lr": 8e-3},
     "adalora r=2 (params)": {"method": "adalora", "r": 2, "target_modules": "all-linear", "lr": 8e-3,
                              "budget_unit": "params"},
+    "adalora r=2 (orth 0)": {"method": "adalora", "r": 2, "target_modules": "all-linear", "lr": 8e-3,
+                             "orth_reg": 0.0},
 }
 
 
